@@ -1,0 +1,194 @@
+"""Table specifications shared by every SQL sink (PostgreSQL and embedded DuckDB).
+
+A ``TableSpec`` names a table's columns in insert order, the key that makes a
+write idempotent (``ON CONFLICT (key) DO UPDATE``) and which columns hold
+JSON. Rows travel through the pipeline as plain dicts; ``row_values`` turns a
+dict into the tuple a sink inserts, so the mapping lives in one place.
+
+The DDL itself is in ``schemas/sql/*.sql`` (applied in file-name order by the
+sinks on start-up); ``ddl_statements`` returns it for a dialect.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import decimal
+import hashlib
+import json
+import pathlib
+import re
+import typing
+
+__all__ = [
+    "TableSpec",
+    "TABLES",
+    "row_values",
+    "ddl_statements",
+    "failure_row",
+    "to_utc_datetime",
+]
+
+SQL_DIR = pathlib.Path(__file__).parent / "sql"
+
+
+@dataclasses.dataclass(frozen=True)
+class TableSpec:
+    name: str
+    columns: typing.Tuple[str, ...]
+    key: typing.Tuple[str, ...]
+    json_columns: typing.FrozenSet[str] = frozenset()
+    timestamp_columns: typing.FrozenSet[str] = frozenset()
+
+    def __post_init__(self):
+        missing = [k for k in self.key if k not in self.columns]
+        if missing:
+            raise ValueError(f"{self.name}: key columns {missing} not in columns")
+
+
+TABLES: typing.Dict[str, TableSpec] = {}
+
+
+def _register(spec: TableSpec) -> TableSpec:
+    TABLES[spec.name] = spec
+    return spec
+
+
+FRONTEND_ANALYTICS = _register(
+    TableSpec(
+        name="frontend_analytics",
+        columns=(
+            "event_id", "session_id", "event_type", "page_category",
+            "device_type", "browser", "user_segment", "engagement_score",
+            "conversion_stage", "quality_score", "transformation_metadata",
+            "timestamp", "user_id", "os", "page_url", "referrer_source",
+            "utm_source", "utm_medium", "utm_campaign", "country",
+        ),
+        key=("event_id",),
+        json_columns=frozenset({"transformation_metadata"}),
+        timestamp_columns=frozenset({"timestamp"}),
+    )
+)
+
+FRONTEND_SESSIONS = _register(
+    TableSpec(
+        name="frontend_sessions",
+        columns=(
+            "session_id", "window_start", "window_end", "user_id",
+            "event_count", "first_event_at", "last_event_at",
+            "duration_seconds", "page_count", "widget_opens", "messages",
+            "conversions", "furthest_stage", "avg_engagement_score",
+            "max_engagement_score", "pane_index", "updated_at",
+        ),
+        key=("session_id", "window_start"),
+        timestamp_columns=frozenset(
+            {"window_start", "window_end", "first_event_at", "last_event_at",
+             "updated_at"}
+        ),
+    )
+)
+
+FAILED_EVENTS = _register(
+    TableSpec(
+        name="failed_events",
+        columns=(
+            "failure_id", "pipeline", "stage", "error_class", "error_message",
+            "raw_payload", "source_topic", "source_partition", "source_offset",
+            "pipeline_version", "received_at",
+        ),
+        key=("failure_id",),
+        timestamp_columns=frozenset({"received_at"}),
+    )
+)
+
+MARKETO_LEADS = _register(
+    TableSpec(
+        name="marketo_leads",
+        columns=(
+            "lead_id", "email", "full_name", "company", "lead_source",
+            "email_domain", "lead_quality_score", "geographic_info",
+            "transformation_metadata", "created_at", "updated_at",
+        ),
+        key=("lead_id",),
+        json_columns=frozenset({"geographic_info", "transformation_metadata"}),
+        timestamp_columns=frozenset({"created_at", "updated_at"}),
+    )
+)
+
+
+def to_utc_datetime(value) -> typing.Optional[dt.datetime]:
+    """Epoch ms (int/float), ISO-8601 text or datetime -> aware UTC datetime."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    if isinstance(value, (int, float)):
+        return dt.datetime.fromtimestamp(value / 1000.0, tz=dt.timezone.utc)
+    text = str(value).replace("Z", "+00:00")
+    parsed = dt.datetime.fromisoformat(text)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+def _json_default(value):
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)
+
+
+def row_values(spec: TableSpec, row: typing.Mapping) -> tuple:
+    """The tuple to insert for ``row`` (missing columns become NULL)."""
+    out = []
+    for column in spec.columns:
+        value = row.get(column)
+        if value is not None and column in spec.json_columns:
+            value = json.dumps(value, sort_keys=True, default=_json_default)
+        elif column in spec.timestamp_columns:
+            value = to_utc_datetime(value)
+        out.append(value)
+    return tuple(out)
+
+
+def failure_row(failed) -> dict:
+    """A ``failed_events`` row for a ``FailedRecord``; its id is deterministic
+    (same failure replayed -> same id) so the dead-letter sink is idempotent."""
+    d = failed._asdict() if hasattr(failed, "_asdict") else dict(failed)
+    identity = "|".join(
+        str(d.get(k, ""))
+        for k in ("pipeline", "stage", "source_topic", "source_partition",
+                  "source_offset", "raw")
+    )
+    return {
+        "failure_id": hashlib.sha256(identity.encode("utf-8")).hexdigest()[:64],
+        "pipeline": d.get("pipeline"),
+        "stage": d.get("stage"),
+        "error_class": d.get("error_class"),
+        "error_message": d.get("error_message"),
+        "raw_payload": d.get("raw"),
+        "source_topic": d.get("source_topic"),
+        "source_partition": d.get("source_partition"),
+        "source_offset": d.get("source_offset"),
+        "pipeline_version": d.get("pipeline_version"),
+        "received_at": d.get("received_at") or None,
+    }
+
+
+_JSONB = re.compile(r"\bJSONB\b", re.IGNORECASE)
+
+
+def ddl_statements(dialect: str = "postgres") -> typing.List[str]:
+    """All DDL statements in ``schemas/sql`` for ``postgres`` or ``duckdb``."""
+    if dialect not in ("postgres", "duckdb"):
+        raise ValueError(f"unknown SQL dialect {dialect!r}")
+    statements = []
+    for path in sorted(SQL_DIR.glob("*.sql")):
+        text = "\n".join(
+            line for line in path.read_text().splitlines()
+            if not line.strip().startswith("--")
+        )
+        if dialect == "duckdb":
+            text = _JSONB.sub("JSON", text)
+        statements.extend(s.strip() for s in text.split(";") if s.strip())
+    return statements

@@ -1,0 +1,62 @@
+"""Packaging for the iheardAI Beam pipelines.
+
+The repository's ``io/`` folder holds the project's IO connectors. A package
+importable as ``io`` would shadow Python's standard library, so the folder is
+installed under the import name ``iheard_io`` (see ``package_dir`` below).
+
+Workers receive the code with ``--setup_file=./setup.py``.
+"""
+import setuptools
+
+# apache-beam is pinned to the one version whose Flink runner (job server
+# classes) Maven Central serves here; see README, "Why Beam 2.62.0".
+BEAM_VERSION = "2.62.0"
+
+REQUIRED = [
+    f"apache-beam[gcp,aws]=={BEAM_VERSION}",
+    "kafka-python>=2.0.2",
+    "psycopg[binary]>=3.1",
+    "redis>=5.0",
+    "fastavro>=1.9",
+    "pydantic>=2.5,<3",
+    "phonenumbers>=8.13",
+    "ua-parser>=1.0",
+    "duckdb>=1.0",
+    "vaderSentiment>=3.3.2",
+    "langdetect>=1.0.9",
+    "yake>=0.4.8",
+    "pyyaml>=6.0",
+]
+
+TEST = [
+    "pytest>=8",
+    "pytest-timeout>=2.2",
+    "moto[server]>=5.0",
+]
+
+PACKAGES = [
+    "beam_pipelines",
+    "transforms",
+    "schemas",
+    "flink",
+    "runners",
+    "iheard_io",
+]
+
+setuptools.setup(
+    name="iheardai-beam-pipelines",
+    version="0.1.0",
+    description="Apache Beam pipelines (DirectRunner and Flink) for iheardAI's "
+    "frontend, text-agent and Marketo events.",
+    python_requires=">=3.10",
+    packages=PACKAGES,
+    package_dir={"iheard_io": "io"},
+    package_data={
+        "schemas": ["avro/*.avsc", "sql/*.sql"],
+        "beam_pipelines": ["sample_data/*"],
+        "transforms": ["data/*"],
+    },
+    include_package_data=True,
+    install_requires=REQUIRED,
+    extras_require={"test": TEST},
+)
