@@ -1,0 +1,231 @@
+"""Generates realistic frontend widget events (JSON lines), for demos, tests and benchmarks.
+
+Each simulated visit walks part of the funnel (page views, widget open,
+messages, product interest, conversion) with the payload shape the frontend's
+``trackEvent`` sends. A configurable share of lines is malformed (broken JSON,
+missing fields, wrong types, impossible timestamps) and a share is sent twice
+(as a producer retry would), so the dead-letter and dedupe paths get exercised.
+
+    python -m beam_pipelines.generate --events=10000 --output=events.jsonl.gz
+    python -m beam_pipelines.generate --events=100000 --kafka_bootstrap=127.0.0.1:19092
+
+Output is deterministic for a given ``--seed`` and ``--start_ms``.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import random
+import sys
+import typing
+
+__all__ = ["frontend_events", "main"]
+
+USER_AGENTS = [
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Safari/605.1.15",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36",
+    "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36 Edg/124.0.0.0",
+    "Mozilla/5.0 (iPad; CPU OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1",
+]
+SCREENS = [("1920x1080", "1903x969"), ("2560x1440", "2543x1297"), ("390x844", "390x664"),
+           ("412x915", "412x777"), ("1366x768", "1349x657"), ("820x1180", "820x1050")]
+SITE = "https://shop.example.com"
+PAGES = [
+    ("/", "Home"), ("/pricing", "Pricing"), ("/products/widget-pro", "Widget Pro"),
+    ("/products/widget-lite?ref=nav", "Widget Lite"), ("/blog/ai-sales-assistants", "Blog"),
+    ("/docs/getting-started", "Docs"), ("/contact", "Contact us"), ("/cart", "Cart"),
+]
+REFERRERS = [
+    "", "https://www.google.com/", "https://www.linkedin.com/feed/", "https://news.ycombinator.com/",
+    "https://partner.example.org/review", "https://www.bing.com/search?q=ai+chat+widget",
+]
+CAMPAIGNS = [None, "utm_source=newsletter&utm_medium=email&utm_campaign=spring_launch",
+             "utm_source=google&utm_medium=cpc&utm_campaign=brand", None, None]
+COUNTRIES = [("US", "America/New_York"), ("DE", "Europe/Berlin"), ("GB", "Europe/London"),
+             ("IN", "Asia/Kolkata"), ("BR", "America/Sao_Paulo"), (None, "UTC")]
+MESSAGES = [
+    "Hi, how much is the pro plan?",
+    "Can I book a demo for next week?",
+    "Does it integrate with Salesforce?",
+    "Please email me at jane.doe@acme-corp.com with pricing",
+    "Call me on +1 415 555 0132 about the enterprise tier",
+    "Is version 2.4.1 compatible with Shopify?",
+]
+
+
+def _visit(rng: random.Random, visit_no: int, start_ms: int) -> typing.List[dict]:
+    ua = rng.choice(USER_AGENTS)
+    screen, viewport = rng.choice(SCREENS)
+    country, tz = rng.choice(COUNTRIES)
+    session_id = f"sess_{visit_no:08d}_{rng.randrange(16**6):06x}"
+    user_id = f"user_{rng.randrange(max(1, visit_no // 3 + 1)):07d}" if rng.random() < 0.7 else None
+    referrer = rng.choice(REFERRERS)
+    campaign = rng.choice(CAMPAIGNS)
+    t = start_ms
+    page_loaded = t
+    events = []
+
+    def event(event_type, page, **extra):
+        nonlocal t
+        t += rng.randint(2_000, 90_000)
+        path, title = page
+        url = SITE + path
+        if campaign:
+            url += ("&" if "?" in url else "?") + campaign
+        body = {
+            "event_type": event_type,
+            "session_id": session_id,
+            "user_id": user_id,
+            "page_url": url,
+            "page_title": f"{title} | Example Shop",
+            "referrer": referrer,
+            "user_agent": ua,
+            "screen_resolution": screen,
+            "viewport_size": viewport,
+            "widget_id": "sales-assistant",
+            "interaction_type": extra.pop("interaction_type", None),
+            "timestamp": t,
+            "time_on_page": (t - page_loaded) // 1000,
+            "element_id": extra.pop("element_id", None),
+            "element_class": extra.pop("element_class", None),
+            "element_text": extra.pop("element_text", None),
+            "click_coordinates": extra.pop("click_coordinates", None),
+            "country": country,
+            "timezone": tz,
+        }
+        body.update(extra)
+        events.append(body)
+
+    pages = [rng.choice(PAGES[:5]) for _ in range(rng.randint(1, 4))]
+    for page in pages:
+        page_loaded = t
+        event("page_view", page, interaction_type="navigation")
+    page = pages[-1]
+    if rng.random() < 0.55:
+        event("widget_open", page, interaction_type="click", element_id="chat-button",
+              element_class="widget-trigger",
+              click_coordinates={"x": rng.randint(1200, 1900), "y": rng.randint(700, 1000)})
+        for _ in range(rng.randint(0, 3)):
+            msg = rng.choice(MESSAGES)
+            event("message_sent", page, interaction_type="text_input",
+                  message_length=len(msg), element_text=msg)
+        if rng.random() < 0.4:
+            product = PAGES[2] if rng.random() < 0.6 else PAGES[3]
+            event("product_click", product, interaction_type="click", element_id="product-card",
+                  element_text="Widget Pro - $1,299.00")
+            if rng.random() < 0.35:
+                event("conversion", PAGES[7], interaction_type="form_submit",
+                      element_id="checkout", element_text="Order ORD-2024-118734 confirmed")
+    return events
+
+
+def _malform(rng: random.Random, event: dict) -> str:
+    kind = rng.randrange(5)
+    if kind == 0:
+        return json.dumps(event)[: rng.randint(10, 60)]  # truncated JSON
+    bad = dict(event)
+    if kind == 1:
+        bad.pop("session_id", None)
+    elif kind == 2:
+        bad["timestamp"] = "not-a-time"
+    elif kind == 3:
+        bad["event_type"] = None
+    else:
+        bad["timestamp"] = -5
+    return json.dumps(bad)
+
+
+def frontend_events(
+    count: int,
+    seed: int = 7,
+    malformed_ratio: float = 0.02,
+    duplicate_ratio: float = 0.01,
+    start_ms: int = 1_767_225_600_000,  # 2026-01-01T00:00:00Z
+) -> typing.Iterator[str]:
+    """Yields ``count`` JSON lines (malformed and duplicated ones included)."""
+    if count < 0:
+        raise ValueError("count must be >= 0")
+    if not (0 <= malformed_ratio <= 1 and 0 <= duplicate_ratio <= 1):
+        raise ValueError("ratios must be between 0 and 1")
+    rng = random.Random(seed)
+    emitted = 0
+    visit_no = 0
+    clock = start_ms
+    while emitted < count:
+        visit_no += 1
+        clock += rng.randint(1_000, 20_000)  # visits start a few seconds apart
+        for event in _visit(rng, visit_no, clock):
+            if emitted >= count:
+                break
+            if rng.random() < malformed_ratio:
+                yield _malform(rng, event)
+                emitted += 1
+                continue
+            line = json.dumps(event, separators=(",", ":"))
+            yield line
+            emitted += 1
+            if emitted < count and rng.random() < duplicate_ratio:
+                yield line
+                emitted += 1
+
+
+def _write(lines: typing.Iterable[str], output: str) -> int:
+    opener = gzip.open if output.endswith(".gz") else open
+    n = 0
+    with opener(output, "wt", encoding="utf-8") as handle:
+        for line in lines:
+            handle.write(line + "\n")
+            n += 1
+    return n
+
+
+def _produce(lines: typing.Iterable[str], bootstrap: str, topic: str) -> int:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024,
+                             compression_type=None, acks=1)
+    n = 0
+    for line in lines:
+        try:
+            key = json.loads(line).get("session_id")
+        except (ValueError, AttributeError):
+            key = None
+        producer.send(topic, value=line.encode("utf-8"),
+                      key=key.encode("utf-8") if isinstance(key, str) else None)
+        n += 1
+    producer.flush()
+    producer.close()
+    return n
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--malformed_ratio", type=float, default=0.02)
+    parser.add_argument("--duplicate_ratio", type=float, default=0.01)
+    parser.add_argument("--start_ms", type=int, default=1_767_225_600_000)
+    parser.add_argument("--output", help="file to write (.jsonl or .jsonl.gz); '-' for stdout")
+    parser.add_argument("--kafka_bootstrap", help="produce to Kafka instead of a file")
+    parser.add_argument("--topic", default="frontend_user_interaction")
+    args = parser.parse_args(argv)
+    lines = frontend_events(args.events, args.seed, args.malformed_ratio,
+                            args.duplicate_ratio, args.start_ms)
+    if args.kafka_bootstrap:
+        n = _produce(lines, args.kafka_bootstrap, args.topic)
+        print(f"produced {n} events to {args.topic}", file=sys.stderr)
+    elif args.output and args.output != "-":
+        n = _write(lines, args.output)
+        print(f"wrote {n} events to {args.output}", file=sys.stderr)
+    else:
+        for line in lines:
+            sys.stdout.write(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

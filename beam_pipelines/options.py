@@ -1,0 +1,199 @@
+"""Pipeline options shared by the project's pipelines.
+
+Configuration enters here once: every connection setting is a flag, and the
+seed's environment variables (``KAFKA_USER``, ``POSTGRES_HOST``, ``REDIS_HOST``,
+``SPACES_ACCESS_KEY`` ...) are read only by ``resolve_connections`` when a flag
+is absent. DoFns never read options or the environment themselves.
+
+With no connection flag at all a pipeline writes to embedded defaults: a DuckDB
+file and a local Avro archive under ``--output_dir``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import typing
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+__all__ = ["IheardOptions", "Connections", "resolve_connections", "DEV_PII_SECRET"]
+
+_LOG = logging.getLogger(__name__)
+
+# Only for local runs: tokens made with it are reproducible but not secret.
+DEV_PII_SECRET = "iheardai-dev-only-pii-secret"
+
+ONE_DAY_SECONDS = 24 * 60 * 60
+THIRTY_MINUTES_SECONDS = 30 * 60
+
+
+class IheardOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        src = parser.add_argument_group("source")
+        src.add_argument(
+            "--input",
+            help="JSON-lines file pattern (.jsonl or .jsonl.gz) to read "
+            "instead of Kafka.",
+        )
+        src.add_argument(
+            "--kafka_bootstrap",
+            help="Kafka bootstrap servers, e.g. 127.0.0.1:19092.",
+        )
+        src.add_argument("--kafka_topic", help="Topic to read (default: the pipeline's seed topic).")
+        src.add_argument(
+            "--kafka_mode",
+            choices=["bounded", "streaming"],
+            help="bounded: stop at the end offsets seen at start; streaming: "
+            "read forever. Default: streaming when --streaming is set.",
+        )
+        src.add_argument("--kafka_group_id", help="Consumer group for offset commits (lag monitoring).")
+        src.add_argument(
+            "--kafka_start_from",
+            default="committed",
+            choices=["earliest", "latest", "committed"],
+            help="Where a partition starts when the group has no committed offset: "
+            "'committed' falls back to earliest.",
+        )
+        src.add_argument(
+            "--kafka_security_protocol",
+            default="PLAINTEXT",
+            choices=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"],
+        )
+        src.add_argument("--kafka_sasl_mechanism", default="PLAIN")
+        src.add_argument(
+            "--kafka_format",
+            default="json",
+            choices=["json", "avro"],
+            help="Payload encoding on the topic.",
+        )
+
+        sink = parser.add_argument_group("sinks")
+        sink.add_argument(
+            "--postgres_dsn",
+            help="PostgreSQL DSN. Default: built from POSTGRES_HOST/PORT/USER/"
+            "PASSWORD/DB when POSTGRES_HOST is set, else the embedded DuckDB file.",
+        )
+        sink.add_argument(
+            "--redis_url",
+            help="redis:// or rediss:// URL. Default: from REDIS_HOST/REDIS_PORT/"
+            "REDIS_PASSWORD when REDIS_HOST is set, else no Redis output.",
+        )
+        sink.add_argument(
+            "--archive_path",
+            help="Avro archive root: s3://bucket/prefix or a local folder. "
+            "Default: <output_dir>/archive.",
+        )
+        sink.add_argument(
+            "--dead_letter_topic",
+            help="Also publish dead letters to this Kafka topic (needs --kafka_bootstrap).",
+        )
+        sink.add_argument(
+            "--output_dir",
+            default="output",
+            help="Folder for the embedded defaults (DuckDB file, archive).",
+        )
+
+        proc = parser.add_argument_group("processing")
+        proc.add_argument(
+            "--pii_secret",
+            help="HMAC key for PII tokens. Default: env PII_HMAC_SECRET, else a "
+            "development key (logged as a warning).",
+        )
+        proc.add_argument(
+            "--session_gap_seconds",
+            type=int,
+            default=THIRTY_MINUTES_SECONDS,
+            help="Inactivity gap that closes a session window.",
+        )
+        proc.add_argument(
+            "--allowed_lateness_seconds",
+            type=int,
+            default=ONE_DAY_SECONDS,
+            help="How long after the watermark passes a session's end late events "
+            "still restate it.",
+        )
+        proc.add_argument(
+            "--dedupe_ttl_seconds",
+            type=int,
+            default=ONE_DAY_SECONDS,
+            help="How long an event id is remembered for de-duplication.",
+        )
+        proc.add_argument(
+            "--profile",
+            help="Runner profile (see python -m runners.profiles); expanded by run().",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Connections:
+    """Where one run reads and writes, after flags and environment are merged."""
+
+    input: typing.Optional[str]
+    kafka_bootstrap: typing.Optional[str]
+    postgres_dsn: typing.Optional[str]
+    redis_url: typing.Optional[str]
+    archive_path: str
+    embedded_db: typing.Optional[str]  # set when Postgres is not configured
+    dead_letter_topic: typing.Optional[str]
+    pii_secret: bytes
+    kafka_security: typing.Mapping[str, typing.Any]
+
+
+def _postgres_dsn_from_env(env) -> typing.Optional[str]:
+    host = env.get("POSTGRES_HOST")
+    if not host:
+        return None
+    parts = {
+        "host": host,
+        "port": env.get("POSTGRES_PORT", "5432"),
+        "user": env.get("POSTGRES_USER", "postgres"),
+        "password": env.get("POSTGRES_PASSWORD", ""),
+        "dbname": env.get("POSTGRES_DB", "analytics"),
+        "sslmode": env.get("POSTGRES_SSLMODE", "prefer"),
+    }
+    return " ".join(f"{k}={v}" for k, v in parts.items() if v != "")
+
+
+def _redis_url_from_env(env) -> typing.Optional[str]:
+    host = env.get("REDIS_HOST")
+    if not host:
+        return None
+    scheme = "rediss" if env.get("REDIS_TLS", "").lower() in ("1", "true", "yes") else "redis"
+    password = env.get("REDIS_PASSWORD")
+    auth = f":{password}@" if password else ""
+    return f"{scheme}://{auth}{host}:{env.get('REDIS_PORT', '6379')}/0"
+
+
+def resolve_connections(opts: IheardOptions, env=None) -> Connections:
+    """Merges flags with the seed's environment variables (flags win)."""
+    env = os.environ if env is None else env
+    postgres_dsn = opts.postgres_dsn or _postgres_dsn_from_env(env)
+    redis_url = opts.redis_url or _redis_url_from_env(env)
+    output_dir = opts.output_dir or "output"
+    secret = opts.pii_secret or env.get("PII_HMAC_SECRET")
+    if not secret:
+        _LOG.warning(
+            "No --pii_secret or PII_HMAC_SECRET: using the development key; "
+            "PII tokens are NOT secret."
+        )
+        secret = DEV_PII_SECRET
+    security = {"security_protocol": opts.kafka_security_protocol}
+    if opts.kafka_security_protocol.startswith("SASL"):
+        security.update(
+            sasl_mechanism=opts.kafka_sasl_mechanism,
+            sasl_plain_username=env.get("KAFKA_USER"),
+            sasl_plain_password=env.get("KAFKA_PASSWORD"),
+        )
+    return Connections(
+        input=opts.input,
+        kafka_bootstrap=opts.kafka_bootstrap,
+        postgres_dsn=postgres_dsn,
+        redis_url=redis_url,
+        archive_path=opts.archive_path or os.path.join(output_dir, "archive"),
+        embedded_db=None if postgres_dsn else os.path.join(output_dir, "iheardai.duckdb"),
+        dead_letter_topic=opts.dead_letter_topic,
+        pii_secret=secret.encode("utf-8"),
+        kafka_security=security,
+    )
