@@ -18,7 +18,18 @@ import apache_beam as beam
 from beam_pipelines.options import Connections, IheardOptions
 from schemas.tables import failure_row
 
-__all__ = ["read_source", "write_rows", "write_dead_letters", "kafka_decoder"]
+__all__ = [
+    "read_source",
+    "write_rows",
+    "write_dead_letters",
+    "kafka_decoder",
+    "prepare_sinks",
+    "archive_records",
+    "write_live_state",
+    "summary",
+    "count",
+    "counter_values",
+]
 
 _LOG = logging.getLogger(__name__)
 
@@ -89,7 +100,9 @@ def write_dead_letters(
     Rows the dead-letter table itself rejects cannot go anywhere else; they are
     logged with their content and counted by the sink.
     """
-    all_failed = tuple(failed) | "FlattenFailures" >> beam.Flatten()
+    all_failed = count(
+        tuple(failed) | "FlattenFailures" >> beam.Flatten(), pipeline, "dead_letters", "CountDeadLetters"
+    )
     if conns.dead_letter_topic and conns.kafka_bootstrap:
         from iheard_io.kafka import WriteToKafka
 
@@ -113,3 +126,108 @@ def write_dead_letters(
 
 def _log_unwritable(failed) -> None:
     _LOG.error("dead letter could not be stored: %s", failed)
+
+
+def prepare_sinks(conns: Connections) -> None:
+    """Creates tables (and the local archive folder) before the job starts, so
+    workers never race to run DDL."""
+    if conns.postgres_dsn:
+        from iheard_io.postgres import ensure_schema
+
+        ensure_schema(conns.postgres_dsn)
+    else:
+        from iheard_io.embedded import ensure_embedded_schema
+
+        ensure_embedded_schema(conns.embedded_db)
+    if "://" not in conns.archive_path:
+        import os
+
+        os.makedirs(conns.archive_path, exist_ok=True)
+
+
+def archive_records(
+    records: beam.PCollection, conns: Connections, pipeline: str, schema
+) -> beam.PCollection:
+    """Archives ``records`` as Avro under ``conns.archive_path``; returns the
+    records that could not be archived as ``FailedRecord``s."""
+    from iheard_io.archive import WriteToArchive
+
+    return records | "ArchiveEvents" >> WriteToArchive(
+        conns.archive_path, source=pipeline, schema=schema
+    )
+
+
+def write_live_state(
+    events: beam.PCollection,
+    sessions: beam.PCollection,
+    conns: Connections,
+    pipeline: str,
+) -> typing.List[beam.PCollection]:
+    """Live KPIs from events and hot session state from session panes (Redis)."""
+    from iheard_io.redis_io import WriteLiveKpis, WriteSessionState
+
+    return [
+        events | "WriteLiveKpis" >> WriteLiveKpis(conns.redis_url, pipeline=pipeline),
+        sessions | "WriteSessionState" >> WriteSessionState(
+            conns.redis_url, key_prefix=f"iheard:{pipeline}:session:", pipeline=pipeline
+        ),
+    ]
+
+
+def counter_values(result, namespace: str) -> typing.Dict[str, int]:
+    """Committed (else attempted) counter values of one namespace, by name."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    values: typing.Dict[str, int] = {}
+    try:
+        counters = result.metrics().query(MetricsFilter().with_namespace(namespace))["counters"]
+    except Exception as exc:  # some runners cannot report metrics
+        _LOG.warning("metrics unavailable: %s", exc)
+        return values
+    for counter in counters:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        values[counter.key.metric.name] = values.get(counter.key.metric.name, 0) + (value or 0)
+    return values
+
+
+def summary(result, conns: Connections, pipeline: str) -> str:
+    """A short human summary of one run: counts and where the outputs are."""
+    c = counter_values(result, pipeline)
+    lines = [
+        f"[{pipeline}] state={result.state}",
+        f"  events in: {c.get('received', 0)}  valid: {c.get('valid', 0)}  "
+        f"failed (dead letters): {c.get('dead_letters', 0)}  "
+        f"duplicates dropped: {c.get('duplicates_dropped', 0)}  "
+        f"session panes: {c.get('session_panes', 0)}",
+    ]
+    pii = {k: v for k, v in sorted(c.items()) if k.startswith("pii_")}
+    if pii:
+        lines.append("  PII redacted: " + ", ".join(f"{k[4:]}={v}" for k, v in pii.items()))
+    if conns.postgres_dsn:
+        lines.append("  tables: PostgreSQL (" + _redact_dsn(conns.postgres_dsn) + ")")
+    else:
+        lines.append(f"  tables: DuckDB file {conns.embedded_db}")
+    lines.append(f"  archive: {conns.archive_path}")
+    if conns.redis_url:
+        lines.append("  live state: Redis")
+    return "\n".join(lines)
+
+
+def _redact_dsn(dsn: str) -> str:
+    import re
+
+    dsn = re.sub(r"password=\S+", "password=***", dsn)
+    return re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", dsn)
+
+
+def count(pcoll: beam.PCollection, namespace: str, name: str, label: str) -> beam.PCollection:
+    """Passes elements through, counting them in ``namespace/name``."""
+    from apache_beam.metrics import Metrics
+
+    counter = Metrics.counter(namespace, name)
+
+    def _inc(element):
+        counter.inc()
+        return element
+
+    return pcoll | label >> beam.Map(_inc)
