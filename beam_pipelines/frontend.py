@@ -1,0 +1,134 @@
+"""The frontend pipeline: widget and page events -> analytics tables, live KPIs, archive.
+
+Run it locally on the bundled sample, writing to embedded defaults (a DuckDB
+file and an Avro folder under ``./output``)::
+
+    python -m beam_pipelines.frontend
+
+Read a file of your own, or Kafka (bounded backfill or streaming), and write to
+real services::
+
+    python -m beam_pipelines.frontend --input=events.jsonl.gz
+    python -m beam_pipelines.frontend --kafka_bootstrap=127.0.0.1:19092 \\
+        --postgres_dsn="host=127.0.0.1 port=15433 dbname=analytics user=iheard password=iheard" \\
+        --redis_url=redis://127.0.0.1:16380/0 --archive_path=s3://iheardai-archive/archive \\
+        --s3_endpoint_url=http://127.0.0.1:19000
+    python -m beam_pipelines.frontend --profile=flink-local --streaming --kafka_bootstrap=...
+
+The chain (every step labelled as it appears in the Flink dashboard)::
+
+    ReadEvents -> ParseEvents -> RedactPii -> EnrichEvents -> DedupeEvents
+        |-> WriteToPostgres[frontend_analytics] (or WriteToEmbeddedDb)
+        |-> ArchiveEvents (Avro, source=frontend/date=/hour=)
+        |-> WriteLiveKpis (Redis, when configured)
+        '-> AggregateSessions -> frontend_sessions table (+ WriteSessionState)
+    every failed output -> FlattenFailures -> failed_events (+ dead-letter topic)
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import typing
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from beam_pipelines import common
+from beam_pipelines.options import Connections, IheardOptions, resolve_connections
+
+__all__ = ["build_pipeline", "run", "FRONTEND_TOPIC", "SAMPLE_INPUT"]
+
+_LOG = logging.getLogger(__name__)
+
+PIPELINE = "frontend"
+FRONTEND_TOPIC = "frontend_user_interaction"
+SAMPLE_INPUT = os.path.join(os.path.dirname(__file__), "sample_data", "frontend_events.jsonl.gz")
+
+# Free-text fields searched for PII; the page URL includes its query string.
+PII_TEXT_FIELDS = ("element_text", "page_url", "page_title", "referrer", "element_id", "element_class")
+# Fields that identify a person outright: replaced by a keyed token whole.
+PII_TOKEN_FIELDS: typing.Tuple[str, ...] = ()
+
+
+def build_pipeline(
+    pipeline: beam.Pipeline,
+    records: beam.PCollection,
+    conns: Connections,
+    opts: IheardOptions,
+) -> typing.Dict[str, beam.PCollection]:
+    """Applies the frontend chain to ``records`` (``PCollection[SourceRecord]``).
+
+    Taking the source as a PCollection lets tests feed ``Create``/``TestStream``.
+    Returns the main intermediate collections (for tests and benchmarks).
+    """
+    from schemas.avro import load_schema
+    from schemas.events import FrontendEvent
+    from transforms.dedupe import DedupeEvents
+    from transforms.frontend_enrich import EnrichFrontendEvents, EnrichmentConfig
+    from transforms.parse import ParseEvents
+    from transforms.pii import RedactPii
+    from transforms.sessions import AggregateSessions
+
+    parsed = records | "ParseEvents" >> ParseEvents(
+        FrontendEvent, PIPELINE, decoder=common.kafka_decoder(opts, load_schema("envelope_v1"))
+    )
+    redacted = parsed[ParseEvents.VALID] | "RedactPii" >> RedactPii(
+        conns.pii_secret, PII_TEXT_FIELDS, PII_TOKEN_FIELDS, PIPELINE
+    )
+    enriched = redacted[RedactPii.VALID] | "EnrichEvents" >> EnrichFrontendEvents(
+        EnrichmentConfig(), PIPELINE
+    )
+    events = enriched[EnrichFrontendEvents.VALID] | "DedupeEvents" >> DedupeEvents(
+        ttl_seconds=opts.dedupe_ttl_seconds
+    )
+    sessions = common.count(
+        events | "AggregateSessions" >> AggregateSessions(
+            gap_seconds=opts.session_gap_seconds,
+            allowed_lateness_seconds=opts.allowed_lateness_seconds,
+            pipeline=PIPELINE,
+        ),
+        PIPELINE, "session_panes", "CountSessionPanes",
+    )
+
+    failures = [
+        parsed[ParseEvents.FAILED],
+        redacted[RedactPii.FAILED],
+        enriched[EnrichFrontendEvents.FAILED],
+        common.write_rows(events, "frontend_analytics", conns, PIPELINE),
+        common.write_rows(sessions, "frontend_sessions", conns, PIPELINE),
+        common.archive_records(events, conns, PIPELINE, load_schema("frontend_enriched_v1")),
+    ]
+    if conns.redis_url:
+        failures.extend(common.write_live_state(events, sessions, conns, PIPELINE))
+    common.write_dead_letters(failures, conns, PIPELINE)
+    return {"events": events, "sessions": sessions}
+
+
+def run(argv: typing.Optional[typing.List[str]] = None, save_main_session: bool = False):
+    """Parses ``argv``, builds and runs the pipeline; returns the PipelineResult."""
+    from runners.profiles import expand_argv
+
+    argv = expand_argv(list(sys.argv[1:] if argv is None else argv))
+    options = PipelineOptions(argv)
+    opts = options.view_as(IheardOptions)
+    streaming = options.view_as(StandardOptions).streaming
+    if not opts.input and not opts.kafka_bootstrap:
+        _LOG.info("no --input or --kafka_bootstrap: using the bundled sample %s", SAMPLE_INPUT)
+        opts.input = SAMPLE_INPUT
+    conns = resolve_connections(opts)
+    common.prepare_sinks(conns)
+
+    pipeline = beam.Pipeline(options=options)
+    records = common.read_source(pipeline, conns, opts, FRONTEND_TOPIC, streaming)
+    build_pipeline(pipeline, records, conns, opts)
+    result = pipeline.run()
+    result.wait_until_finish()
+    print(common.summary(result, conns, PIPELINE), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    logging.getLogger().setLevel(logging.INFO)
+    run()
