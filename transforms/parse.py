@@ -1,0 +1,227 @@
+"""Decode and validate source records into event dicts (first step of every pipeline).
+
+``parse_record`` is the pure core: bytes/text/dict -> validated event dict (see
+docs/ARCHITECTURE.md, "Element types")::
+
+    {<model fields>, "event_id", "timestamp_ms", "extra": {unknown fields},
+     "_source": {"topic", "partition", "offset"}}
+
+``ParseEvents`` wraps it for a ``PCollection[SourceRecord]``::
+
+    SourceRecord --ParseFn--+--> valid  : event dict, timestamped at its event time
+                            +--> failed : FailedRecord (stage "decode" | "validate")
+
+Every input ends in exactly one output; counters ``received``, ``valid`` and
+``failed`` (namespace = pipeline name) count them.
+
+``event_id`` is the payload's own ``event_id`` if it has one, else the
+SHA-256 hex of the payload's canonical JSON (sorted keys, no whitespace,
+UTF-8), so a producer retry or a replayed Kafka range yields the same id and
+the dedupe step and the upserting sinks absorb it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import typing
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import TimestampedValue
+from pydantic import ValidationError
+
+from schemas.events import normalize_timestamp_ms
+from schemas.records import (
+    PIPELINE_VERSION,
+    FailedRecord,
+    SourceRecord,
+    failed_from_source,
+    utc_now_iso,
+)
+
+__all__ = [
+    "ParseEvents",
+    "parse_record",
+    "DecodeError",
+    "event_id_for",
+    "format_validation_error",
+    "failed_from_event",
+]
+
+
+class DecodeError(ValueError):
+    """The payload is not a UTF-8 JSON object."""
+
+
+def _canonical_json(payload: dict) -> bytes:
+    return json.dumps(
+        payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+        default=str,
+    ).encode("utf-8")
+
+
+def event_id_for(payload: dict) -> str:
+    """The payload's ``event_id`` if non-empty, else SHA-256 of its canonical JSON."""
+    given = payload.get("event_id")
+    if given is not None and not isinstance(given, (dict, list, bool)):
+        given = str(given).strip()
+        if given:
+            return given
+    return hashlib.sha256(_canonical_json(payload)).hexdigest()
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """``field: message; other.field: message`` - short and names every field."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "<payload>"
+        msg = err.get("msg", "invalid")
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        if err.get("type") == "missing":
+            msg = "field required"
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def _decode(value, decoder) -> dict:
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        try:
+            text = bytes(value).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DecodeError(f"payload is not valid UTF-8: {exc}") from None
+    elif isinstance(value, str):
+        text = value
+    else:
+        raise DecodeError(f"payload must be bytes, str or dict, got {type(value).__name__}")
+    if not text.strip():
+        raise DecodeError("payload is empty")
+    try:
+        payload = decoder.loads(text)
+    except (ValueError, TypeError) as exc:
+        raise DecodeError(f"payload is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise DecodeError(
+            f"payload must be a JSON object, got {type(payload).__name__}"
+        )
+    return payload
+
+
+def parse_record(
+    value: typing.Union[bytes, str, dict],
+    model,
+    decoder=json,
+    *,
+    source: typing.Optional[SourceRecord] = None,
+) -> dict:
+    """Decode ``value`` and validate it with ``model`` (a pydantic model class).
+
+    Raises ``DecodeError`` (not JSON / not an object) or ``ValueError`` with a
+    message naming the field (the model rejected it; a pydantic
+    ``ValidationError`` is a ``ValueError``). ``source`` fills ``_source`` and
+    provides the fallback event time (the Kafka record timestamp) for payloads
+    without their own.
+    """
+    payload = _decode(value, decoder or json)
+    obj = model.model_validate(payload)
+    record = dict(obj.__dict__)
+    extra = dict(obj.__pydantic_extra__ or {})
+    record["extra"] = extra
+    ts = getattr(obj, "timestamp_ms", None)
+    if ts is None and source is not None and source.timestamp_ms is not None:
+        # The payload has no time of its own: fall back to the transport's.
+        ts = normalize_timestamp_ms(source.timestamp_ms)
+    if ts is None:
+        raise ValueError("timestamp: field required (no event time in payload or record)")
+    record["timestamp_ms"] = int(ts)
+    record["event_id"] = event_id_for(payload)
+    record["_source"] = (
+        {"topic": source.topic, "partition": source.partition, "offset": source.offset}
+        if source is not None
+        else {"topic": None, "partition": None, "offset": None}
+    )
+    return record
+
+
+def failed_from_event(event, exc: BaseException, stage: str, pipeline: str) -> FailedRecord:
+    """The dead letter for an already-parsed event dict that failed at ``stage``
+    (redact, enrich, ...): the event as JSON plus where it came from."""
+    source = (event.get("_source") or {}) if isinstance(event, dict) else {}
+    try:
+        raw = json.dumps(event, default=str, sort_keys=True, ensure_ascii=False)
+    except (TypeError, ValueError):
+        raw = repr(event)
+    partition = source.get("partition")
+    offset = source.get("offset")
+    return FailedRecord(
+        raw=raw,
+        error_class=type(exc).__name__,
+        error_message=str(exc)[:4000],
+        stage=stage,
+        pipeline=pipeline,
+        source_topic=source.get("topic") or "",
+        source_partition=partition if partition is not None else -1,
+        source_offset=offset if offset is not None else -1,
+        pipeline_version=PIPELINE_VERSION,
+        received_at=utc_now_iso(),
+    )
+
+
+class _ParseFn(beam.DoFn):
+    def __init__(self, model, pipeline: str, decoder=None):
+        self._model = model
+        self._pipeline = pipeline
+        self._decoder = decoder
+        self._received = Metrics.counter(pipeline, "received")
+        self._valid = Metrics.counter(pipeline, "valid")
+        self._failed = Metrics.counter(pipeline, "failed")
+
+    def process(self, record: SourceRecord):
+        self._received.inc()
+        try:
+            event = parse_record(record.value, self._model, self._decoder or json,
+                                 source=record)
+        except DecodeError as exc:
+            self._failed.inc()
+            yield beam.pvalue.TaggedOutput(
+                ParseEvents.FAILED, failed_from_source(record, exc, "decode", self._pipeline))
+            return
+        except ValidationError as exc:
+            self._failed.inc()
+            readable = ValueError(format_validation_error(exc))
+            failed = failed_from_source(record, readable, "validate", self._pipeline)
+            yield beam.pvalue.TaggedOutput(
+                ParseEvents.FAILED, failed._replace(error_class="ValidationError"))
+            return
+        except Exception as exc:  # noqa: BLE001 - any data error is a dead letter
+            self._failed.inc()
+            yield beam.pvalue.TaggedOutput(
+                ParseEvents.FAILED, failed_from_source(record, exc, "validate", self._pipeline))
+            return
+        self._valid.inc()
+        yield TimestampedValue(event, event["timestamp_ms"] / 1000.0)
+
+
+class ParseEvents(beam.PTransform):
+    """``PCollection[SourceRecord]`` -> tagged outputs ``valid`` (event dicts
+    with event-time timestamps) and ``failed`` (``FailedRecord``)."""
+
+    VALID = "valid"
+    FAILED = "failed"
+
+    def __init__(self, model, pipeline: str, decoder=None):
+        super().__init__()
+        if not hasattr(model, "model_validate"):
+            raise ValueError("model must be a pydantic v2 model class")
+        if not pipeline:
+            raise ValueError("pipeline name is required (it names the counters)")
+        self._model = model
+        self._pipeline = pipeline
+        self._decoder = decoder
+
+    def expand(self, records):
+        return records | "ValidateAndTimestamp" >> beam.ParDo(
+            _ParseFn(self._model, self._pipeline, self._decoder)
+        ).with_outputs(self.FAILED, main=self.VALID)

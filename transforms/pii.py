@@ -1,0 +1,470 @@
+"""PII redaction with keyed tokens: the same value joins across events, unreadably.
+
+``PiiRedactor`` (pure) finds PII in free text and replaces each value with a
+token ``[KIND:hhhhhhhhhh]`` where ``hhhhhhhhhh`` is the first 10 hex digits of
+HMAC-SHA256(secret, "kind:normalised value"). Without the secret the token
+cannot be reversed or brute-forced from a dictionary of emails; with the same
+secret the same person gets the same token everywhere.
+
+Detected (kind -> normalised form):
+
+==========  ===================================================  =============
+kind        rule                                                 normalised
+==========  ===================================================  =============
+email       local@domain.tld, also ``%40`` percent-encoded      lower case
+iban        2 letters + 2 digits + 11..30 alphanumerics,         compact, upper
+            length per country where known, ISO 7064 mod 97
+card        13-19 digits with optional single spaces/dashes,     digits only
+            first digit 2-6 (issuer ranges), Luhn checksum
+ssn         ddd-dd-dddd (not 000/666/9xx, 00, 0000), or 9        digits only
+            digits after "SSN"/"social security"
+ipv6        colon groups that ``ipaddress`` accepts, >= 1 digit  compressed
+ipv4        four octets 0-255, no leading zeros, first octet     dotted quad
+            not 0, not part of a longer dotted number, not
+            after a letter (``v1.2.3.4``) and not a version (below)
+phone       ``phonenumbers.PhoneNumberMatcher`` (Leniency.VALID,  E.164
+            ``default_region``), run only on runs of >= 7 digits
+==========  ===================================================  =============
+
+What must survive (tests/unit/test_pii.py lists the cases), and how:
+
+* Spans that look like PII but are not are *protected* before the ambiguous
+  detectors (ipv4, phone) run: ISO dates and datetimes, d/m/y dates, times,
+  UUIDs, long hex ids, epoch timestamps (10/13 digits starting with 1),
+  prices (currency symbol or code), screen sizes (``1920x1080``), order-like
+  ids (letters + separator + digits, ``ORD-123456789``, ``sess_abc123``),
+  bare digit runs of 11+ digits (ids; an international phone is written with
+  ``+``), tokens already emitted (so redaction is idempotent) and versions.
+* IPv4 versus version strings: a dotted quad is an address only if every
+  octet is 0-255 without leading zeros and the first is not 0. It is a
+  version, not an address, when a letter or ``/`` after a product name
+  precedes it (``v1.2.3.4``, ``Chrome/1.2.3.4``), a word such as
+  ``version``/``ver``/``build``/``release``/``rev`` precedes it, or it has a
+  fifth part (``1.2.3.4.5``). A bare ``1.2.3.4`` in text is treated as an
+  address: leaking an address is worse than tokenising a version.
+* Cards must start with 2-6 so 13-digit epoch milliseconds never match; a
+  16-digit order number that happens to pass Luhn (1 in 10) is tokenised -
+  an accepted false positive.
+
+URLs (``page_url``, ``referrer``): query and fragment parameters are
+percent-decoded one by one, redacted, and re-encoded only if they changed,
+so UTM parameters and the rest of the URL stay byte-identical.
+
+``token_fields`` are replaced wholesale by ``[TOKEN:...]`` (for identifiers
+that are themselves personal). The frontend pipeline tokenises nothing
+wholesale: ``user_id`` is the application's pseudonymous id and the join key
+with the text-agent and Marketo data (an email used as ``user_id`` would be
+caught if ``user_id`` were put in ``text_fields``).
+"""
+from __future__ import annotations
+
+import collections
+import hmac
+import hashlib
+import ipaddress
+import re
+import typing
+import urllib.parse
+
+import apache_beam as beam
+import phonenumbers
+from apache_beam.metrics import Metrics
+from phonenumbers import Leniency, PhoneNumberFormat, PhoneNumberMatcher
+
+from transforms.parse import failed_from_event
+
+__all__ = [
+    "PiiRedactor",
+    "RedactPii",
+    "PII_KINDS",
+    "FRONTEND_TEXT_FIELDS",
+    "FRONTEND_TOKEN_FIELDS",
+]
+
+PII_KINDS = ("email", "phone", "ipv4", "ipv6", "card", "ssn", "iban", "token")
+
+# Free-text fields of a frontend event that may carry PII.
+FRONTEND_TEXT_FIELDS = ("page_url", "referrer", "page_title", "element_text")
+FRONTEND_TOKEN_FIELDS: typing.Tuple[str, ...] = ()
+
+TOKEN_HEX_DIGITS = 10  # 40 bits: collisions are negligible per person-space
+
+_EMAIL = re.compile(
+    r"(?<![\w.%+-])[A-Za-z0-9._%+-]{1,64}(?:@|%40)"
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-])"
+)
+_IPV6_CANDIDATE = re.compile(
+    r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}"
+    r"(?:(?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f]{0,4})(?![\w:])"
+)
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
+_CARD = re.compile(r"(?<!\d)(?<!\d[ -])[2-6](?:[ -]?\d){12,18}(?![ -]?\d)")
+_SSN = re.compile(
+    r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])"
+    r"|(?i:\bssn\b|social security(?: number| no\.?)?)[\s:#=-]*(?P<bare>\d{9})(?!\d)"
+)
+_IPV4 = re.compile(
+    r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]\d|\d)\.){3}"
+    r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]\d|\d)(?![\w]|\.\d)"
+)
+_PHONE_CANDIDATE = re.compile(r"(?<![\w.])\+?\(?\d[\d \t().\-/]{5,22}\d(?![\w])")
+
+_PROTECTED = re.compile(
+    "|".join(
+        (
+            r"\[[A-Z0-9]+:[0-9a-f]{6,64}\]",  # our own tokens
+            r"\b[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}\b",
+            r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?",
+            r"\b\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}\b",
+            r"\b\d{4}/\d{1,2}/\d{1,2}\b",
+            r"\b\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?\b",
+            r"\b(?=[0-9a-fA-F]{16,}\b)[0-9a-fA-F]*[a-fA-F][0-9a-fA-F]*\b",  # hex ids
+            r"\b1\d{9}(?:\d{3})?\b",  # epoch seconds / milliseconds
+            r"[$€£¥₹]\s?\d[\d,.\s]*\d|\b\d[\d,.]*\s?(?:USD|EUR|GBP|JPY|CHF|CAD|AUD)\b",
+            r"\b\d{2,5}\s?[xX×]\s?\d{2,5}\b",  # screen / viewport sizes
+            r"\b[A-Za-z][A-Za-z0-9]*(?:[_-][A-Za-z0-9]+)*[_-]\d[\w-]*",  # ORD-123, sess_1a
+            r"\b[vV]\d+(?:\.\d+)+",
+            r"(?i:\b(?:version|ver|release|build|rev|firmware|fw)\b\.?)[\s:#=-]*\d+(?:\.\d+)+",
+            r"(?<=[A-Za-z])/\d+(?:\.\d+)+",  # product/version tokens
+            r"\b\d+(?:\.\d+){4,}\b",  # 5+ dotted parts: a version, not an address
+            r"(?<![\d+])\d{11,}(?!\d)",  # bare long digit runs are ids
+        )
+    )
+)
+
+_DIGITS = "0123456789"
+_DROP_DIGITS = str.maketrans("", "", _DIGITS)
+
+# Country -> IBAN length (ISO 13616 registry) for the countries seen most;
+# others fall back to the mod-97 check over the whole match.
+_IBAN_LENGTHS = {
+    "AD": 24, "AE": 23, "AT": 20, "BE": 16, "BG": 22, "BH": 22, "BR": 29,
+    "CH": 21, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "EE": 20, "ES": 24,
+    "FI": 18, "FR": 27, "GB": 22, "GR": 27, "HR": 21, "HU": 28, "IE": 22,
+    "IL": 23, "IS": 26, "IT": 27, "LI": 21, "LT": 20, "LU": 20, "LV": 21,
+    "MC": 27, "MT": 31, "NL": 18, "NO": 15, "PL": 28, "PT": 25, "RO": 24,
+    "SA": 24, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "TR": 26,
+}
+
+
+def _luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2 == 1:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def _iban_ok(compact: str) -> bool:
+    if not 15 <= len(compact) <= 34:
+        return False
+    rearranged = compact[4:] + compact[:4]
+    numeric = "".join(str(int(ch, 36)) for ch in rearranged)
+    return int(numeric) % 97 == 1
+
+
+class _Spans:
+    """Non-overlapping claimed character ranges (few per text: a list is fine)."""
+
+    __slots__ = ("ranges",)
+
+    def __init__(self):
+        self.ranges: typing.List[typing.Tuple[int, int]] = []
+
+    def free(self, start: int, end: int) -> bool:
+        for s, e in self.ranges:
+            if start < e and s < end:
+                return False
+        return True
+
+    def claim(self, start: int, end: int) -> None:
+        self.ranges.append((start, end))
+
+
+class PiiRedactor:
+    """Pure, picklable PII redactor; see the module docstring for the rules.
+
+    ``secret`` keys the token HMAC (>= 16 bytes). ``default_region`` is the
+    ISO country whose national phone formats are recognised without ``+``.
+    """
+
+    def __init__(self, secret: bytes, default_region: str = "US",
+                 token_hex_digits: int = TOKEN_HEX_DIGITS):
+        if isinstance(secret, str):
+            secret = secret.encode("utf-8")
+        if not isinstance(secret, (bytes, bytearray)) or len(secret) < 16:
+            raise ValueError("secret must be at least 16 bytes")
+        if default_region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"unknown phone region {default_region!r}")
+        if not 6 <= token_hex_digits <= 64:
+            raise ValueError("token_hex_digits must be between 6 and 64")
+        self._secret = bytes(secret)
+        self._region = default_region
+        self._hex = token_hex_digits
+
+    # -- tokens -------------------------------------------------------------
+    def token(self, kind: str, normalised: str) -> str:
+        digest = hmac.new(self._secret, f"{kind}:{normalised}".encode("utf-8"),
+                          hashlib.sha256).hexdigest()
+        return f"[{kind.upper()}:{digest[:self._hex]}]"
+
+    # -- detection ------------------------------------------------------------
+    def _find(self, text: str) -> typing.List[typing.Tuple[int, int, str, str]]:
+        """(start, end, kind, normalised) for every PII value in ``text``."""
+        found: typing.List[typing.Tuple[int, int, str, str]] = []
+        taken = _Spans()
+        has_at = "@" in text or "%40" in text
+        digits = len(text) - len(text.translate(_DROP_DIGITS))
+        if has_at:
+            for m in _EMAIL.finditer(text):
+                value = urllib.parse.unquote(m.group()).lower()
+                found.append((m.start(), m.end(), "email", value))
+                taken.claim(m.start(), m.end())
+        if digits == 0:
+            return found
+        if ":" in text:
+            for m in _IPV6_CANDIDATE.finditer(text):
+                cand = m.group()
+                if not any(c in _DIGITS for c in cand) or not taken.free(m.start(), m.end()):
+                    continue
+                if "::" not in cand and cand.count(":") != 7 and "." not in cand:
+                    continue
+                try:
+                    addr = ipaddress.IPv6Address(cand)
+                except ValueError:
+                    continue
+                found.append((m.start(), m.end(), "ipv6", addr.compressed))
+                taken.claim(m.start(), m.end())
+        if digits >= 2:
+            self._find_iban(text, found, taken)
+        if digits >= 13:
+            for m in _CARD.finditer(text):
+                number = m.group().replace(" ", "").replace("-", "")
+                if (13 <= len(number) <= 19 and len(set(number)) > 1
+                        and _luhn_ok(number) and taken.free(m.start(), m.end())):
+                    found.append((m.start(), m.end(), "card", number))
+                    taken.claim(m.start(), m.end())
+        if digits >= 9:
+            for m in _SSN.finditer(text):
+                if m.group("bare"):
+                    start, end = m.span("bare")
+                else:
+                    start, end = m.span()
+                if taken.free(start, end):
+                    found.append((start, end, "ssn", text[start:end].replace("-", "")))
+                    taken.claim(start, end)
+        if digits < 4:
+            return found
+        for m in _PROTECTED.finditer(text):
+            taken.claim(m.start(), m.end())
+        if "." in text:
+            for m in _IPV4.finditer(text):
+                if m.group().startswith("0") or not taken.free(m.start(), m.end()):
+                    continue
+                found.append((m.start(), m.end(), "ipv4", m.group()))
+                taken.claim(m.start(), m.end())
+        if digits >= 7:
+            self._find_phones(text, found, taken)
+        return found
+
+    def _find_iban(self, text, found, taken):
+        for m in _IBAN.finditer(text):
+            raw = m.group()
+            compact = raw.replace(" ", "")
+            expected = _IBAN_LENGTHS.get(compact[:2])
+            if expected is not None:
+                if len(compact) < expected:
+                    continue
+                compact = compact[:expected]
+            if not _iban_ok(compact):
+                continue
+            # Map the compact length back onto the original (spaced) span.
+            count, end = 0, m.start()
+            while count < len(compact):
+                if text[end] != " ":
+                    count += 1
+                end += 1
+            if taken.free(m.start(), end):
+                found.append((m.start(), end, "iban", compact))
+                taken.claim(m.start(), end)
+
+    def _find_phones(self, text, found, taken):
+        for cand in _PHONE_CANDIDATE.finditer(text):
+            chunk = cand.group()
+            if len(chunk) - len(chunk.translate(_DROP_DIGITS)) < 7:
+                continue
+            base = cand.start()
+            if not taken.free(base, cand.end()) and all(
+                not taken.free(i, i + 1) for i in range(base, cand.end())
+                if text[i] in _DIGITS
+            ):
+                continue
+            for match in PhoneNumberMatcher(chunk, self._region, leniency=Leniency.VALID):
+                start, end = base + match.start, base + match.end
+                if taken.free(start, end):
+                    e164 = phonenumbers.format_number(match.number, PhoneNumberFormat.E164)
+                    found.append((start, end, "phone", e164))
+                    taken.claim(start, end)
+
+    # -- replacement ------------------------------------------------------------
+    def _redact_plain(self, text: str, counts: collections.Counter) -> str:
+        found = self._find(text)
+        if not found:
+            return text
+        found.sort()
+        out, pos = [], 0
+        for start, end, kind, value in found:
+            out.append(text[pos:start])
+            out.append(self.token(kind, value))
+            counts[kind] += 1
+            pos = end
+        out.append(text[pos:])
+        return "".join(out)
+
+    def _redact_params(self, part: str, counts) -> str:
+        pieces = part.split("&")
+        changed = False
+        for i, piece in enumerate(pieces):
+            key, sep, value = piece.partition("=")
+            if not sep or not value:
+                continue
+            decoded = urllib.parse.unquote_plus(value)
+            if "@" not in decoded and not any(c in _DIGITS for c in decoded):
+                continue
+            redacted = self._redact_plain(decoded, counts)
+            if redacted != decoded:
+                pieces[i] = key + "=" + urllib.parse.quote_plus(redacted, safe="[]:")
+                changed = True
+        return "&".join(pieces) if changed else part
+
+    def _redact_url(self, text: str, counts) -> str:
+        head, hash_sep, fragment = text.partition("#")
+        path, q_sep, query = head.partition("?")
+        path = self._redact_plain(path, counts)
+        if query:
+            query = self._redact_params(query, counts)
+        if fragment:
+            fragment = (self._redact_params(fragment, counts) if "=" in fragment
+                        else self._redact_plain(fragment, counts))
+        return path + q_sep + query + hash_sep + fragment
+
+    def redact_text(self, text: str) -> typing.Tuple[str, collections.Counter]:
+        """``text`` with every PII value replaced by its token, and counts per kind."""
+        counts: collections.Counter = collections.Counter()
+        if not text or not isinstance(text, str):
+            return text, counts
+        if "@" not in text and not any(c in text for c in _DIGITS):
+            return text, counts  # fast path: every kind needs '@' or a digit
+        if ("?" in text or "#" in text) and " " not in text and (
+                "://" in text or text.startswith("/")):
+            return self._redact_url(text, counts), counts
+        return self._redact_plain(text, counts), counts
+
+    def redact_value(self, value, counts: collections.Counter):
+        """Redacts strings inside nested dicts/lists (for unknown ``extra`` fields)."""
+        if isinstance(value, str):
+            redacted, c = self.redact_text(value)
+            counts.update(c)
+            return redacted
+        if isinstance(value, dict):
+            return {k: self.redact_value(v, counts) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.redact_value(v, counts) for v in value]
+        return value
+
+    def redact_record(
+        self,
+        record: dict,
+        text_fields: typing.Iterable[str],
+        token_fields: typing.Iterable[str] = (),
+        nested_fields: typing.Iterable[str] = ("extra",),
+    ) -> typing.Tuple[dict, collections.Counter]:
+        """A copy of ``record`` with PII redacted, and counts per kind.
+
+        ``text_fields`` are scanned as free text; ``token_fields`` are replaced
+        wholesale by ``[TOKEN:...]``; every string inside ``nested_fields``
+        (the unknown fields a client added) is scanned as free text too.
+        """
+        counts: collections.Counter = collections.Counter()
+        out = dict(record)
+        for name in text_fields:
+            value = out.get(name)
+            if isinstance(value, str) and value:
+                redacted, c = self.redact_text(value)
+                if c:
+                    out[name] = redacted
+                    counts.update(c)
+        for name in token_fields:
+            value = out.get(name)
+            if value is not None and value != "":
+                out[name] = self.token("token", str(value))
+                counts["token"] += 1
+        for name in nested_fields:
+            value = out.get(name)
+            if value:
+                out[name] = self.redact_value(value, counts)
+        return out, counts
+
+
+class _RedactFn(beam.DoFn):
+    def __init__(self, secret, text_fields, token_fields, pipeline, default_region):
+        self._secret = secret
+        self._text_fields = tuple(text_fields)
+        self._token_fields = tuple(token_fields)
+        self._pipeline = pipeline
+        self._region = default_region
+        self._counters = {k: Metrics.counter(pipeline, f"pii_redacted_{k}") for k in PII_KINDS}
+        self._failed = Metrics.counter(pipeline, "redact_failed")
+        self._redactor = None
+
+    def setup(self):
+        self._redactor = PiiRedactor(self._secret, self._region)
+
+    def process(self, event: dict):
+        try:
+            redacted, counts = self._redactor.redact_record(
+                event, self._text_fields, self._token_fields)
+        except Exception as exc:  # noqa: BLE001 - route, never crash the bundle
+            self._failed.inc()
+            yield beam.pvalue.TaggedOutput(
+                RedactPii.FAILED, failed_from_event(event, exc, "redact", self._pipeline))
+            return
+        if counts:
+            for kind, n in counts.items():
+                self._counters[kind].inc(n)
+            # Counts only (never values) for the lineage in transformation_metadata.
+            redacted["_pii"] = dict(counts)
+        yield redacted
+
+
+class RedactPii(beam.PTransform):
+    """Event dicts -> ``valid`` (redacted copies) and ``failed`` (``FailedRecord``).
+
+    Counters ``pii_redacted_<kind>`` (namespace = pipeline) count tokens
+    issued. Element timestamps and windows pass through unchanged.
+    """
+
+    VALID = "valid"
+    FAILED = "failed"
+
+    def __init__(self, secret: bytes, text_fields=FRONTEND_TEXT_FIELDS,
+                 token_fields=FRONTEND_TOKEN_FIELDS, pipeline: str = "frontend",
+                 default_region: str = "US"):
+        super().__init__()
+        # Fail at construction, not on a worker: validates secret and region.
+        PiiRedactor(secret, default_region)
+        self._secret = secret
+        self._text_fields = tuple(text_fields)
+        self._token_fields = tuple(token_fields)
+        self._pipeline = pipeline
+        self._region = default_region
+
+    def expand(self, events):
+        return events | "RedactPiiFields" >> beam.ParDo(
+            _RedactFn(self._secret, self._text_fields, self._token_fields,
+                      self._pipeline, self._region)
+        ).with_outputs(self.FAILED, main=self.VALID)
