@@ -32,7 +32,8 @@ def read_lines(readable_file, metric_namespace: str = "files") -> typing.Iterato
     path = readable_file.metadata.path
     blank = Metrics.counter(metric_namespace, "blank_lines")
     with readable_file.open() as handle:  # compression detected from the suffix
-        for line_number, line in enumerate(handle, start=1):
+        # Beam's CompressedFile has readline() but is not iterable.
+        for line_number, line in enumerate(iter(handle.readline, b""), start=1):
             value = line.rstrip(b"\r\n")
             if not value.strip():
                 blank.inc()

@@ -1,0 +1,117 @@
+"""Sample-data generator and option resolution (pure, no Beam runner)."""
+import gzip
+import json
+
+import pytest
+
+from beam_pipelines import generate
+from beam_pipelines.options import DEV_PII_SECRET, IheardOptions, resolve_connections
+
+
+def _parse(lines):
+    good, bad = [], []
+    for line in lines:
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            bad.append(line)
+            continue
+        if (
+            isinstance(obj.get("timestamp"), int)
+            and obj["timestamp"] > 0
+            and obj.get("session_id")
+            and obj.get("event_type")
+        ):
+            good.append(obj)
+        else:
+            bad.append(line)
+    return good, bad
+
+
+def test_generator_is_deterministic_and_counts_exactly():
+    a = list(generate.frontend_events(500, seed=3))
+    b = list(generate.frontend_events(500, seed=3))
+    c = list(generate.frontend_events(500, seed=4))
+    assert a == b
+    assert a != c
+    assert len(a) == 500
+
+
+def test_generator_mixes_malformed_and_duplicates_in_requested_share():
+    lines = list(generate.frontend_events(5000, seed=11, malformed_ratio=0.05, duplicate_ratio=0.03))
+    good, bad = _parse(lines)
+    # 5% malformed of 5000 draws is ~250; binomial sd ~15, so 150..350 is > 6 sd wide.
+    assert 150 <= len(bad) <= 350
+    duplicates = len(lines) - len(set(lines))
+    assert 60 <= duplicates <= 250
+    kinds = {e["event_type"] for e in good}
+    assert {"page_view", "widget_open", "message_sent", "product_click", "conversion"} <= kinds
+
+
+def test_generator_payload_has_the_trackevent_fields():
+    good, _ = _parse(generate.frontend_events(200, seed=1, malformed_ratio=0, duplicate_ratio=0))
+    expected = {
+        "event_type", "session_id", "user_id", "page_url", "page_title", "referrer",
+        "user_agent", "screen_resolution", "viewport_size", "widget_id", "interaction_type",
+        "timestamp", "time_on_page", "element_id", "element_class", "element_text",
+        "click_coordinates", "country", "timezone",
+    }
+    for event in good:
+        assert expected <= set(event)
+    # events of one session are in time order
+    by_session = {}
+    for e in good:
+        by_session.setdefault(e["session_id"], []).append(e["timestamp"])
+    assert all(ts == sorted(ts) for ts in by_session.values())
+
+
+def test_generator_writes_gzip(tmp_path):
+    out = tmp_path / "e.jsonl.gz"
+    assert generate.main(["--events=50", f"--output={out}"]) == 0
+    with gzip.open(out, "rt") as handle:
+        assert len(handle.read().splitlines()) == 50
+
+
+def test_generator_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        list(generate.frontend_events(-1))
+    with pytest.raises(ValueError):
+        list(generate.frontend_events(10, malformed_ratio=2))
+
+
+def test_connections_default_to_embedded_outputs():
+    opts = IheardOptions(["--output_dir=/tmp/x"])
+    conns = resolve_connections(opts, env={})
+    assert conns.postgres_dsn is None
+    assert conns.embedded_db == "/tmp/x/iheardai.duckdb"
+    assert conns.archive_path == "/tmp/x/archive"
+    assert conns.redis_url is None
+    assert conns.pii_secret == DEV_PII_SECRET.encode()
+
+
+def test_connections_read_the_seed_environment_when_flags_are_absent():
+    env = {
+        "POSTGRES_HOST": "db.internal", "POSTGRES_USER": "analytics_user",
+        "POSTGRES_PASSWORD": "pw", "POSTGRES_PORT": "25060", "POSTGRES_SSLMODE": "require",
+        "REDIS_HOST": "cache.internal", "REDIS_PASSWORD": "rpw", "REDIS_TLS": "true",
+        "KAFKA_USER": "ku", "KAFKA_PASSWORD": "kp", "PII_HMAC_SECRET": "s3cret",
+    }
+    opts = IheardOptions(["--kafka_security_protocol=SASL_SSL", "--kafka_sasl_mechanism=SCRAM-SHA-256"])
+    conns = resolve_connections(opts, env=env)
+    assert "host=db.internal" in conns.postgres_dsn
+    assert "port=25060" in conns.postgres_dsn and "sslmode=require" in conns.postgres_dsn
+    assert conns.embedded_db is None
+    assert conns.redis_url == "rediss://:rpw@cache.internal:6379/0"
+    assert conns.kafka_security == {
+        "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-256",
+        "sasl_plain_username": "ku", "sasl_plain_password": "kp",
+    }
+    assert conns.pii_secret == b"s3cret"
+
+
+def test_flags_win_over_environment():
+    opts = IheardOptions(["--postgres_dsn=host=flag", "--redis_url=redis://flag:1/0", "--pii_secret=f"])
+    conns = resolve_connections(opts, env={"POSTGRES_HOST": "env", "REDIS_HOST": "env", "PII_HMAC_SECRET": "e"})
+    assert conns.postgres_dsn == "host=flag"
+    assert conns.redis_url == "redis://flag:1/0"
+    assert conns.pii_secret == b"f"
