@@ -1,0 +1,289 @@
+#!/usr/bin/env bash
+# Provision, start and stop the project's local Apache Flink 1.19 session
+# cluster, and build the classpath launcher of the Beam Flink job server.
+#
+#   flink/cluster.sh install   download the Flink distribution (PyPI wheels,
+#                              unpacked outside the project's environment) and
+#                              the Beam job-server classpath (Maven Central)
+#   flink/cluster.sh up        install if needed, start JobManager and
+#                              TaskManager, wait until the REST API reports a
+#                              TaskManager (starts only what is not running)
+#   flink/cluster.sh down      stop every daemon this script started
+#   flink/cluster.sh status    daemons, their pids and the REST overview
+#   flink/cluster.sh env       `export` lines for FLINK_MASTER & co.
+#   flink/cluster.sh pids      "<daemon> <pid>" per running daemon
+#
+# Everything is cached under $IHEARD_HOME/flink (IHEARD_HOME defaults to
+# ~/.cache/iheardai): dist/ (Flink), jobserver/ (jars + launcher), conf/
+# (rendered from flink/conf/config.yaml.template), log/, run/ (pid files),
+# checkpoints/, savepoints/, tmp/. Every command is idempotent.
+#
+# Environment knobs: IHEARD_HOME, FLINK_UP_TIMEOUT_S (default 180),
+# PIP (default "python3 -m pip"), MVN (default mvn).
+set -euo pipefail
+
+readonly FLINK_PATCH_VERSION=1.19.3
+readonly FLINK_MINOR_VERSION=1.19
+readonly BEAM_VERSION=2.62.0
+readonly REST_PORT=18081
+readonly PROMETHEUS_TM_PORT=19249
+readonly PROMETHEUS_JM_PORT=19259
+
+REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+IHEARD_HOME=${IHEARD_HOME:-$HOME/.cache/iheardai}
+STATE=$IHEARD_HOME/flink
+DIST_DIR=$STATE/dist/$FLINK_PATCH_VERSION
+FLINK_DIST_HOME=$DIST_DIR/pyflink
+JOBSERVER_DIR=$STATE/jobserver/$BEAM_VERSION
+LAUNCHER_JAR=$JOBSERVER_DIR/beam-runners-flink-$FLINK_MINOR_VERSION-job-server-launcher-$BEAM_VERSION.jar
+CONF_DIR=$STATE/conf
+LOG_DIR=$STATE/log
+PID_DIR=$STATE/run
+UP_TIMEOUT_S=${FLINK_UP_TIMEOUT_S:-180}
+PIP=${PIP:-python3 -m pip}
+MVN=${MVN:-mvn}
+
+# The distribution's scripts read these.
+export FLINK_CONF_DIR=$CONF_DIR FLINK_LOG_DIR=$LOG_DIR FLINK_PID_DIR=$PID_DIR
+export FLINK_IDENT_STRING=iheardai
+
+log() { echo "[flink] $*" >&2; }
+die() { echo "[flink] ERROR: $*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- install ---
+
+install_dist() {
+  local marker=$DIST_DIR/.installed
+  if [[ -f $marker ]]; then return; fi
+  command -v java >/dev/null || die "java not found (Flink $FLINK_MINOR_VERSION needs Java 11 or 17)"
+  log "installing Flink $FLINK_PATCH_VERSION distribution into $DIST_DIR"
+  local tmp=$DIST_DIR.tmp.$$
+  rm -rf "$tmp"
+  mkdir -p "$(dirname "$DIST_DIR")"
+  # --no-deps --target: the wheels' own Python requirements pin an old
+  # apache-beam; only the Java distribution under pyflink/ is wanted.
+  $PIP install --quiet --disable-pip-version-check --no-deps --target "$tmp" \
+    "apache-flink==$FLINK_PATCH_VERSION" "apache-flink-libraries==$FLINK_PATCH_VERSION" >&2
+  [[ -x $tmp/pyflink/bin/jobmanager.sh ]] || die "wheel has no pyflink/bin/jobmanager.sh"
+  [[ -f $tmp/pyflink/lib/flink-dist-$FLINK_PATCH_VERSION.jar ]] || die "wheel has no lib/flink-dist jar"
+  ls "$tmp"/pyflink/plugins/metrics-prometheus/flink-metrics-prometheus-*.jar >/dev/null \
+    || die "wheel has no plugins/metrics-prometheus"
+  rm -rf "$DIST_DIR"
+  mv "$tmp" "$DIST_DIR"
+  touch "$marker"
+}
+
+install_jobserver() {
+  local pom=$REPO_DIR/flink/jobserver/pom.xml
+  local stamp
+  stamp=$(sha256sum "$pom" | cut -c1-16)
+  local marker=$JOBSERVER_DIR/.installed-$stamp
+  if [[ -f $marker && -f $LAUNCHER_JAR ]]; then return; fi
+  command -v "$MVN" >/dev/null || die "mvn not found"
+  command -v jar >/dev/null || die "the JDK's jar tool not found"
+  log "resolving the Beam $BEAM_VERSION Flink job-server classpath into $JOBSERVER_DIR"
+  rm -rf "$JOBSERVER_DIR"
+  mkdir -p "$JOBSERVER_DIR"
+  $MVN -B -q -Dstyle.color=never -f "$pom" dependency:copy-dependencies \
+    -DoutputDirectory="$JOBSERVER_DIR/lib" -DincludeScope=runtime >&2
+  # A launcher jar with only a manifest: Main-Class plus a Class-Path of the
+  # jars relative to the launcher, so `java -jar launcher.jar` behaves like
+  # the official (shaded) job-server jar the Python FlinkRunner expects.
+  # Manifest lines are at most 72 bytes; continuation lines start with a space.
+  local classpath
+  classpath=$(cd "$JOBSERVER_DIR" && ls lib/*.jar | tr '\n' ' ')
+  {
+    echo "Manifest-Version: 1.0"
+    echo "Main-Class: org.apache.beam.runners.flink.FlinkJobServerDriver"
+    printf 'Class-Path: %s' "$classpath" | fold -w 70 | sed '2,$s/^/ /'
+    echo
+  } >"$JOBSERVER_DIR/MANIFEST.MF"
+  jar --create --file "$LAUNCHER_JAR" --manifest "$JOBSERVER_DIR/MANIFEST.MF"
+  # The driver rejects --help but prints its usage: proof the classpath loads.
+  local usage
+  usage=$(java -jar "$LAUNCHER_JAR" --help 2>&1 || true)
+  if [[ $usage != *--flink-master* ]]; then
+    echo "$usage" >&2
+    die "job-server launcher does not start"
+  fi
+  touch "$marker"
+}
+
+render_conf() {
+  mkdir -p "$CONF_DIR" "$LOG_DIR" "$PID_DIR" "$STATE/checkpoints" "$STATE/savepoints" \
+    "$STATE/tmp/blobs" "$STATE/tmp/web"
+  sed "s|@FLINK_STATE@|$STATE|g" "$REPO_DIR/flink/conf/config.yaml.template" >"$CONF_DIR/config.yaml.new"
+  mv "$CONF_DIR/config.yaml.new" "$CONF_DIR/config.yaml"
+  local f
+  for f in log4j.properties log4j-console.properties log4j-cli.properties logback.xml; do
+    cp "$FLINK_DIST_HOME/conf/$f" "$CONF_DIR/$f"
+  done
+}
+
+cmd_install() {
+  install_dist
+  install_jobserver
+  render_conf
+  log "Flink $FLINK_PATCH_VERSION: $FLINK_DIST_HOME"
+  log "job-server launcher: $LAUNCHER_JAR"
+}
+
+# ---------------------------------------------------------------- daemons ---
+
+# daemon name in flink-daemon.sh -> main class, to tell our JVMs from a
+# recycled pid.
+main_class() {
+  case $1 in
+    standalonesession) echo org.apache.flink.runtime.entrypoint.StandaloneSessionClusterEntrypoint ;;
+    taskexecutor) echo org.apache.flink.runtime.taskexecutor.TaskManagerRunner ;;
+  esac
+}
+
+pid_file() { echo "$PID_DIR/flink-$FLINK_IDENT_STRING-$1.pid"; }
+
+# Live pids of a daemon; drops dead ones from its pid file (a killed
+# TaskManager leaves its pid behind).
+live_pids() {
+  local daemon=$1 file class p
+  file=$(pid_file "$daemon")
+  class=$(main_class "$daemon")
+  [[ -f $file ]] || return 0
+  local alive=()
+  while IFS= read -r p || [[ -n $p ]]; do
+    [[ -n $p ]] || continue
+    if kill -0 "$p" 2>/dev/null && tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q "$class"; then
+      alive+=("$p")
+    fi
+  done <"$file"
+  if ((${#alive[@]})); then
+    printf '%s\n' "${alive[@]}" >"$file"
+    printf '%s\n' "${alive[@]}"
+  else
+    rm -f "$file"
+  fi
+}
+
+overview() { curl -fsS --max-time 3 "http://127.0.0.1:$REST_PORT/overview" 2>/dev/null; }
+
+taskmanagers_registered() {
+  local json
+  json=$(overview) || { echo 0; return; }
+  python3 -c 'import json,sys; print(json.loads(sys.argv[1]).get("taskmanagers", 0))' "$json"
+}
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+log_tail() {
+  local f
+  for f in "$LOG_DIR"/*.log "$LOG_DIR"/*.out; do
+    [[ -f $f ]] || continue
+    echo "----- tail $f" >&2
+    tail -n 40 "$f" >&2
+  done
+}
+
+cmd_up() {
+  cmd_install
+  local started=0
+  if [[ -z $(live_pids standalonesession) ]]; then
+    if port_busy "$REST_PORT"; then
+      die "port $REST_PORT is in use by a process this script did not start"
+    fi
+    log "starting JobManager"
+    "$FLINK_DIST_HOME/bin/jobmanager.sh" start -D "metrics.reporter.prom.port=$PROMETHEUS_JM_PORT" >&2
+    started=1
+  fi
+  if [[ -z $(live_pids taskexecutor) ]]; then
+    log "starting TaskManager"
+    "$FLINK_DIST_HOME/bin/taskmanager.sh" start >&2
+    started=1
+  fi
+  local deadline=$((SECONDS + UP_TIMEOUT_S)) n
+  while :; do
+    n=$(taskmanagers_registered)
+    if ((n >= 1)); then break; fi
+    if [[ -z $(live_pids standalonesession) || -z $(live_pids taskexecutor) ]]; then
+      log_tail
+      die "a Flink daemon exited during start-up (logs in $LOG_DIR)"
+    fi
+    if ((SECONDS >= deadline)); then
+      log_tail
+      die "no TaskManager registered at http://127.0.0.1:$REST_PORT within ${UP_TIMEOUT_S}s (logs in $LOG_DIR)"
+    fi
+    sleep 1
+  done
+  if ((started)); then
+    log "up: $n TaskManager(s), dashboard http://localhost:$REST_PORT"
+  else
+    log "already up: $n TaskManager(s)"
+  fi
+}
+
+stop_daemon() {
+  local daemon=$1 script=$2 p
+  if [[ -n $(live_pids "$daemon") ]]; then
+    "$FLINK_DIST_HOME/bin/$script" stop-all >&2 || true
+  fi
+  # Belt and braces: anything still alive from our pid file.
+  for p in $(live_pids "$daemon"); do
+    kill -9 "$p" 2>/dev/null || true
+  done
+  rm -f "$(pid_file "$daemon")"
+}
+
+cmd_down() {
+  if [[ ! -d $FLINK_DIST_HOME ]]; then
+    log "not installed, nothing to stop"
+    return
+  fi
+  stop_daemon taskexecutor taskmanager.sh
+  stop_daemon standalonesession jobmanager.sh
+  log "down"
+}
+
+cmd_pids() {
+  local d p
+  for d in standalonesession taskexecutor; do
+    for p in $(live_pids "$d"); do echo "$d $p"; done
+  done
+}
+
+cmd_status() {
+  local jm tm
+  jm=$(live_pids standalonesession | tr '\n' ' ')
+  tm=$(live_pids taskexecutor | tr '\n' ' ')
+  echo "jobmanager:   ${jm:-not running}"
+  echo "taskmanagers: ${tm:-not running}"
+  if json=$(overview); then
+    echo "overview:     $json"
+  else
+    echo "overview:     REST API on 127.0.0.1:$REST_PORT not answering"
+  fi
+  [[ -n $jm && -n $tm ]]
+}
+
+cmd_env() {
+  cat <<EOF
+export FLINK_MASTER=localhost:$REST_PORT
+export FLINK_VERSION=$FLINK_MINOR_VERSION
+export FLINK_JOB_SERVER_JAR=$LAUNCHER_JAR
+export FLINK_PROMETHEUS_URL=http://127.0.0.1:$PROMETHEUS_TM_PORT/metrics
+export FLINK_JOBMANAGER_PROMETHEUS_URL=http://127.0.0.1:$PROMETHEUS_JM_PORT/metrics
+export FLINK_HOME=$FLINK_DIST_HOME
+export FLINK_CONF_DIR=$CONF_DIR
+export FLINK_CHECKPOINTS_DIR=$STATE/checkpoints
+EOF
+}
+
+case ${1:-} in
+  install) cmd_install ;;
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  env) cmd_env ;;
+  pids) cmd_pids ;;
+  *)
+    echo "usage: $0 install|up|down|status|env|pids" >&2
+    exit 2
+    ;;
+esac
