@@ -1,0 +1,750 @@
+"""Kafka source and sink built on kafka-python (no Java expansion service).
+
+``ReadFromKafka`` is a splittable DoFn with one restriction per
+(topic, partition): an ``OffsetRange`` of Kafka offsets. It runs on the
+FnApiRunner, the DirectRunner and on portable Flink, in a bounded mode (read up
+to the end offsets seen at start, then finish) and a streaming mode (read
+forever, returning to the runner every few hundred milliseconds so it can
+checkpoint)::
+
+    Impulse
+      -> DiscoverPartitions        one _PartitionSpec per (topic, partition):
+                                   start offset (committed / earliest / latest)
+                                   and, in bounded mode, the end offset now
+      -> DistributePartitions      Reshuffle, so partitions spread over workers
+      -> ReadPartitions            SDF: OffsetRange restriction, manual
+                                   watermark, emits SourceRecord timestamped at
+                                   the Kafka record timestamp
+
+Delivery guarantee (source): every record in the restriction is emitted at
+least once; on Flink the checkpointed restriction is the true read position,
+so after a failure the job replays from the last checkpoint and downstream
+sinks must be idempotent (ours upsert / overwrite). Consumer-group offsets are
+committed only from the bundle finalizer, i.e. after the runner made the bundle
+durable; they are there for monitoring and lag alerts (``kafka-consumer-groups
+--describe``) and as the starting point of a *new* job (``start_from=
+"committed"``), never as the position of a running one.
+
+The reader never looks inside a payload: decoding happens in the parse step
+(``json_decoder`` / ``avro_decoder`` below are handed to it), so a payload that
+cannot be decoded becomes a dead letter there, with its topic, partition and
+offset, instead of failing the read.
+
+``WriteToKafka`` sends each element with one producer per DoFn instance and
+flushes at the end of every bundle; a bundle whose sends failed is failed, so
+the runner retries it: at-least-once (consumers dedupe on ``event_id`` /
+``failure_id``).
+
+Security: ``security_protocol`` PLAINTEXT, SASL_PLAINTEXT or SASL_SSL;
+``sasl_mechanism`` PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; the username and
+password default to the environment variables ``KAFKA_USER`` and
+``KAFKA_PASSWORD``, read once when the transform is constructed (on the
+submitting host) by ``kafka_credentials_from_env``, so workers need no
+environment of their own; ``ssl_cafile`` names the broker CA bundle for
+SASL_SSL.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import struct
+import threading
+import time
+import typing
+
+import apache_beam as beam
+from apache_beam.io.restriction_trackers import OffsetRange
+from apache_beam.io.restriction_trackers import OffsetRestrictionTracker
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.core import RestrictionProvider
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Duration
+from apache_beam.utils.timestamp import Timestamp
+
+from schemas.records import SourceRecord
+
+__all__ = [
+    "ReadFromKafka",
+    "WriteToKafka",
+    "json_decoder",
+    "avro_decoder",
+    "kafka_credentials_from_env",
+    "kafka_client_config",
+]
+
+_LOG = logging.getLogger(__name__)
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+START_FROM = ("committed", "earliest", "latest")
+
+# A streaming restriction has no end; the largest int64 is the usual stand-in
+# (Kafka offsets are int64 and never get near it).
+_UNBOUNDED_STOP = 2**63 - 1
+
+# How long one process() call may read before it hands the remainder back to
+# the runner. Short enough that Flink can checkpoint between calls (a Python
+# SDF cannot be split while it runs), long enough to amortise the call.
+DEFAULT_MAX_READ_TIME_S = 1.0
+
+# How long discovery waits for topic metadata before it gives up: a topic that
+# is still being created shows no partitions for a moment.
+_METADATA_WAIT_S = 15.0
+
+
+# --------------------------------------------------------------------------
+# Configuration helpers
+# --------------------------------------------------------------------------
+
+
+def kafka_credentials_from_env(
+    username: typing.Optional[str] = None,
+    password: typing.Optional[str] = None,
+) -> typing.Tuple[typing.Optional[str], typing.Optional[str]]:
+    """Explicit credentials, else ``KAFKA_USER`` / ``KAFKA_PASSWORD``.
+
+    Called once in the transforms' constructors, on the submitting host, so
+    the values travel with the pickled transform and workers read no
+    environment."""
+    return (
+        username if username is not None else os.environ.get("KAFKA_USER"),
+        password if password is not None else os.environ.get("KAFKA_PASSWORD"),
+    )
+
+
+def kafka_client_config(
+    bootstrap_servers,
+    security_protocol: str = "PLAINTEXT",
+    sasl_mechanism: typing.Optional[str] = None,
+    username: typing.Optional[str] = None,
+    password: typing.Optional[str] = None,
+    ssl_cafile: typing.Optional[str] = None,
+) -> dict:
+    """kafka-python keyword arguments shared by consumers and producers."""
+    if security_protocol not in SECURITY_PROTOCOLS:
+        raise ValueError(
+            f"security_protocol must be one of {SECURITY_PROTOCOLS}, "
+            f"got {security_protocol!r}")
+    config = {
+        "bootstrap_servers": bootstrap_servers,
+        "security_protocol": security_protocol,
+    }
+    if security_protocol.startswith("SASL_"):
+        mechanism = sasl_mechanism or "PLAIN"
+        if mechanism not in SASL_MECHANISMS:
+            raise ValueError(
+                f"sasl_mechanism must be one of {SASL_MECHANISMS}, "
+                f"got {mechanism!r}")
+        if not username or password is None:
+            raise ValueError(
+                f"{security_protocol} needs a username and password (arguments "
+                "or KAFKA_USER / KAFKA_PASSWORD)")
+        config.update(
+            sasl_mechanism=mechanism,
+            sasl_plain_username=username,
+            sasl_plain_password=password,
+        )
+    if security_protocol in ("SASL_SSL", "SSL") and ssl_cafile:
+        config["ssl_cafile"] = ssl_cafile
+    return config
+
+
+# --------------------------------------------------------------------------
+# Payload decoders (used by the parse step, not by the reader)
+# --------------------------------------------------------------------------
+
+
+def json_decoder(value: bytes) -> dict:
+    """UTF-8 JSON object -> dict. Raises ``ValueError`` (incl.
+    ``json.JSONDecodeError``/``UnicodeDecodeError``) on anything else, so the
+    parse step can route the record to the dead letter with the reason."""
+    if value is None:
+        raise ValueError("empty Kafka record value (tombstone)")
+    obj = json.loads(value.decode("utf-8") if isinstance(value, (bytes, bytearray)) else value)
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+_CONFLUENT_MAGIC = 0
+_CONFLUENT_HEADER = struct.Struct(">bI")  # magic byte, schema id
+
+
+def avro_decoder(schema, wire_format: str = "auto") -> typing.Callable[[bytes], dict]:
+    """A decoder for Avro records written with ``schema`` (a fastavro parsed
+    schema or a schema dict).
+
+    ``wire_format``: ``"raw"`` (schemaless Avro binary), ``"confluent"``
+    (magic byte 0 + 4-byte schema id + Avro binary, the Schema Registry
+    framing) or ``"auto"``: a value that starts with the magic byte is first
+    read as Confluent framing, and as raw Avro if that does not consume the
+    value exactly (a raw record can also start with a zero byte, e.g. a union
+    whose first branch is ``null``). Every mode insists that the record uses
+    all the bytes, so truncated or trailing garbage is an error, not a
+    silently wrong row.
+    """
+    import fastavro
+
+    if wire_format not in ("auto", "raw", "confluent"):
+        raise ValueError(f"wire_format must be auto, raw or confluent, got {wire_format!r}")
+    parsed = fastavro.parse_schema(schema)
+
+    def _read_exact(payload: bytes) -> dict:
+        buf = io.BytesIO(payload)
+        record = fastavro.schemaless_reader(buf, parsed, None)
+        if buf.tell() != len(payload):
+            raise ValueError(
+                f"Avro record used {buf.tell()} of {len(payload)} bytes")
+        return record
+
+    def decode(value: bytes) -> dict:
+        if value is None:
+            raise ValueError("empty Kafka record value (tombstone)")
+        value = bytes(value)
+        framed = len(value) > _CONFLUENT_HEADER.size and value[0] == _CONFLUENT_MAGIC
+        if wire_format == "confluent":
+            if not framed:
+                raise ValueError("value lacks the Confluent magic byte / schema id")
+            return _read_exact(value[_CONFLUENT_HEADER.size:])
+        if wire_format == "raw" or not framed:
+            return _read_exact(value)
+        try:
+            return _read_exact(value[_CONFLUENT_HEADER.size:])
+        except Exception:  # pylint: disable=broad-except
+            return _read_exact(value)
+
+    return decode
+
+
+# --------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------
+
+
+class _PartitionSpec(typing.NamedTuple):
+    """One SDF input element: where a partition's restriction starts and,
+    in bounded mode, where it stops."""
+    topic: str
+    partition: int
+    start_offset: int
+    stop_offset: int  # _UNBOUNDED_STOP in streaming mode
+
+
+class _DiscoverPartitionsFn(beam.DoFn):
+    """Impulse -> one ``_PartitionSpec`` per partition of each topic.
+
+    Runs at pipeline start on a worker, so end offsets (bounded mode) and
+    committed offsets are those of the moment the job starts, not of the
+    moment it was built."""
+
+    def __init__(self, client_config, topics, group_id, bounded, start_from,
+                 consumer_config):
+        self._client_config = client_config
+        self._topics = list(topics)
+        self._group_id = group_id
+        self._bounded = bounded
+        self._start_from = start_from
+        self._consumer_config = dict(consumer_config or {})
+
+    def process(self, unused_impulse):
+        from kafka import KafkaConsumer
+        from kafka import TopicPartition
+
+        consumer = KafkaConsumer(**{
+            **self._client_config,
+            **self._consumer_config,
+            "group_id": self._group_id,
+            "enable_auto_commit": False,
+        })
+        try:
+            partitions = []
+            for topic in self._topics:
+                deadline = time.monotonic() + _METADATA_WAIT_S
+                ids = consumer.partitions_for_topic(topic)
+                while not ids and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    consumer.topics()  # refreshes cluster metadata
+                    ids = consumer.partitions_for_topic(topic)
+                if not ids:
+                    raise ValueError(f"Kafka topic {topic!r} has no partitions (does it exist?)")
+                partitions.extend(TopicPartition(topic, p) for p in sorted(ids))
+
+            beginning = consumer.beginning_offsets(partitions)
+            end = consumer.end_offsets(partitions)
+            for tp in partitions:
+                start = beginning[tp]
+                if self._start_from == "latest":
+                    start = end[tp]
+                elif self._start_from == "committed" and self._group_id:
+                    committed = consumer.committed(tp)
+                    if committed is not None:
+                        start = max(committed, beginning[tp])
+                stop = end[tp] if self._bounded else _UNBOUNDED_STOP
+                _LOG.info("Kafka %s[%d]: reading offsets [%d, %s)", tp.topic,
+                          tp.partition, start, stop if self._bounded else "inf")
+                yield _PartitionSpec(tp.topic, tp.partition, start, max(start, stop))
+        finally:
+            consumer.close(autocommit=False)
+
+
+class _PartitionRestrictionProvider(RestrictionProvider):
+    def initial_restriction(self, spec: _PartitionSpec) -> OffsetRange:
+        return OffsetRange(spec.start_offset, spec.stop_offset)
+
+    def create_tracker(self, restriction: OffsetRange) -> OffsetRestrictionTracker:
+        return OffsetRestrictionTracker(restriction)
+
+    def restriction_size(self, spec, restriction: OffsetRange):
+        return restriction.size()
+
+    def split(self, spec, restriction):
+        # Offsets of one partition must be read in order by one reader: no
+        # initial splitting (dynamic checkpointing still works).
+        yield restriction
+
+
+class _ReadFromKafkaPartitionFn(beam.DoFn):
+    """Reads one partition's ``OffsetRange``.
+
+    Each ``process()`` call assigns the partition to the instance's consumer,
+    seeks to the restriction start and polls for at most ``max_read_time_s``;
+    then it defers the remainder (streaming, or bounded with work left) or
+    claims the stop offset (bounded and caught up) to finish.
+
+    Offsets can have gaps (compaction, transaction markers), so completion is
+    decided by the consumer position reaching the stop, and the restriction is
+    closed with ``try_claim(stop)`` - ``OffsetRestrictionTracker.check_done``
+    wants the last claim attempt at or past ``stop - 1``, which a gap at the
+    end would otherwise never give.
+
+    Watermark: after records, the latest record timestamp seen minus
+    ``max_out_of_order_s`` (never moving back); when the partition is caught
+    up and a poll returns nothing, wall clock minus ``idle_watermark_lag_s``,
+    so that session windows downstream close even on quiet partitions.
+    """
+
+    COMMITTED = "committed_offsets"
+
+    def __init__(self, client_config, group_id, consumer_config, bounded,
+                 max_records_per_poll, poll_timeout_ms, idle_watermark_lag_s,
+                 max_out_of_order_s, timestamp_fn, max_read_time_s,
+                 stop_after_idle_s, commit_offsets):
+        self._client_config = client_config
+        self._group_id = group_id
+        self._consumer_config = dict(consumer_config or {})
+        self._bounded = bounded
+        self._max_records_per_poll = max_records_per_poll
+        self._poll_timeout_ms = poll_timeout_ms
+        self._idle_watermark_lag_s = idle_watermark_lag_s
+        self._max_out_of_order_s = max_out_of_order_s
+        self._timestamp_fn = timestamp_fn
+        self._max_read_time_s = max_read_time_s
+        self._stop_after_idle_s = stop_after_idle_s
+        self._commit_offsets = commit_offsets and group_id is not None
+        self._consumer = None
+        self._lock = None
+        self._idle_since: typing.Dict[tuple, float] = {}
+        self._records = Metrics.counter("ReadFromKafka", "records")
+        self._commits = Metrics.counter("ReadFromKafka", "offset_commits")
+        self._commit_failures = Metrics.counter("ReadFromKafka", "offset_commit_failures")
+
+    def setup(self):
+        from kafka import KafkaConsumer
+
+        # The bundle finalizer may run on another thread than process().
+        self._lock = threading.RLock()
+        config = {
+            # Only used when the restriction start fell out of retention.
+            "auto_offset_reset": "earliest",
+            **self._client_config,
+            **self._consumer_config,
+            "group_id": self._group_id,
+            # Our restriction is the position; the group offset is committed by
+            # hand after the bundle is durable, never automatically.
+            "enable_auto_commit": False,
+        }
+        self._consumer = KafkaConsumer(**config)
+
+    def teardown(self):
+        if self._consumer is not None:
+            try:
+                self._consumer.close(autocommit=False)
+            except Exception:  # pylint: disable=broad-except
+                _LOG.warning("closing Kafka consumer failed", exc_info=True)
+            self._consumer = None
+
+    # The signature is repeated in the unbounded subclass (the decorator has to
+    # sit on its own process()).
+    def process(
+        self,
+        spec: _PartitionSpec,
+        tracker=beam.DoFn.RestrictionParam(_PartitionRestrictionProvider()),
+        watermark_estimator=beam.DoFn.WatermarkEstimatorParam(
+            ManualWatermarkEstimator.default_provider()),
+        bundle_finalizer=beam.DoFn.BundleFinalizerParam,
+    ):
+        return self._read(spec, tracker, watermark_estimator, bundle_finalizer)
+
+    def _read(self, spec, tracker, watermark_estimator, bundle_finalizer):
+        from kafka import TopicPartition
+        from kafka.errors import KafkaError
+
+        tp = TopicPartition(spec.topic, spec.partition)
+        key = (spec.topic, spec.partition)
+        restriction = tracker.current_restriction()
+        stop = restriction.stop
+        with self._lock:
+            if self._consumer.assignment() != {tp}:
+                self._consumer.assign([tp])
+            self._consumer.seek(tp, restriction.start)
+
+        next_offset = None  # one past the last claimed offset
+        started = time.monotonic()
+        while time.monotonic() - started < self._max_read_time_s:
+            try:
+                with self._lock:
+                    polled = self._consumer.poll(
+                        timeout_ms=self._poll_timeout_ms,
+                        max_records=self._max_records_per_poll)
+                    position = self._consumer.position(tp)
+            except KafkaError:
+                # Broker hiccup: give the restriction back and retry later;
+                # nothing was claimed past what was emitted.
+                _LOG.warning("Kafka poll of %s failed; retrying", tp, exc_info=True)
+                break
+            records = polled.get(tp, [])
+            if not records:
+                if position >= stop:
+                    tracker.try_claim(stop)  # bounded: done (gaps included)
+                    self._register_commit(bundle_finalizer, tp, next_offset)
+                    return
+                if self._on_idle(key, watermark_estimator, tracker, stop, position):
+                    self._register_commit(bundle_finalizer, tp, next_offset)
+                    return
+                continue
+            self._idle_since.pop(key, None)
+            newest_ts = None
+            for rec in records:
+                if not tracker.try_claim(rec.offset):
+                    # Reached the stop, or the runner split the restriction.
+                    self._register_commit(bundle_finalizer, tp, next_offset)
+                    return
+                next_offset = rec.offset + 1
+                record = SourceRecord(
+                    value=rec.value if rec.value is not None else b"",
+                    topic=rec.topic,
+                    partition=rec.partition,
+                    offset=rec.offset,
+                    key=rec.key,
+                    timestamp_ms=rec.timestamp if rec.timestamp is not None and rec.timestamp >= 0 else None,
+                )
+                event_ts = self._event_timestamp(record)
+                newest_ts = event_ts if newest_ts is None else max(newest_ts, event_ts)
+                self._records.inc()
+                yield TimestampedValue(record, event_ts)
+            self._advance_watermark(
+                watermark_estimator, newest_ts - Duration(seconds=self._max_out_of_order_s))
+            if next_offset >= stop:
+                tracker.try_claim(stop)
+                self._register_commit(bundle_finalizer, tp, next_offset)
+                return
+
+        self._register_commit(bundle_finalizer, tp, next_offset)
+        tracker.defer_remainder(Duration(seconds=0 if self._bounded else self._poll_timeout_ms / 1000.0))
+
+    def _event_timestamp(self, record: SourceRecord) -> Timestamp:
+        if self._timestamp_fn is not None:
+            try:
+                value = self._timestamp_fn(record)
+                if value is not None:
+                    return value if isinstance(value, Timestamp) else Timestamp(seconds=float(value))
+            except Exception:  # pylint: disable=broad-except
+                # The reader never fails on payload content: fall back to the
+                # broker timestamp; the parse step reports the bad payload.
+                pass
+        if record.timestamp_ms is not None:
+            return Timestamp(micros=record.timestamp_ms * 1000)
+        return Timestamp.now()
+
+    @staticmethod
+    def _advance_watermark(estimator, candidate: Timestamp):
+        current = estimator.current_watermark()
+        if current is None or candidate > current:
+            estimator.set_watermark(candidate)
+
+    def _on_idle(self, key, estimator, tracker, stop, position) -> bool:
+        """Caught up (no records): moves the watermark; returns True when the
+        restriction was ended by ``stop_after_idle_s``."""
+        with self._lock:
+            caught_up = position >= (self._consumer.highwater(_topic_partition(key)) or position)
+        if not caught_up:
+            return False
+        now = time.time()
+        if not self._bounded:
+            self._advance_watermark(
+                estimator, Timestamp(seconds=now - self._idle_watermark_lag_s))
+        since = self._idle_since.setdefault(key, now)
+        if self._stop_after_idle_s is not None and now - since >= self._stop_after_idle_s:
+            self._idle_since.pop(key, None)
+            tracker.try_claim(stop)
+            return True
+        return False
+
+    def _register_commit(self, bundle_finalizer, tp, next_offset):
+        if not self._commit_offsets or next_offset is None:
+            return
+        from kafka.structs import OffsetAndMetadata
+
+        def commit():
+            # Runs once the runner made the bundle durable (on Flink: after
+            # the checkpoint that holds the restriction). A lost commit only
+            # makes the monitoring lag look larger for a while.
+            try:
+                with self._lock:
+                    self._consumer.commit({tp: OffsetAndMetadata(next_offset, "", -1)})
+                self._commits.inc()
+            except Exception:  # pylint: disable=broad-except
+                self._commit_failures.inc()
+                _LOG.warning("committing offset %d for %s failed", next_offset, tp, exc_info=True)
+
+        bundle_finalizer.register(commit)
+
+
+def _topic_partition(key):
+    from kafka import TopicPartition
+    return TopicPartition(*key)
+
+
+class _ReadFromKafkaPartitionUnboundedFn(_ReadFromKafkaPartitionFn):
+    """Streaming variant: same reader, marked as unbounded per element so the
+    runner treats its output as an unbounded PCollection."""
+
+    @beam.DoFn.unbounded_per_element()
+    def process(
+        self,
+        spec: _PartitionSpec,
+        tracker=beam.DoFn.RestrictionParam(_PartitionRestrictionProvider()),
+        watermark_estimator=beam.DoFn.WatermarkEstimatorParam(
+            ManualWatermarkEstimator.default_provider()),
+        bundle_finalizer=beam.DoFn.BundleFinalizerParam,
+    ):
+        return self._read(spec, tracker, watermark_estimator, bundle_finalizer)
+
+
+class ReadFromKafka(beam.PTransform):
+    """Reads Kafka topics as ``SourceRecord``s timestamped at the record time.
+
+    Args:
+      bootstrap_servers: ``host:port`` (or a list of them).
+      topics: a topic name or a list of names.
+      mode: ``"bounded"`` reads each partition up to its end offset at job
+        start and then finishes; ``"streaming"`` reads forever.
+      group_id: consumer group whose committed offsets are the start position
+        (``start_from="committed"``) and which receives commits after each
+        durable bundle (monitoring and lag; see the module docstring).
+      start_from: ``"committed"`` (the group's committed offset, else the
+        earliest offset), ``"earliest"`` or ``"latest"``.
+      consumer_config: extra kafka-python ``KafkaConsumer`` settings.
+      max_records_per_poll, poll_timeout_ms: one ``poll()``.
+      idle_watermark_lag_seconds: on a caught-up partition the watermark moves
+        to wall clock minus this; records that arrive later with older
+        timestamps are late data.
+      max_out_of_order_seconds: the watermark trails the newest record
+        timestamp by this much.
+      timestamp_fn: ``SourceRecord -> epoch seconds`` (or a Beam
+        ``Timestamp``) for the element timestamp; default the Kafka record
+        timestamp. If it raises, the Kafka timestamp is used.
+      stop_after_idle_seconds: streaming only; ends a partition's restriction
+        once it has been caught up with no new records for this long. For tests
+        and backfills; ``None`` (default) reads forever.
+      security_protocol, sasl_mechanism, username, password, ssl_cafile: see
+        the module docstring.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers,
+        topics,
+        mode: str = "bounded",
+        group_id: typing.Optional[str] = None,
+        consumer_config: typing.Optional[dict] = None,
+        max_records_per_poll: int = 500,
+        poll_timeout_ms: int = 200,
+        idle_watermark_lag_seconds: float = 5.0,
+        timestamp_fn: typing.Optional[typing.Callable[[SourceRecord], typing.Any]] = None,
+        start_from: str = "committed",
+        max_out_of_order_seconds: float = 0.0,
+        max_read_time_seconds: float = DEFAULT_MAX_READ_TIME_S,
+        stop_after_idle_seconds: typing.Optional[float] = None,
+        commit_offsets: bool = True,
+        security_protocol: str = "PLAINTEXT",
+        sasl_mechanism: typing.Optional[str] = None,
+        username: typing.Optional[str] = None,
+        password: typing.Optional[str] = None,
+        ssl_cafile: typing.Optional[str] = None,
+    ):
+        super().__init__()
+        if mode not in ("bounded", "streaming"):
+            raise ValueError(f"mode must be 'bounded' or 'streaming', got {mode!r}")
+        if start_from not in START_FROM:
+            raise ValueError(f"start_from must be one of {START_FROM}, got {start_from!r}")
+        if isinstance(topics, str):
+            topics = [topics]
+        if not topics:
+            raise ValueError("topics must name at least one topic")
+        if max_records_per_poll <= 0 or poll_timeout_ms <= 0:
+            raise ValueError("max_records_per_poll and poll_timeout_ms must be positive")
+        if stop_after_idle_seconds is not None and mode != "streaming":
+            raise ValueError("stop_after_idle_seconds applies to streaming mode only")
+        user, secret = kafka_credentials_from_env(username, password)
+        self._client_config = kafka_client_config(
+            bootstrap_servers, security_protocol, sasl_mechanism, user, secret, ssl_cafile)
+        self._topics = list(topics)
+        self._bounded = mode == "bounded"
+        self._group_id = group_id
+        self._start_from = start_from
+        self._consumer_config = dict(consumer_config or {})
+        self._fn_args = dict(
+            max_records_per_poll=max_records_per_poll,
+            poll_timeout_ms=poll_timeout_ms,
+            idle_watermark_lag_s=idle_watermark_lag_seconds,
+            max_out_of_order_s=max_out_of_order_seconds,
+            timestamp_fn=timestamp_fn,
+            max_read_time_s=max_read_time_seconds,
+            stop_after_idle_s=stop_after_idle_seconds,
+            commit_offsets=commit_offsets,
+        )
+
+    def expand(self, pbegin):
+        fn_class = (_ReadFromKafkaPartitionFn if self._bounded
+                    else _ReadFromKafkaPartitionUnboundedFn)
+        return (
+            pbegin
+            | "Impulse" >> beam.Impulse()
+            | "DiscoverPartitions" >> beam.ParDo(_DiscoverPartitionsFn(
+                self._client_config, self._topics, self._group_id,
+                self._bounded, self._start_from, self._consumer_config))
+            | "DistributePartitions" >> beam.Reshuffle()
+            | "ReadPartitions" >> beam.ParDo(fn_class(
+                self._client_config, self._group_id, self._consumer_config,
+                self._bounded, **self._fn_args))
+        )
+
+
+# --------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------
+
+
+def _json_default(value):
+    if hasattr(value, "_asdict"):
+        return value._asdict()
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def json_value(element) -> bytes:
+    """Default ``value_fn``: the element as compact, key-sorted JSON (a
+    ``FailedRecord`` or other NamedTuple as its fields)."""
+    if hasattr(element, "_asdict"):
+        element = element._asdict()
+    return json.dumps(element, sort_keys=True, separators=(",", ":"),
+                      default=_json_default).encode("utf-8")
+
+
+class _WriteToKafkaFn(beam.DoFn):
+    def __init__(self, client_config, topic, key_fn, value_fn, producer_config):
+        self._client_config = client_config
+        self._topic = topic
+        self._key_fn = key_fn
+        self._value_fn = value_fn
+        self._producer_config = dict(producer_config or {})
+        self._producer = None
+        self._pending = []
+        self._sent = Metrics.counter("WriteToKafka", "sent")
+
+    def setup(self):
+        from kafka import KafkaProducer
+
+        self._producer = KafkaProducer(**{
+            "acks": "all", "retries": 5, "linger_ms": 5,
+            **self._client_config, **self._producer_config})
+
+    def start_bundle(self):
+        self._pending = []
+
+    def process(self, element):
+        key = self._key_fn(element) if self._key_fn else None
+        if isinstance(key, str):
+            key = key.encode("utf-8")
+        value = self._value_fn(element)
+        if isinstance(value, str):
+            value = value.encode("utf-8")
+        self._pending.append(self._producer.send(self._topic, key=key, value=value))
+
+    def finish_bundle(self):
+        # flush() waits for every send; get() re-raises a failed one, which
+        # fails the bundle so the runner retries it (at-least-once).
+        self._producer.flush()
+        for future in self._pending:
+            future.get(timeout=30)
+        self._sent.inc(len(self._pending))
+        self._pending = []
+
+    def teardown(self):
+        if self._producer is not None:
+            try:
+                self._producer.close(timeout=10)
+            except Exception:  # pylint: disable=broad-except
+                _LOG.warning("closing Kafka producer failed", exc_info=True)
+            self._producer = None
+
+
+class WriteToKafka(beam.PTransform):
+    """Sends each element to ``topic``.
+
+    ``key_fn(element) -> bytes|str|None`` picks the partitioning key;
+    ``value_fn(element) -> bytes|str`` the payload (default: JSON).
+
+    Delivery guarantee: at-least-once. Sends are flushed and checked at the end
+    of every bundle, and a failed send fails the bundle, which the runner
+    retries - so a record can appear twice, never zero times. Readers of the
+    topic dedupe on the payload's id (``event_id``, ``failure_id``).
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers,
+        topic: str,
+        key_fn: typing.Optional[typing.Callable] = None,
+        value_fn: typing.Callable = json_value,
+        producer_config: typing.Optional[dict] = None,
+        security_protocol: str = "PLAINTEXT",
+        sasl_mechanism: typing.Optional[str] = None,
+        username: typing.Optional[str] = None,
+        password: typing.Optional[str] = None,
+        ssl_cafile: typing.Optional[str] = None,
+    ):
+        super().__init__()
+        if not topic:
+            raise ValueError("topic is required")
+        user, secret = kafka_credentials_from_env(username, password)
+        self._client_config = kafka_client_config(
+            bootstrap_servers, security_protocol, sasl_mechanism, user, secret, ssl_cafile)
+        self._topic = topic
+        self._key_fn = key_fn
+        self._value_fn = value_fn
+        self._producer_config = producer_config
+
+    def expand(self, pcoll):
+        return pcoll | "SendToKafka" >> beam.ParDo(_WriteToKafkaFn(
+            self._client_config, self._topic, self._key_fn, self._value_fn,
+            self._producer_config))
