@@ -225,6 +225,11 @@ class FrontendEvent(_Payload):
     @classmethod
     def _coordinates(cls, value):
         """{x, y} object, [x, y] list or "x,y" text -> {"x": float, "y": float}."""
+        if type(value) is dict and len(value) == 2:
+            x, y = value.get("x"), value.get("y")
+            if type(x) in (int, float) and type(y) in (int, float) and \
+                    math.isfinite(x) and math.isfinite(y):
+                return {"x": float(x), "y": float(y)}  # the common case, fast
         if value is None or value == "" or value == [] or value == {}:
             return None
         if isinstance(value, str):

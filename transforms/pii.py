@@ -433,11 +433,10 @@ class _RedactFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(
                 RedactPii.FAILED, failed_from_event(event, exc, "redact", self._pipeline))
             return
-        if counts:
-            for kind, n in counts.items():
-                self._counters[kind].inc(n)
-            # Counts only (never values) for the lineage in transformation_metadata.
-            redacted["_pii"] = dict(counts)
+        for kind, n in counts.items():
+            self._counters[kind].inc(n)
+        # Counts only (never values), for the lineage in transformation_metadata.
+        redacted["_pii"] = dict(counts)
         yield redacted
 
 
