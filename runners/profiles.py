@@ -1,0 +1,167 @@
+"""Runner option profiles, so a pipeline's command line stays short.
+
+A profile is a named list of pipeline flags. ``--profile=NAME`` (or
+``--profile NAME``) on a pipeline's command line is replaced by the profile's
+flags; a flag the user gives explicitly wins and is not added again::
+
+    python -m beam_pipelines.frontend --profile=flink-local --streaming \\
+        --kafka_bootstrap=127.0.0.1:19092 --parallelism=1
+
+runs on the local Flink cluster (``flink/cluster.sh up``) with parallelism 1
+instead of the profile's 2. Print the profiles with their current values::
+
+    python -m runners.profiles
+
+Profiles
+--------
+``direct``
+    In-process ``FnApiRunner``. Named explicitly because Beam 2.62's
+    ``DirectRunner`` picks the Prism runner for pipelines the FnApiRunner does
+    not take (streaming ones), and Prism downloads a binary from the internet
+    at run time: offline that fails, and a network that drops packets makes it
+    hang.
+``flink-local``
+    The project's Flink 1.19 session cluster on 127.0.0.1:18081, submitted
+    through the Beam job server that ``flink/cluster.sh install`` assembles
+    (``FLINK_JOB_SERVER_JAR``). Python code runs in ``LOOPBACK`` workers inside
+    the submitting process, so that process must stay alive while the job
+    runs (for a streaming job: until it is cancelled).
+``flink-k8s``
+    A Flink cluster elsewhere (``FLINK_MASTER``, e.g. a port-forwarded REST
+    endpoint) whose TaskManagers run a Beam Python worker pool sidecar on
+    port 50000 (``EXTERNAL`` environment). The image must already contain the
+    project: an external worker pool does not install staged artifacts.
+
+Environment read here (and only here): ``FLINK_MASTER``,
+``FLINK_JOB_SERVER_JAR``, ``IHEARD_HOME``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import typing
+
+__all__ = ["PROFILES", "profile_flags", "expand_argv", "flag_name"]
+
+FLINK_VERSION = "1.19"
+BEAM_VERSION = "2.62.0"
+LOCAL_FLINK_MASTER = "localhost:18081"
+# Where flink/cluster.sh puts the job-server launcher (keep in sync).
+_LAUNCHER_RELPATH = (
+    "flink",
+    "jobserver",
+    BEAM_VERSION,
+    f"beam-runners-flink-{FLINK_VERSION}-job-server-launcher-{BEAM_VERSION}.jar",
+)
+
+# Checkpoint every 10 s: a restart replays at most ~10 s of input, and the
+# sinks (idempotent upserts) absorb the replay.
+CHECKPOINTING_INTERVAL_MS = 10_000
+# Flink's portable runner closes a bundle after this long even when it is not
+# full; sinks flush per bundle, so this bounds produce-to-sink latency.
+MAX_BUNDLE_TIME_MS = 1_000
+MAX_BUNDLE_SIZE = 1_000
+LOCAL_PARALLELISM = 2
+EXTERNAL_WORKER_POOL = "localhost:50000"
+
+PROFILES = ("direct", "flink-local", "flink-k8s")
+# --runner takes a fully qualified class name; "FnApiRunner" alone is not a
+# registered runner name in Beam 2.62.
+FN_API_RUNNER = "apache_beam.runners.portability.fn_api_runner.fn_runner.FnApiRunner"
+
+
+def _default_job_server_jar(environ: typing.Mapping[str, str]) -> str:
+    if environ.get("FLINK_JOB_SERVER_JAR"):
+        return environ["FLINK_JOB_SERVER_JAR"]
+    home = environ.get("IHEARD_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "iheardai")
+    return os.path.join(home, *_LAUNCHER_RELPATH)
+
+
+def profile_flags(name: str, environ: typing.Optional[typing.Mapping[str, str]] = None) -> typing.List[str]:
+    """The flags of profile ``name``, resolved against ``environ`` (default: os.environ)."""
+    env = os.environ if environ is None else environ
+    if name == "direct":
+        return [f"--runner={FN_API_RUNNER}"]
+    flink_common = [
+        "--runner=FlinkRunner",
+        f"--flink_version={FLINK_VERSION}",
+        f"--flink_job_server_jar={_default_job_server_jar(env)}",
+        f"--checkpointing_interval={CHECKPOINTING_INTERVAL_MS}",
+        f"--max_bundle_time_mills={MAX_BUNDLE_TIME_MS}",
+        f"--max_bundle_size={MAX_BUNDLE_SIZE}",
+    ]
+    if name == "flink-local":
+        return flink_common + [
+            f"--flink_master={env.get('FLINK_MASTER') or LOCAL_FLINK_MASTER}",
+            "--environment_type=LOOPBACK",
+            f"--parallelism={LOCAL_PARALLELISM}",
+        ]
+    if name == "flink-k8s":
+        return flink_common + [
+            f"--flink_master={env.get('FLINK_MASTER') or LOCAL_FLINK_MASTER}",
+            "--environment_type=EXTERNAL",
+            f"--environment_config={EXTERNAL_WORKER_POOL}",
+        ]
+    raise ValueError(f"unknown runner profile {name!r}; known: {', '.join(PROFILES)}")
+
+
+def flag_name(arg: str) -> typing.Optional[str]:
+    """``--foo=1`` and ``--foo`` -> ``foo``; anything not a long flag -> None."""
+    if not arg.startswith("--") or arg == "--":
+        return None
+    return arg[2:].split("=", 1)[0]
+
+
+def _pop_profile(argv: typing.Sequence[str]) -> typing.Tuple[typing.Optional[str], typing.List[str]]:
+    rest: typing.List[str] = []
+    name: typing.Optional[str] = None
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--profile" or arg.startswith("--profile="):
+            if name is not None:
+                raise ValueError("--profile given more than once")
+            if arg == "--profile":
+                if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                    raise ValueError("--profile needs a value, e.g. --profile=flink-local")
+                name = argv[i + 1]
+                i += 2
+                continue
+            name = arg.split("=", 1)[1]
+            if not name:
+                raise ValueError("--profile needs a value, e.g. --profile=flink-local")
+        else:
+            rest.append(arg)
+        i += 1
+    return name, rest
+
+
+def expand_argv(
+    argv: typing.Sequence[str], environ: typing.Optional[typing.Mapping[str, str]] = None
+) -> typing.List[str]:
+    """Replaces ``--profile NAME`` in ``argv`` by the profile's flags.
+
+    The profile's flags go first and any flag the user gave (in either
+    ``--flag=value`` or ``--flag value`` form) is left out of them, so the
+    user's value is the only one. Without ``--profile`` ``argv`` is returned
+    unchanged (as a new list).
+    """
+    name, rest = _pop_profile(list(argv))
+    if name is None:
+        return rest
+    given = {flag_name(a) for a in rest} - {None}
+    defaults = [f for f in profile_flags(name, environ) if flag_name(f) not in given]
+    return defaults + rest
+
+
+def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:
+    names = list(argv if argv is not None else sys.argv[1:]) or list(PROFILES)
+    for name in names:
+        print(f"{name}:")
+        for flag in profile_flags(name):
+            print(f"  {flag}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
