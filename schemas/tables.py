@@ -114,6 +114,100 @@ MARKETO_LEADS = _register(
     )
 )
 
+# Text-agent tables (schemas/sql/010_text_agent.sql).
+AGENT_TURNS = _register(
+    TableSpec(
+        name="agent_turns",
+        columns=(
+            "session_id", "turn_id", "model", "model_family", "tokens_in",
+            "tokens_out", "total_tokens", "tokens_per_second", "efficiency_score",
+            "quality_score", "business_value_score", "sentiment", "topics",
+            "estimated_cost_usd", "transformation_metadata", "timestamp",
+            "event_id", "user_id", "tenant_id", "channel", "model_provider",
+            "latency_ms", "cached_tokens_in", "price_book_version", "price_key",
+            "user_sentiment_compound", "response_sentiment",
+            "response_sentiment_compound", "language", "response_language",
+            "keywords", "tools_used", "tool_success_rate", "lead_captured",
+            "user_intent", "previous_turns", "efficiency_factors",
+            "quality_factors", "business_value_factors", "pii_redactions",
+        ),
+        key=("session_id", "turn_id"),
+        json_columns=frozenset({
+            "business_value_factors",
+            "efficiency_factors",
+            "keywords",
+            "pii_redactions",
+            "quality_factors",
+            "tools_used",
+            "topics",
+            "transformation_metadata",
+        }),
+        timestamp_columns=frozenset({"timestamp"}),
+    )
+)
+
+AGENT_CONVERSATIONS = _register(
+    TableSpec(
+        name="agent_conversations",
+        columns=(
+            "session_id", "window_start", "window_end", "tenant_id", "user_id",
+            "channel", "turn_count", "first_turn_at", "last_turn_at",
+            "duration_seconds", "tokens_in", "tokens_out", "total_tokens",
+            "estimated_cost_usd", "unpriced_turns", "mean_latency_ms",
+            "max_latency_ms", "sentiment_first", "sentiment_last",
+            "sentiment_mean", "sentiment_trend", "sentiment_slope", "topics",
+            "topic_counts", "tools_used", "tool_calls", "tool_successes",
+            "tool_success_rate", "models", "avg_quality_score",
+            "avg_business_value_score", "max_business_value_score",
+            "lead_captured", "pane_index", "is_final", "updated_at",
+        ),
+        key=("session_id", "window_start"),
+        json_columns=frozenset({
+            "models",
+            "tools_used",
+            "topic_counts",
+            "topics",
+        }),
+        timestamp_columns=frozenset({
+            "first_turn_at",
+            "last_turn_at",
+            "updated_at",
+            "window_end",
+            "window_start",
+        }),
+    )
+)
+
+AGENT_BILLING_HOURLY = _register(
+    TableSpec(
+        name="agent_billing_hourly",
+        columns=(
+            "tenant_id", "model", "hour", "model_family", "model_provider",
+            "turns", "tokens_in", "tokens_out", "cached_tokens_in", "total_tokens",
+            "estimated_cost_usd", "unpriced_turns", "price_book_versions",
+            "pane_index", "updated_at",
+        ),
+        key=("tenant_id", "model", "hour"),
+        json_columns=frozenset({"price_book_versions"}),
+        timestamp_columns=frozenset({"hour", "updated_at"}),
+    )
+)
+
+AGENT_COST_RESTATEMENTS = _register(
+    TableSpec(
+        name="agent_cost_restatements",
+        columns=(
+            "session_id", "turn_id", "price_book_version", "event_id", "tenant_id",
+            "model", "timestamp", "tokens_in", "tokens_out", "cached_tokens_in",
+            "original_price_book_version", "original_cost_usd",
+            "restated_cost_usd", "difference_usd", "price_key", "restated_at",
+        ),
+        key=("session_id", "turn_id", "price_book_version"),
+        json_columns=frozenset(),
+        timestamp_columns=frozenset({"restated_at", "timestamp"}),
+    )
+)
+
 
 def to_utc_datetime(value) -> typing.Optional[dt.datetime]:
     """Epoch ms (int/float), ISO-8601 text or datetime -> aware UTC datetime."""
