@@ -1,0 +1,175 @@
+"""Parse step: pure parse_record, the DoFn by process(), the composite on FnApiRunner."""
+import hashlib
+import json
+
+import apache_beam as beam
+import pytest
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms.window import TimestampedValue
+from pydantic import ValidationError
+
+from schemas.events import FrontendEvent, MarketoLead
+from schemas.records import FailedRecord, SourceRecord
+from transforms.parse import DecodeError, ParseEvents, _ParseFn, event_id_for, parse_record
+from tests.unit.conftest import WIDGET_OPEN, fn_api_runner, source
+
+
+# --- pure ----------------------------------------------------------------------------
+def test_parse_record_shape():
+    src = source(WIDGET_OPEN, offset=7, partition=3)
+    event = parse_record(src.value, FrontendEvent, source=src)
+    assert event["event_type"] == "widget_open"
+    assert event["timestamp_ms"] == 1705314600000
+    assert event["extra"] == {}
+    assert event["_source"] == {"topic": "frontend_user_interaction", "partition": 3, "offset": 7}
+    assert len(event["event_id"]) == 64
+    # Every model field is present, absent ones as None.
+    assert set(FrontendEvent.model_fields) <= set(event)
+
+
+def test_event_id_is_sha256_of_canonical_json():
+    payload = {"b": 1, "a": "é", "event_type": "x"}
+    canonical = '{"a":"é","b":1,"event_type":"x"}'.encode("utf-8")
+    assert event_id_for(payload) == hashlib.sha256(canonical).hexdigest()
+
+
+def test_same_payload_replayed_gets_same_id_regardless_of_key_order_and_spacing():
+    a = json.dumps(WIDGET_OPEN).encode()
+    b = json.dumps(dict(reversed(list(WIDGET_OPEN.items()))), indent=2).encode()
+    assert a != b
+    assert parse_record(a, FrontendEvent)["event_id"] == parse_record(b, FrontendEvent)["event_id"]
+    changed = dict(WIDGET_OPEN, time_on_page=43)
+    assert parse_record(changed, FrontendEvent)["event_id"] != parse_record(a, FrontendEvent)["event_id"]
+
+
+def test_payload_event_id_wins():
+    event = parse_record(dict(WIDGET_OPEN, event_id="evt-123"), FrontendEvent)
+    assert event["event_id"] == "evt-123"
+    assert parse_record(dict(WIDGET_OPEN, event_id=77), FrontendEvent)["event_id"] == "77"
+    # blank ids fall back to the hash
+    assert len(parse_record(dict(WIDGET_OPEN, event_id=" "), FrontendEvent)["event_id"]) == 64
+
+
+def test_accepts_str_bytes_and_dict():
+    as_dict = parse_record(WIDGET_OPEN, FrontendEvent)
+    as_str = parse_record(json.dumps(WIDGET_OPEN), FrontendEvent)
+    as_bytes = parse_record(json.dumps(WIDGET_OPEN).encode(), FrontendEvent)
+    assert as_dict["event_id"] == as_str["event_id"] == as_bytes["event_id"]
+
+
+def test_unknown_fields_surface_as_extra():
+    event = parse_record(dict(WIDGET_OPEN, message_length=45, experiment="B"), FrontendEvent)
+    assert event["message_length"] == 45
+    assert event["extra"] == {"experiment": "B"}
+    assert "experiment" not in event
+
+
+def test_missing_timestamp_falls_back_to_record_time():
+    payload = {k: v for k, v in WIDGET_OPEN.items() if k != "timestamp"}
+    src = source(payload, timestamp_ms=1705314600999)
+    assert parse_record(src.value, FrontendEvent, source=src)["timestamp_ms"] == 1705314600999
+    with pytest.raises(ValueError, match="timestamp"):
+        parse_record(payload, FrontendEvent)
+
+
+@pytest.mark.parametrize(
+    "raw, fragment",
+    [
+        (b"not json", "not valid JSON"),
+        (b"", "empty"),
+        (b"   ", "empty"),
+        (b"[1, 2]", "JSON object"),
+        (b'"text"', "JSON object"),
+        (b"null", "JSON object"),
+        (b'{"a": 1', "not valid JSON"),
+        (b"\xff\xfe{}", "UTF-8"),
+    ],
+)
+def test_decode_errors(raw, fragment):
+    with pytest.raises(DecodeError, match=fragment):
+        parse_record(raw, FrontendEvent)
+
+
+def test_custom_decoder_gets_raw_bytes():
+    seen = []
+
+    def decoder(value):
+        seen.append(value)
+        return dict(WIDGET_OPEN)
+
+    event = parse_record(b"\x00binary", FrontendEvent, decoder=decoder)
+    assert seen == [b"\x00binary"] and event["event_type"] == "widget_open"
+
+    def broken(value):
+        raise EOFError("truncated")
+
+    with pytest.raises(DecodeError, match="truncated"):
+        parse_record(b"x", FrontendEvent, decoder=broken)
+
+
+def test_marketo_parse():
+    lead = parse_record({"id": 5, "email": "a@b.co", "updatedAt": "2024-01-15T10:30:00Z"}, MarketoLead)
+    assert lead["id"] == 5 and lead["timestamp_ms"] == 1705314600000
+
+
+# --- DoFn by process() ---------------------------------------------------------------
+def _run_fn(records):
+    fn = _ParseFn(FrontendEvent, "frontend")
+    fn.setup()
+    out = []
+    for r in records:
+        out.extend(fn.process(r))
+    return out
+
+
+def test_fn_emits_timestamped_valid_event():
+    (out,) = _run_fn([source(WIDGET_OPEN)])
+    assert isinstance(out, TimestampedValue)
+    assert out.timestamp.micros == 1705314600000 * 1000
+    assert out.value["session_id"] == "sess_9f1c2a"
+
+
+def test_fn_routes_failures_with_stage_and_field():
+    bad_json = source(b"{oops", offset=1)
+    bad_field = source(dict(WIDGET_OPEN, session_id=""), offset=2)
+    bad_time = source(dict(WIDGET_OPEN, timestamp=-5), offset=3)
+    outs = _run_fn([bad_json, bad_field, bad_time])
+    assert [o.tag for o in outs] == ["failed"] * 3
+    decode, validate, time_ = (o.value for o in outs)
+    assert isinstance(decode, FailedRecord)
+    assert (decode.stage, decode.error_class, decode.source_offset) == ("decode", "DecodeError", 1)
+    assert decode.raw == "{oops"
+    assert validate.stage == "validate" and validate.error_class == "ValidationError"
+    assert validate.error_message == "session_id: must be a non-empty string"
+    assert time_.error_message == "timestamp: timestamp -5 is negative"
+    assert time_.pipeline == "frontend" and time_.received_at
+
+
+# --- composite on FnApiRunner --------------------------------------------------------
+def test_every_record_ends_in_exactly_one_output():
+    good = [source(dict(WIDGET_OPEN, time_on_page=i), offset=i) for i in range(5)]
+    bad = [
+        source(b"garbage", offset=100),
+        source(b"[]", offset=101),
+        source(dict(WIDGET_OPEN, event_type=None), offset=102),
+        source(dict(WIDGET_OPEN, timestamp="2150-01-01T00:00:00Z"), offset=103),
+    ]
+    with BeamTestPipeline(runner=fn_api_runner()) as p:
+        result = p | beam.Create(good + bad) | ParseEvents(FrontendEvent, "frontend")
+        assert_that(result.valid | "ValidOffsets" >> beam.Map(lambda e: e["_source"]["offset"]),
+                    equal_to(list(range(5))), label="ValidOffsets")
+        assert_that(result[ParseEvents.FAILED] | beam.Map(lambda f: (f.source_offset, f.stage)),
+                    equal_to([(100, "decode"), (101, "decode"), (102, "validate"), (103, "validate")]),
+                    label="FailedOffsets")
+    metrics = p.result.metrics().query(MetricsFilter().with_namespace("frontend"))
+    counters = {c.key.metric.name: c.committed for c in metrics["counters"]}
+    assert counters == {"received": 9, "valid": 5, "failed": 4}
+
+
+def test_constructor_checks():
+    with pytest.raises(ValueError):
+        ParseEvents(dict, "frontend")
+    with pytest.raises(ValueError):
+        ParseEvents(FrontendEvent, "")

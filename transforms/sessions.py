@@ -1,0 +1,248 @@
+"""Per-session aggregates of frontend events: the ``frontend_sessions`` rows.
+
+::
+
+    enriched events --KeyBySession--> (session_id, event)
+        --WindowIntoSessions--> Sessions(gap_seconds), AfterWatermark + late firings,
+                                ACCUMULATING, allowed lateness
+        --SummariseSession--> CombinePerKey(SessionSummaryFn)
+        --ToSessionRow--> dict with the FRONTEND_SESSIONS columns
+
+Windowing and triggers
+----------------------
+A session window is the span of a session id's events extended by
+``gap_seconds``; windows of one key merge when an event falls inside (or
+bridges) the gap. Trigger: ``AfterWatermark(late=AfterCount(1))`` with
+ACCUMULATING panes, so
+
+* the ON_TIME pane fires once the watermark passes the window end (the last
+  event + gap): one row per session in the normal case;
+* each late event (within ``allowed_lateness_seconds``) fires one more pane
+  that restates the *whole* session (accumulating), with ``pane_index``
+  incremented; the sink upserts on ``(session_id, window_start)``, so the
+  table converges to the complete session;
+* events later than the allowed lateness are dropped by the runner (counted
+  by Beam as dropped-due-to-lateness); the archive still has them.
+
+Worked timeline (gap 30 min, allowed lateness 1 h; times in event time)::
+
+    10:00  e1 page_view     -> window [10:00, 10:30)
+    10:10  e2 widget_open   -> merged  [10:00, 10:40)
+    10:25  e3 message_sent  -> merged  [10:00, 10:55)
+    watermark -> 10:55      -> ON_TIME pane 0: event_count 3, duration 1500 s,
+                               furthest_stage user_message
+    10:40  e4 conversion arrives late (watermark 11:00 < 10:55 + 1 h)
+                            -> window stays [10:00, 11:10) after merging?  No:
+                               the merged window is [10:00, 11:10), a *new*
+                               window_start equal to the old one (10:00), so
+                               LATE pane 1 restates: event_count 4, duration
+                               2400 s, conversions 1 -> upsert replaces row
+    watermark -> 12:10      -> window expires; later events for 10:xx dropped
+
+A late event that *bridges* two already-fired sessions produces a merged
+window whose start is the earlier session's start: the row for the earlier
+session is replaced by the merged one, the later session's row (other
+window_start) stays as it was. Readers that need strictly one row per visit
+take, per session_id, the rows not contained in another row's window.
+
+``session_summary`` / ``add_event`` / ``merge_accumulators`` are the pure
+core (tested directly); ``SessionSummaryFn`` only delegates to them.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import typing
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.transforms import trigger as trig
+from apache_beam.transforms import window
+
+__all__ = [
+    "AggregateSessions",
+    "SessionSummaryFn",
+    "new_accumulator",
+    "add_event",
+    "merge_accumulators",
+    "session_summary",
+    "summarise_events",
+    "DEFAULT_GAP_SECONDS",
+    "DEFAULT_ALLOWED_LATENESS_SECONDS",
+]
+
+DEFAULT_GAP_SECONDS = 1800  # 30 min of inactivity ends a visit (web-analytics norm)
+DEFAULT_ALLOWED_LATENESS_SECONDS = 3600  # mobile clients flush queued events late
+
+_STAGE_RANK = {"page_view": 1, "widget_open": 2, "user_message": 3,
+               "product_interest": 4, "conversion": 5}
+_RANK_STAGE = {rank: stage for stage, rank in _STAGE_RANK.items()}
+
+
+def _iso(ms: typing.Optional[float]) -> typing.Optional[str]:
+    if ms is None:
+        return None
+    return _dt.datetime.fromtimestamp(ms / 1000.0, tz=_dt.timezone.utc).isoformat(
+        timespec="milliseconds")
+
+
+def _page_key(url) -> typing.Optional[str]:
+    if not url:
+        return None
+    return url.split("#", 1)[0].split("?", 1)[0]
+
+
+def new_accumulator() -> dict:
+    return {
+        "count": 0, "first_ms": None, "last_ms": None, "user": None,
+        "pages": set(), "widget_opens": 0, "messages": 0, "conversions": 0,
+        "max_rank": 0, "eng_sum": 0, "eng_n": 0, "eng_max": None,
+    }
+
+
+def add_event(acc: dict, event: dict) -> dict:
+    """Folds one enriched event into ``acc`` (mutates and returns it)."""
+    ts = event["timestamp_ms"]
+    acc["count"] += 1
+    if acc["first_ms"] is None or ts < acc["first_ms"]:
+        acc["first_ms"] = ts
+    if acc["last_ms"] is None or ts > acc["last_ms"]:
+        acc["last_ms"] = ts
+    user = event.get("user_id")
+    if user and (acc["user"] is None or (ts, user) < acc["user"]):
+        acc["user"] = (ts, user)  # the earliest event's user id (deterministic)
+    page = _page_key(event.get("page_url"))
+    if page:
+        acc["pages"].add(page)
+    # What the event *is* (its type), not the stage its page implies.
+    type_stage = event.get("event_stage") or event.get("conversion_stage")
+    if type_stage == "widget_open":
+        acc["widget_opens"] += 1
+    elif type_stage == "user_message":
+        acc["messages"] += 1
+    elif type_stage == "conversion":
+        acc["conversions"] += 1
+    rank = _STAGE_RANK.get(event.get("conversion_stage"), 0)
+    if rank > acc["max_rank"]:
+        acc["max_rank"] = rank
+    score = event.get("engagement_score")
+    if score is not None:
+        acc["eng_sum"] += score
+        acc["eng_n"] += 1
+        if acc["eng_max"] is None or score > acc["eng_max"]:
+            acc["eng_max"] = score
+    return acc
+
+
+def merge_accumulators(accs: typing.Iterable[dict]) -> dict:
+    out = new_accumulator()
+    for acc in accs:
+        if not acc["count"]:
+            continue
+        out["count"] += acc["count"]
+        for key, better in (("first_ms", min), ("last_ms", max)):
+            if acc[key] is not None:
+                out[key] = acc[key] if out[key] is None else better(out[key], acc[key])
+        if acc["user"] is not None and (out["user"] is None or acc["user"] < out["user"]):
+            out["user"] = acc["user"]
+        out["pages"] |= acc["pages"]
+        for key in ("widget_opens", "messages", "conversions", "eng_sum", "eng_n"):
+            out[key] += acc[key]
+        out["max_rank"] = max(out["max_rank"], acc["max_rank"])
+        if acc["eng_max"] is not None and (out["eng_max"] is None or acc["eng_max"] > out["eng_max"]):
+            out["eng_max"] = acc["eng_max"]
+    return out
+
+
+def session_summary(acc: dict) -> dict:
+    """The session columns computable from the events alone (no window/pane)."""
+    first, last = acc["first_ms"], acc["last_ms"]
+    return {
+        "user_id": acc["user"][1] if acc["user"] else None,
+        "event_count": acc["count"],
+        "first_event_at": _iso(first),
+        "last_event_at": _iso(last),
+        "duration_seconds": (last - first) / 1000.0 if first is not None else 0.0,
+        "page_count": len(acc["pages"]),
+        "widget_opens": acc["widget_opens"],
+        "messages": acc["messages"],
+        "conversions": acc["conversions"],
+        "furthest_stage": _RANK_STAGE.get(acc["max_rank"]),
+        "avg_engagement_score": (round(acc["eng_sum"] / acc["eng_n"], 2)
+                                 if acc["eng_n"] else None),
+        "max_engagement_score": acc["eng_max"],
+    }
+
+
+def summarise_events(events: typing.Iterable[dict]) -> dict:
+    """``session_summary`` of a list of events (the CombineFn, without Beam)."""
+    acc = new_accumulator()
+    for event in events:
+        add_event(acc, event)
+    return session_summary(acc)
+
+
+class SessionSummaryFn(beam.CombineFn):
+    """Thin CombineFn over the pure functions above (mergeable: sessions merge)."""
+
+    def create_accumulator(self):
+        return new_accumulator()
+
+    def add_input(self, acc, event):
+        return add_event(acc, event)
+
+    def merge_accumulators(self, accs):
+        return merge_accumulators(accs)
+
+    def extract_output(self, acc):
+        return session_summary(acc)
+
+
+class _ToSessionRowFn(beam.DoFn):
+    def __init__(self, namespace: str):
+        self._panes = Metrics.counter(namespace, "session_panes_emitted")
+        self._late = Metrics.counter(namespace, "session_late_panes")
+
+    def process(self, element, win=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
+        session_id, summary = element
+        self._panes.inc()
+        if pane.index > 0:
+            self._late.inc()
+        row = {"session_id": session_id}
+        row.update(summary)
+        row["window_start"] = _iso(win.start.micros / 1000.0)
+        row["window_end"] = _iso(win.end.micros / 1000.0)
+        row["pane_index"] = pane.index
+        row["updated_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+        yield row
+
+
+class AggregateSessions(beam.PTransform):
+    """Enriched event dicts -> ``frontend_sessions`` row dicts, one per pane
+    (see the module docstring for windowing, triggers and late data)."""
+
+    def __init__(self, gap_seconds: int = DEFAULT_GAP_SECONDS,
+                 allowed_lateness_seconds: int = DEFAULT_ALLOWED_LATENESS_SECONDS,
+                 pipeline: str = "frontend"):
+        super().__init__()
+        if gap_seconds is None or gap_seconds <= 0:
+            raise ValueError("gap_seconds must be positive")
+        if allowed_lateness_seconds is None or allowed_lateness_seconds < 0:
+            raise ValueError("allowed_lateness_seconds must be >= 0")
+        self._gap_seconds = gap_seconds
+        self._lateness_seconds = allowed_lateness_seconds
+        self._pipeline = pipeline
+
+    def expand(self, events):
+        return (
+            events
+            | "KeyBySession" >> beam.Map(lambda e: (str(e["session_id"]), e)).with_output_types(
+                typing.Tuple[str, typing.Any])
+            | "WindowIntoSessions" >> beam.WindowInto(
+                window.Sessions(self._gap_seconds),
+                trigger=trig.AfterWatermark(late=trig.AfterCount(1)),
+                accumulation_mode=trig.AccumulationMode.ACCUMULATING,
+                allowed_lateness=self._lateness_seconds,
+            )
+            | "SummariseSession" >> beam.CombinePerKey(SessionSummaryFn())
+            | "ToSessionRow" >> beam.ParDo(_ToSessionRowFn(self._pipeline))
+        )
