@@ -26,12 +26,15 @@ REQUIRED = [
     "langdetect>=1.0.9",
     "yake>=0.4.8",
     "pyyaml>=6.0",
+    "orjson>=3.9",
+    "requests>=2.28",
 ]
 
 TEST = [
     "pytest>=8",
     "pytest-timeout>=2.2",
     "moto[server]>=5.0",
+    "boto3>=1.28",
 ]
 
 PACKAGES = [
