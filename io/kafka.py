@@ -381,10 +381,12 @@ class _ReadFromKafkaPartitionFn(beam.DoFn):
     def process(
         self,
         spec: _PartitionSpec,
+        bundle_finalizer=beam.DoFn.BundleFinalizerParam,
+        # Beam passes the tracker and the estimator as keywords: they must
+        # come last, after every positional DoFn parameter.
         tracker=beam.DoFn.RestrictionParam(_PartitionRestrictionProvider()),
         watermark_estimator=beam.DoFn.WatermarkEstimatorParam(
             ManualWatermarkEstimator.default_provider()),
-        bundle_finalizer=beam.DoFn.BundleFinalizerParam,
     ):
         return self._read(spec, tracker, watermark_estimator, bundle_finalizer)
 
@@ -526,10 +528,12 @@ class _ReadFromKafkaPartitionUnboundedFn(_ReadFromKafkaPartitionFn):
     def process(
         self,
         spec: _PartitionSpec,
+        bundle_finalizer=beam.DoFn.BundleFinalizerParam,
+        # Beam passes the tracker and the estimator as keywords: they must
+        # come last, after every positional DoFn parameter.
         tracker=beam.DoFn.RestrictionParam(_PartitionRestrictionProvider()),
         watermark_estimator=beam.DoFn.WatermarkEstimatorParam(
             ManualWatermarkEstimator.default_provider()),
-        bundle_finalizer=beam.DoFn.BundleFinalizerParam,
     ):
         return self._read(spec, tracker, watermark_estimator, bundle_finalizer)
 

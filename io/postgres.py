@@ -199,9 +199,11 @@ class _WriteToPostgresFn(beam.DoFn):
             self._conn = None
 
     def setup(self):
-        if self._create_schema:
-            ensure_schema(self._dsn)
-        self._conn = self._connect()
+        def connect():
+            if self._create_schema:
+                ensure_schema(self._dsn)
+            self._conn = self._connect()
+        self._retrying(connect)
 
     def teardown(self):
         self._close()
@@ -256,13 +258,17 @@ class _WriteToPostgresFn(beam.DoFn):
             yield from self._write_isolating_bad_rows(batch[middle:])
 
     def _write_with_retries(self, values):
+        def write():
+            if self._conn is None or self._conn.closed:
+                self._conn = self._connect()
+            self._upsert(values)
+        self._retrying(write)
+
+    def _retrying(self, action):
         attempt = 0
         while True:
             try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = self._connect()
-                self._upsert(values)
-                return
+                return action()
             except Exception as exc:  # pylint: disable=broad-except
                 # (the failed transaction was already rolled back)
                 if not _is_transient(exc) or attempt >= self._max_retries:
