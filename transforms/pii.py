@@ -14,8 +14,9 @@ kind        rule                                                 normalised
 email       local@domain.tld, also ``%40`` percent-encoded      lower case
 iban        2 letters + 2 digits + 11..30 alphanumerics,         compact, upper
             length per country where known, ISO 7064 mod 97
-card        13-19 digits with optional single spaces/dashes,     digits only
-            first digit 2-6 (issuer ranges), Luhn checksum
+card        13-19 digits, bare or grouped 4-4-4-4 / 4-6-5 by     digits only
+            spaces or dashes, first digit 2-6 (issuer ranges),
+            not glued to a word (``ORD-4111...``), Luhn checksum
 ssn         ddd-dd-dddd (not 000/666/9xx, 00, 0000), or 9        digits only
             digits after "SSN"/"social security"
 ipv6        colon groups that ``ipaddress`` accepts, >= 1 digit  compressed
@@ -98,7 +99,9 @@ _IPV6_CANDIDATE = re.compile(
     r"(?:(?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f]{0,4})(?![\w:])"
 )
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
-_CARD = re.compile(r"(?<!\d)(?<!\d[ -])[2-6](?:[ -]?\d){12,18}(?![ -]?\d)")
+_CARD = re.compile(
+    r"(?<![\dA-Za-z_])(?<!\d[ -])(?<![A-Za-z][_-])[2-6](?:[ -]?\d){12,18}(?![ -]?\d)")
+_SEPARATOR = re.compile(r"[ -]")
 _SSN = re.compile(
     r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])"
     r"|(?i:\bssn\b|social security(?: number| no\.?)?)[\s:#=-]*(?P<bare>\d{9})(?!\d)"
@@ -157,6 +160,18 @@ def _luhn_ok(digits: str) -> bool:
                 d -= 9
         total += d
     return total % 10 == 0
+
+
+def _card_grouping_ok(raw: str) -> bool:
+    """Printed cards group 4-4-4-4(-3) or 4-6-5/4-6-4 (Amex, Diners); other
+    groupings (dates, ids like 20240115-000042) are not cards."""
+    groups = _SEPARATOR.split(raw)
+    if len(groups) == 1:
+        return True
+    lengths = [len(g) for g in groups]
+    if lengths in ([4, 6, 5], [4, 6, 4]):
+        return True
+    return all(n == 4 for n in lengths[:-1]) and 1 <= lengths[-1] <= 4
 
 
 def _iban_ok(compact: str) -> bool:
@@ -245,6 +260,7 @@ class PiiRedactor:
             for m in _CARD.finditer(text):
                 number = m.group().replace(" ", "").replace("-", "")
                 if (13 <= len(number) <= 19 and len(set(number)) > 1
+                        and _card_grouping_ok(m.group())
                         and _luhn_ok(number) and taken.free(m.start(), m.end())):
                     found.append((m.start(), m.end(), "card", number))
                     taken.claim(m.start(), m.end())
