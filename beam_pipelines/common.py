@@ -33,6 +33,10 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 
+# Streaming archive files cover five minutes of event time: small enough for a
+# near-live archive, large enough to keep object counts sane.
+ARCHIVE_WINDOW_SECONDS = 5 * 60
+
 
 def kafka_decoder(opts: IheardOptions, avro_schema=None):
     """The payload decoder for the parse step (None means JSON)."""
@@ -146,14 +150,23 @@ def prepare_sinks(conns: Connections) -> None:
 
 
 def archive_records(
-    records: beam.PCollection, conns: Connections, pipeline: str, schema
+    records: beam.PCollection, conns: Connections, pipeline: str, schema, streaming: bool
 ) -> beam.PCollection:
     """Archives ``records`` as Avro under ``conns.archive_path``; returns the
-    records that could not be archived as ``FailedRecord``s."""
+    records that could not be archived as ``FailedRecord``s.
+
+    A streaming job closes one file set per ``ARCHIVE_WINDOW_SECONDS`` of event
+    time (a global window would never fire); a bounded job writes one file set
+    per hour partition.
+    """
     from iheard_io.archive import WriteToArchive
 
     return records | "ArchiveEvents" >> WriteToArchive(
-        conns.archive_path, source=pipeline, schema=schema
+        conns.archive_path,
+        source=pipeline,
+        schema=schema,
+        window_seconds=ARCHIVE_WINDOW_SECONDS if streaming else None,
+        pipeline=pipeline,
     )
 
 

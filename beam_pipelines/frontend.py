@@ -57,6 +57,7 @@ def build_pipeline(
     records: beam.PCollection,
     conns: Connections,
     opts: IheardOptions,
+    streaming: bool = False,
 ) -> typing.Dict[str, beam.PCollection]:
     """Applies the frontend chain to ``records`` (``PCollection[SourceRecord]``).
 
@@ -98,7 +99,9 @@ def build_pipeline(
         enriched[EnrichFrontendEvents.FAILED],
         common.write_rows(events, "frontend_analytics", conns, PIPELINE),
         common.write_rows(sessions, "frontend_sessions", conns, PIPELINE),
-        common.archive_records(events, conns, PIPELINE, load_schema("frontend_enriched_v1")),
+        common.archive_records(
+            events, conns, PIPELINE, load_schema("frontend_enriched_v1"), streaming
+        ),
     ]
     if conns.redis_url:
         failures.extend(common.write_live_state(events, sessions, conns, PIPELINE))
@@ -122,7 +125,7 @@ def run(argv: typing.Optional[typing.List[str]] = None, save_main_session: bool 
 
     pipeline = beam.Pipeline(options=options)
     records = common.read_source(pipeline, conns, opts, FRONTEND_TOPIC, streaming)
-    build_pipeline(pipeline, records, conns, opts)
+    build_pipeline(pipeline, records, conns, opts, streaming)
     result = pipeline.run()
     result.wait_until_finish()
     print(common.summary(result, conns, PIPELINE), flush=True)
