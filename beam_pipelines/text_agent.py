@@ -104,6 +104,7 @@ def build_pipeline(
         AggregateBillingHourly,
         AggregateConversations,
         EnrichTurns,
+        RedactDeadLetters,
         archive_record,
     )
 
@@ -114,7 +115,7 @@ def build_pipeline(
         decoder = common.kafka_decoder(opts, load_schema("envelope_v1"))
     parsed = records | "ParseTurns" >> ParseEvents(TextAgentTurn, PIPELINE, decoder=decoder)
     unique = parsed[ParseEvents.VALID] | "DedupeTurns" >> DedupeEvents(
-        key_fn=turn_key, ttl_seconds=opts.dedupe_ttl_seconds)
+        key_fn=turn_key, ttl_seconds=opts.dedupe_ttl_seconds, namespace=PIPELINE)
     enriched = unique | "EnrichTurns" >> EnrichTurns(conns.pii_secret, PIPELINE)
     turns = enriched[EnrichTurns.VALID]
     early = EARLY_FIRING_SECONDS if streaming else None
@@ -150,7 +151,11 @@ def build_pipeline(
     ]
     if conns.redis_url:
         failures.extend(_write_live_state(conversations, billing, conns))
-    common.write_dead_letters(failures, conns, PIPELINE)
+    redacted_failures = [
+        failed | f"RedactDeadLetters{i}" >> RedactDeadLetters(conns.pii_secret)
+        for i, failed in enumerate(failures)
+    ]
+    common.write_dead_letters(redacted_failures, conns, PIPELINE)
     return {"turns": turns, "conversations": conversations, "billing": billing}
 
 
@@ -221,7 +226,7 @@ _TOOLS = ["search_docs", "capture_lead", "book_demo", "crm_lookup", "pricing_cal
 _TENANTS = ["acme", "globex", "initech", None]
 
 
-def sample_turns(n_sessions: int = 200, seed: int = 7, start_ms: int = 1_735_725_600_000,
+def sample_turns(n_sessions: int = 200, seed: int = 7, start_ms: int = 1_741_000_000_000,
                  malformed_share: float = 0.02, duplicate_share: float = 0.03
                  ) -> typing.List[str]:
     """JSON lines of ``text_agent.turn_completed`` payloads as the seed's

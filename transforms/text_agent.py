@@ -91,6 +91,7 @@ __all__ = [
     "daily_cost_state",
     "read_cost_today",
     "archive_record",
+    "RedactDeadLetters",
     "ONE_HOUR_SECONDS",
 ]
 
@@ -721,4 +722,42 @@ class AggregateBillingHourly(beam.PTransform):
                 allowed_lateness=self._lateness)
             | "CombineUsage" >> beam.CombinePerKey(_UsageCombineFn())
             | "ToBillingRows" >> beam.ParDo(_BillingRowFn())
+        )
+
+
+class _RedactDeadLetterFn(beam.DoFn):
+    def __init__(self, pii_secret: bytes):
+        self._secret = pii_secret
+        self._redactor = None
+
+    def setup(self):
+        self._redactor = PiiRedactor(self._secret)
+
+    def process(self, failed):
+        try:
+            raw, _ = self._redactor.redact_text(failed.raw)
+        except Exception:  # noqa: BLE001 - a dead letter must still be stored
+            raw = REDACTION_WITHHELD
+        yield failed._replace(raw=raw)
+
+
+class RedactDeadLetters(beam.PTransform):
+    """``FailedRecord``s -> the same with PII in ``raw`` tokenised, and in the
+    global window (so dead letters from windowed sinks flatten with the rest).
+
+    A payload the parse step rejected still carries the user's text; this
+    keeps emails, phone numbers, cards ... out of the dead-letter table and
+    topic like everywhere else (the rest of the payload stays readable so the
+    failure can be diagnosed)."""
+
+    def __init__(self, pii_secret: bytes):
+        super().__init__()
+        PiiRedactor(pii_secret)
+        self._secret = pii_secret
+
+    def expand(self, failed):
+        return (
+            failed
+            | "IntoGlobalWindow" >> beam.WindowInto(beam_window.GlobalWindows())
+            | "RedactRawPayloads" >> beam.ParDo(_RedactDeadLetterFn(self._secret))
         )
