@@ -364,7 +364,7 @@ def enrich_frontend_event(event: dict, config: EnrichmentConfig) -> dict:
 
     # Funnel stage.
     event_type = event["event_type"]
-    stage = config.stage_of_type(event_type)
+    stage = type_stage = config.stage_of_type(event_type)
     if category is not None and config.is_high_intent(category) and \
             STAGE_RANK[stage] < STAGE_RANK["product_interest"]:
         stage = "product_interest"
@@ -449,6 +449,7 @@ def enrich_frontend_event(event: dict, config: EnrichmentConfig) -> dict:
         user_segment=segment,
         engagement_score=engagement,
         conversion_stage=stage,
+        event_stage=type_stage,  # what the event itself is (session counts use it)
         quality_score=quality,
         transformation_metadata=metadata,
         referrer_source=referrer_source,
