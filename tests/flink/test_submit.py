@@ -1,0 +1,350 @@
+"""``python -m runners.submit`` against the project's local Flink 1.19 cluster.
+
+Each test runs the CLI as a subprocess, the way CI and the Kubernetes Job do,
+with the Python workers in an EXTERNAL worker pool (as the TaskManager
+sidecar on Kubernetes) started here on 127.0.0.1. The pipelines submitted are
+the small ``run_*`` functions below (the CLI imports them as
+``tests.flink.test_submit:run_...``; the workers import them the same way, so
+they run with the repository root as working directory).
+
+Run: ``flink/cluster.sh up && python -m pytest tests/flink/test_submit.py``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import typing
+
+import pytest
+import requests
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+FLINK_REST = os.environ.get("IHEARD_FLINK_REST", "http://127.0.0.1:18081")
+FAILURE_MARKER = "iheard-submit-test-deliberate-failure"
+THIS_MODULE = "tests.flink.test_submit"
+
+pytestmark = [pytest.mark.flink, pytest.mark.slow]
+
+
+# ------------------------------------------------- pipelines the tests submit
+
+
+def run_counting_pipeline(argv):
+    """Bounded: Create -> GroupByKey -> count per key, with a counter per key seen."""
+    import apache_beam as beam
+    from apache_beam.metrics import Metrics
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    keys_seen = Metrics.counter("submit_test", "keys_seen")
+
+    def count(key_values):
+        keys_seen.inc()
+        key, values = key_values
+        return key, len(list(values))
+
+    pipeline = beam.Pipeline(options=PipelineOptions(argv))
+    _ = (
+        pipeline
+        | "CreateWords" >> beam.Create(["a", "b", "a", "c", "a", "b"])
+        | "PairWithOne" >> beam.Map(lambda word: (word, 1))
+        | "GroupByWord" >> beam.GroupByKey()
+        | "CountPerWord" >> beam.Map(count)
+    )
+    result = pipeline.run()
+    result.wait_until_finish()
+    return result
+
+
+def run_ticking_pipeline(argv):
+    """Unbounded: PeriodicImpulse -> 2 s fixed windows -> GroupByKey (keyed state to savepoint)."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.transforms import periodicsequence, window
+
+    pipeline = beam.Pipeline(options=PipelineOptions(argv))
+    _ = (
+        pipeline
+        | "Tick" >> periodicsequence.PeriodicImpulse(fire_interval=0.5, apply_windowing=False)
+        | "KeyByParity" >> beam.Map(lambda ts: (int(float(ts) * 2) % 2, 1))
+        | "Window2s" >> beam.WindowInto(window.FixedWindows(2))
+        | "GroupByParity" >> beam.GroupByKey()
+        | "CountTicks" >> beam.MapTuple(lambda parity, ones: (parity, sum(ones)))
+    )
+    result = pipeline.run()
+    result.wait_until_finish()
+    return result
+
+
+def _fail(element):
+    raise ValueError(f"{FAILURE_MARKER} on element {element!r}")
+
+
+def run_failing_pipeline(argv):
+    """Bounded, and every element raises: the job fails."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    pipeline = beam.Pipeline(options=PipelineOptions(argv))
+    _ = pipeline | "CreateOne" >> beam.Create([1]) | "Explode" >> beam.Map(_fail)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return result
+
+
+# ------------------------------------------------------------------- fixtures
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# Beam's worker_pool_main binds every interface; this starts the same
+# servicer (one SDK worker process per request, as in the Kubernetes sidecar)
+# on loopback only.
+_WORKER_POOL = textwrap.dedent(
+    """
+    import sys, time, grpc
+    from apache_beam.portability.api import beam_fn_api_pb2_grpc
+    from apache_beam.runners.worker.worker_pool_main import BeamFnExternalWorkerPoolServicer
+    server = grpc.server(__import__("concurrent.futures").futures.ThreadPoolExecutor(16))
+    server.add_insecure_port("127.0.0.1:" + sys.argv[1])
+    beam_fn_api_pb2_grpc.add_BeamFnExternalWorkerPoolServicer_to_server(
+        BeamFnExternalWorkerPoolServicer(use_process=True), server)
+    server.start()
+    print("worker pool up", flush=True)
+    while True:
+        time.sleep(3600)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def flink_rest():
+    try:
+        overview = requests.get(f"{FLINK_REST}/overview", timeout=5).json()
+    except requests.RequestException as exc:
+        pytest.fail(f"no Flink cluster at {FLINK_REST} (start it with flink/cluster.sh up): {exc}")
+    assert overview["taskmanagers"] >= 1
+    return FLINK_REST
+
+
+@pytest.fixture(scope="module")
+def job_server_jar():
+    done = subprocess.run(
+        ["bash", str(REPO_ROOT / "flink" / "uberjar" / "build.sh")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def worker_pool(tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("worker_pool") / "pool.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _WORKER_POOL, str(port)],
+            cwd=REPO_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 60
+    while b"worker pool up" not in log.read_bytes():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "worker pool did not start"
+        time.sleep(0.2)
+    yield f"127.0.0.1:{port}"
+    # Ends the pool and the SDK worker processes it started (same session).
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=30)
+
+
+@pytest.fixture
+def cleanup_jobs(flink_rest):
+    job_ids: typing.List[str] = []
+    yield job_ids
+    for job_id in job_ids:
+        state = requests.get(f"{flink_rest}/jobs/{job_id}", timeout=10)
+        if state.ok and state.json()["state"] not in ("FINISHED", "FAILED", "CANCELED"):
+            requests.patch(f"{flink_rest}/jobs/{job_id}", params={"mode": "cancel"}, timeout=10)
+
+
+def _cli(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "runners.submit", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def _submit_args(flink_rest, jar, pool, function, *extra):
+    return [
+        "submit",
+        f"--flink_master={flink_rest}",
+        f"--pipeline={THIS_MODULE}:{function}",
+        f"--job_server_jar={jar}",
+        "--environment_type=EXTERNAL",
+        f"--environment_config={pool}",
+        *extra,
+    ]
+
+
+def _last_json(stdout: str) -> dict:
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    assert lines, stdout
+    return json.loads(lines[-1])
+
+
+# ---------------------------------------------------------------------- tests
+
+
+def test_batch_pipeline_runs_to_finished(flink_rest, job_server_jar, worker_pool, cleanup_jobs):
+    done = _cli(
+        *_submit_args(
+            flink_rest,
+            job_server_jar,
+            worker_pool,
+            "run_counting_pipeline",
+            "--job_name=iheard-submit-test-batch",
+            "--wait_for=finished",
+            "--timeout_s=240",
+            "--",
+            "--parallelism=1",
+        )
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = _last_json(done.stdout)
+    cleanup_jobs.append(report["job_id"])
+    assert report["state"] == "FINISHED"
+    job = requests.get(f"{flink_rest}/jobs/{report['job_id']}", timeout=10).json()
+    assert job["name"] == "iheard-submit-test-batch"
+    assert job["state"] == "FINISHED"
+    # The uploaded jar is removed once Flink has the job.
+    jars = requests.get(f"{flink_rest}/jars", timeout=10).json()["files"]
+    assert not [jar for jar in jars if jar["name"] == "beam-pipeline.jar"]
+
+
+def test_failing_pipeline_exits_nonzero_with_root_exception(
+    flink_rest, job_server_jar, worker_pool, cleanup_jobs
+):
+    job_id = "0123456789abcdef" + os.urandom(8).hex()
+    cleanup_jobs.append(job_id)
+    done = _cli(
+        *_submit_args(
+            flink_rest,
+            job_server_jar,
+            worker_pool,
+            "run_failing_pipeline",
+            f"--job_id={job_id}",
+            "--job_name=iheard-submit-test-failing",
+            "--wait_for=finished",
+            "--cancel_on_failure",
+            "--timeout_s=240",
+            "--",
+            "--parallelism=1",
+        )
+    )
+    assert done.returncode == 1, done.stdout + done.stderr[-4000:]
+    assert job_id in done.stderr
+    assert FAILURE_MARKER in done.stderr, done.stderr[-4000:]
+
+
+def test_streaming_stop_with_savepoint_and_resubmit_from_it(
+    flink_rest, job_server_jar, worker_pool, cleanup_jobs, tmp_path
+):
+    streaming_args = ["--", "--streaming", "--parallelism=1", "--checkpointing_interval=2000"]
+    first = _cli(
+        *_submit_args(
+            flink_rest,
+            job_server_jar,
+            worker_pool,
+            "run_ticking_pipeline",
+            "--job_name=iheard-submit-test-stream",
+            "--settle_s=5",
+            "--timeout_s=240",
+            *streaming_args,
+        )
+    )
+    assert first.returncode == 0, first.stderr[-4000:]
+    first_job = _last_json(first.stdout)["job_id"]
+    cleanup_jobs.append(first_job)
+    assert requests.get(f"{flink_rest}/jobs/{first_job}", timeout=10).json()["state"] == "RUNNING"
+
+    savepoint_dir = tmp_path / "savepoints"
+    stopped = _cli(
+        "stop", f"--flink_master={flink_rest}", f"--job_id={first_job}", f"--savepoint_dir=file://{savepoint_dir}"
+    )
+    assert stopped.returncode == 0, stopped.stderr[-4000:]
+    savepoint = _last_json(stopped.stdout)["savepoint_path"]
+    assert str(savepoint_dir) in savepoint
+    assert (pathlib.Path(savepoint.removeprefix("file:")) / "_metadata").is_file()
+    assert requests.get(f"{flink_rest}/jobs/{first_job}", timeout=10).json()["state"] == "FINISHED"
+
+    second = _cli(
+        *_submit_args(
+            flink_rest,
+            job_server_jar,
+            worker_pool,
+            "run_ticking_pipeline",
+            "--job_name=iheard-submit-test-stream",
+            f"--from_savepoint={savepoint}",
+            "--settle_s=5",
+            "--timeout_s=240",
+            *streaming_args,
+        )
+    )
+    assert second.returncode == 0, second.stderr[-4000:]
+    report = _last_json(second.stdout)
+    cleanup_jobs.append(report["job_id"])
+    assert report["restored_from"] == savepoint
+    checkpoints = requests.get(f"{flink_rest}/jobs/{report['job_id']}/checkpoints", timeout=10).json()
+    restored = checkpoints["latest"]["restored"]
+    assert restored is not None and restored["is_savepoint"]
+    assert restored["external_path"].rstrip("/").endswith(savepoint.rstrip("/").split("/")[-1])
+
+    status = _cli("status", f"--flink_master={flink_rest}", f"--job_id={report['job_id']}")
+    assert status.returncode == 0, status.stderr
+    assert _last_json(status.stdout)["state"] == "RUNNING"
+
+    # What the deploy workflow runs: find the job by name, stop it with a
+    # savepoint, start the new code from that savepoint.
+    upgraded = _cli(
+        "upgrade",
+        *_submit_args(
+            flink_rest,
+            job_server_jar,
+            worker_pool,
+            "run_ticking_pipeline",
+            "--job_name=iheard-submit-test-stream",
+            f"--savepoint_dir=file://{savepoint_dir}",
+            "--settle_s=5",
+            "--timeout_s=240",
+            *streaming_args,
+        )[1:],
+    )
+    assert upgraded.returncode == 0, upgraded.stderr[-4000:]
+    upgrade = _last_json(upgraded.stdout)
+    cleanup_jobs.append(upgrade["job_id"])
+    assert upgrade["replaced_job_id"] == report["job_id"]
+    assert upgrade["restored_from"] and upgrade["restored_from"] != savepoint
+    assert requests.get(f"{flink_rest}/jobs/{report['job_id']}", timeout=10).json()["state"] == "FINISHED"
+    restored = requests.get(f"{flink_rest}/jobs/{upgrade['job_id']}/checkpoints", timeout=10).json()["latest"]["restored"]
+    assert restored["external_path"] == upgrade["restored_from"]
+
+    cancelled = _cli("cancel", f"--flink_master={flink_rest}", f"--job_id={upgrade['job_id']}")
+    assert cancelled.returncode == 0, cancelled.stderr
