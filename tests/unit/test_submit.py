@@ -1,0 +1,207 @@
+"""Pure parts of ``runners.submit``: argument handling and Flink REST answer parsing.
+
+The REST answers below have the shape Flink 1.19 returns (taken from the local
+cluster's responses); the end-to-end behaviour is in tests/flink/test_submit.py.
+"""
+import pytest
+
+from runners import submit
+
+
+def test_split_argv_at_first_double_dash():
+    own, pipeline = submit.split_argv(["submit", "--pipeline=x", "--", "--streaming", "--", "y"])
+    assert own == ["submit", "--pipeline=x"]
+    assert pipeline == ["--streaming", "--", "y"]
+    assert submit.split_argv(["list"]) == (["list"], [])
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ("flink:8081", "http://flink:8081"),
+        (" http://flink:8081/ ", "http://flink:8081"),
+        ("https://flink.example/", "https://flink.example"),
+    ],
+)
+def test_normalize_master(given, expected):
+    assert submit.normalize_master(given) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "ftp://flink:21"])
+def test_normalize_master_rejects(bad):
+    with pytest.raises(ValueError):
+        submit.normalize_master(bad)
+
+
+def test_job_ids():
+    job_id = submit.new_job_id()
+    assert submit.check_job_id(job_id) == job_id
+    assert job_id != submit.new_job_id()
+    for bad in ["", "xyz", "A" * 32, "0" * 31]:
+        with pytest.raises(ValueError):
+            submit.check_job_id(bad)
+
+
+def test_parse_pipeline_ref():
+    assert submit.parse_pipeline_ref("beam_pipelines.frontend") == ("beam_pipelines.frontend", "run")
+    assert submit.parse_pipeline_ref("tests.flink.test_submit:run_x") == ("tests.flink.test_submit", "run_x")
+    for bad in ["", "beam-pipelines.frontend", "a.b:", "a.b:1x", ":run"]:
+        if bad == "a.b:":  # an empty function part means the default
+            assert submit.parse_pipeline_ref(bad) == ("a.b", "run")
+            continue
+        with pytest.raises(ValueError):
+            submit.parse_pipeline_ref(bad)
+
+
+def test_flink_version_ok():
+    assert submit.flink_version_ok({"flink-version": "1.19.3"})
+    assert submit.flink_version_ok({"flink-version": "1.19"})
+    assert not submit.flink_version_ok({"flink-version": "1.20.1"})
+    assert not submit.flink_version_ok({"flink-version": "1.190.0"})
+    assert not submit.flink_version_ok({})
+
+
+def test_run_request_body():
+    assert submit.run_request_body() == {"entryClass": "org.apache.beam.runners.flink.FlinkPipelineRunner"}
+    body = submit.run_request_body(
+        job_id="0" * 32, savepoint_path="s3://b/sp-1", allow_non_restored_state=True, parallelism=4
+    )
+    assert body == {
+        "entryClass": "org.apache.beam.runners.flink.FlinkPipelineRunner",
+        "jobId": "0" * 32,
+        "savepointPath": "s3://b/sp-1",
+        "allowNonRestoredState": True,
+        "parallelism": 4,
+    }
+    with pytest.raises(ValueError):
+        submit.run_request_body(allow_non_restored_state=True)
+    with pytest.raises(ValueError):
+        submit.run_request_body(job_id="not-hex")
+
+
+def test_jar_id_from_upload():
+    answer = {"filename": "/tmp/flink-web-x/flink-web-upload/1a2b_beam-pipeline.jar", "status": "success"}
+    assert submit.jar_id_from_upload(answer) == "1a2b_beam-pipeline.jar"
+    with pytest.raises(submit.SubmitError):
+        submit.jar_id_from_upload({"status": "failure"})
+
+
+def test_root_exception_prefers_history_and_keeps_python_error():
+    java_frames = [f"\tat org.apache.flink.Frame{i}.run(Frame.java:{i})" for i in range(40)]
+    stack = "\n".join(
+        ["java.lang.RuntimeException: Error received from SDK harness"]
+        + java_frames
+        + ["ValueError: boom [while running 'Explode']"]
+    )
+    answer = {
+        "root-exception": "older field",
+        "exceptionHistory": {"entries": [{"exceptionName": "java.lang.RuntimeException", "stacktrace": stack}]},
+    }
+    text = submit.root_exception(answer, max_lines=5)
+    assert text.splitlines()[0] == "java.lang.RuntimeException: Error received from SDK harness"
+    assert "ValueError: boom [while running 'Explode']" in text
+    assert "Frame39" not in text
+    assert submit.root_exception({"root-exception": "java.io.IOException: x"}) == "java.io.IOException: x"
+    assert submit.root_exception({"exceptionHistory": {"entries": []}, "root-exception": None}) is None
+
+
+def test_savepoint_outcome():
+    assert submit.savepoint_outcome({"status": {"id": "IN_PROGRESS"}}) is None
+    done = {"status": {"id": "COMPLETED"}, "operation": {"location": "file:/sp/savepoint-1"}}
+    assert submit.savepoint_outcome(done) == "file:/sp/savepoint-1"
+    failed = {
+        "status": {"id": "COMPLETED"},
+        "operation": {"failure-cause": {"class": "x", "stack-trace": "CheckpointException: not all tasks running"}},
+    }
+    with pytest.raises(submit.SubmitError, match="not all tasks running"):
+        submit.savepoint_outcome(failed)
+
+
+def _job(state, *statuses):
+    return {"state": state, "vertices": [{"status": s} for s in statuses]}
+
+
+def test_job_progress():
+    deploying = submit.JobProgress.from_job(_job("RUNNING", "RUNNING", "DEPLOYING"))
+    assert not deploying.all_running and not deploying.failed
+    running = submit.JobProgress.from_job(_job("RUNNING", "RUNNING", "FINISHED"))
+    assert running.all_running and not running.terminal
+    restarting = submit.JobProgress.from_job(_job("RESTARTING", "CANCELED"))
+    assert restarting.failed and not restarting.terminal
+    finished = submit.JobProgress.from_job(_job("FINISHED", "FINISHED"))
+    assert finished.terminal and not finished.failed
+    assert not submit.JobProgress.from_job(_job("RUNNING")).all_running
+
+
+def test_running_jobs_named():
+    overview = {
+        "jobs": [
+            {"jid": "a", "name": "iheard-frontend", "state": "RUNNING"},
+            {"jid": "b", "name": "iheard-frontend", "state": "FINISHED"},
+            {"jid": "c", "name": "iheard-text-agent", "state": "RUNNING"},
+            {"jid": "d", "name": "iheard-frontend", "state": "RESTARTING"},
+        ]
+    }
+    assert submit.running_jobs_named(overview, "iheard-frontend") == ["a", "d"]
+    assert submit.running_jobs_named({"jobs": []}, "x") == []
+
+
+def test_pipeline_argv_appends_imposed_flags_last():
+    argv = submit.pipeline_argv(
+        ["--runner=DirectRunner", "--streaming"],
+        "http://flink:8081",
+        "/jars/js.jar",
+        "EXTERNAL",
+        "localhost:50000",
+        "iheard-frontend",
+    )
+    assert argv[:2] == ["--runner=DirectRunner", "--streaming"]
+    assert argv[2:] == [
+        "--runner=runners.submit.FlinkUberJarRunner",
+        "--flink_master=http://flink:8081",
+        "--flink_version=1.19",
+        "--flink_submit_uber_jar",
+        "--flink_job_server_jar=/jars/js.jar",
+        "--environment_type=EXTERNAL",
+        "--environment_config=localhost:50000",
+        "--job_name=iheard-frontend",
+    ]
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    # argparse keeps the last value: the imposed runner wins.
+    assert PipelineOptions(argv).view_as(StandardOptions).runner == "runners.submit.FlinkUberJarRunner"
+
+
+def test_parse_args():
+    args, pipeline_args = submit.parse_args(
+        ["submit", "--flink_master=flink:8081", "--pipeline=beam_pipelines.frontend", "--", "--streaming"]
+    )
+    assert args.command == "submit" and args.environment_type == "EXTERNAL" and args.wait_for == "running"
+    assert pipeline_args == ["--streaming"]
+    with pytest.raises(submit.SubmitError, match="--job_name"):
+        submit.parse_args(["upgrade", "--flink_master=f:1", "--pipeline=a.b"])
+    with pytest.raises(submit.SubmitError, match="needs --from_savepoint"):
+        submit.parse_args(["submit", "--flink_master=f:1", "--pipeline=a.b", "--allow_non_restored_state"])
+    with pytest.raises(submit.SubmitError, match="no pipeline arguments"):
+        submit.parse_args(["stop", "--flink_master=f:1", "--job_id=" + "0" * 32, "--", "--x"])
+    with pytest.raises(ValueError):
+        submit.parse_args(["submit", "--flink_master=f:1", "--pipeline=a-b"])
+
+
+def test_parse_args_needs_a_master(monkeypatch):
+    monkeypatch.delenv("FLINK_MASTER", raising=False)
+    with pytest.raises(submit.SubmitError, match="flink_master"):
+        submit.parse_args(["list"])
+
+
+def test_main_reports_unreachable_cluster(capsys):
+    assert submit.main(["list", "--flink_master=http://127.0.0.1:9"]) == 1
+    assert "runners.submit:" in capsys.readouterr().err
+
+
+def test_runner_class_resolves_by_name():
+    from apache_beam.runners.portability.flink_runner import FlinkRunner
+    from apache_beam.runners.runner import create_runner
+
+    runner = create_runner("runners.submit.FlinkUberJarRunner")
+    assert isinstance(runner, FlinkRunner)
