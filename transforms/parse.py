@@ -123,7 +123,10 @@ def _decode(value, decoder) -> dict:
         if isinstance(payload, dict) and "payload_json" in payload and "envelope_version" in payload:
             from schemas.avro import unwrap_envelope
 
-            payload = unwrap_envelope(payload)
+            try:
+                payload = unwrap_envelope(payload)
+            except (ValueError, TypeError, KeyError) as exc:
+                raise DecodeError(f"bad envelope: {exc}") from None
         if not isinstance(payload, dict):
             raise DecodeError(f"payload must decode to an object, got {type(payload).__name__}")
         return payload

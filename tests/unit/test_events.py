@@ -245,3 +245,99 @@ def test_marketo_rejections(change, field):
     with pytest.raises(ValidationError) as info:
         MarketoLead.model_validate(dict(MARKETO, **change))
     assert field in {str(err["loc"][0]) for err in info.value.errors()}
+
+
+# --- Avro schemas (schemas/avro.py) ----------------------------------------------------
+def _enriched_event():
+    from transforms.frontend_enrich import EnrichmentConfig, enrich_frontend_event
+    from transforms.parse import parse_record
+    from transforms.pii import PiiRedactor
+
+    event = parse_record(dict(WIDGET_OPEN, experiment={"arm": "B"}, element_text="mail a@b.io"),
+                         FrontendEvent)
+    redacted, counts = PiiRedactor(b"unit-test-secret-0123456789").redact_record(
+        event, ("element_text",))
+    redacted["_pii"] = dict(counts)
+    return enrich_frontend_event(redacted, EnrichmentConfig())
+
+
+def test_enriched_event_validates_as_is_and_roundtrips():
+    import io
+
+    import fastavro
+    from fastavro.validation import validate
+
+    from schemas.avro import load_schema, to_avro_record
+
+    schema = load_schema("frontend_enriched_v1")
+    event = _enriched_event()
+    assert validate(event, schema, raise_errors=True)  # the archive validates raw dicts
+    record = to_avro_record(event, schema)
+    assert record["extra_json"] == '{"experiment": {"arm": "B"}}'
+    assert record["_pii"] == {"email": 1}
+    buf = io.BytesIO()
+    fastavro.writer(buf, schema, [record])
+    buf.seek(0)
+    (back,) = list(fastavro.reader(buf))
+    assert back["event_id"] == event["event_id"]
+    assert back["timestamp_ms"].isoformat() == "2024-01-15T10:30:00+00:00"
+    assert back["transformation_metadata"]["pii_redacted"] == {"email": 1}
+    assert back["click_coordinates"] == {"x": 1180.0, "y": 640.0}
+
+
+def test_session_row_schema():
+    from fastavro.validation import validate
+
+    from schemas.avro import load_schema, to_avro_record
+    from schemas.tables import FRONTEND_SESSIONS
+
+    row = dict.fromkeys(FRONTEND_SESSIONS.columns)
+    row.update(session_id="s", window_start="2024-01-15T10:00:00.000+00:00",
+               window_end="2024-01-15T10:30:00.000+00:00", event_count=3, duration_seconds=12.5,
+               avg_engagement_score=33.5, pane_index=0)
+    schema = load_schema("frontend_session_v1.avsc")
+    assert validate(row, schema, raise_errors=True)
+    assert to_avro_record(row, schema)["event_count"] == 3
+    assert {f["name"] for f in schema["fields"]} == set(FRONTEND_SESSIONS.columns)
+
+
+def test_to_avro_record_coercions_and_errors():
+    from schemas.avro import to_avro_record
+
+    schema = {"type": "record", "name": "T", "fields": [
+        {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+        {"name": "n", "type": ["null", "long"], "default": None},
+        {"name": "s", "type": ["null", "string"], "default": None},
+        {"name": "d", "type": "double", "default": 1.5},
+    ]}
+    out = to_avro_record({"ts": "2024-01-15T10:30:00Z", "n": 4.0, "s": {"a": 1}, "zzz": 1}, schema)
+    assert out == {"ts": 1705314600000, "n": 4, "s": '{"a": 1}', "d": 1.5}
+    with pytest.raises(ValueError, match="T.ts"):
+        to_avro_record({"ts": None}, schema)
+    with pytest.raises(ValueError, match="unknown Avro schema"):
+        to_avro_record({}, "nope_v9")
+
+
+def test_envelope_roundtrip_through_avro_and_parse():
+    import io
+
+    import fastavro
+
+    from schemas.avro import load_schema, unwrap_envelope, wrap_envelope
+    from transforms.parse import DecodeError, parse_record
+
+    schema = load_schema("envelope_v1")
+    envelope = wrap_envelope(WIDGET_OPEN, "frontend", event_id="evt-1", produced_at_ms=1705314600001)
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, schema, envelope)
+    raw = buf.getvalue()
+
+    def decoder(value):
+        return fastavro.schemaless_reader(io.BytesIO(value), schema, None)
+
+    event = parse_record(raw, FrontendEvent, decoder=decoder)
+    assert event["event_id"] == "evt-1" and event["session_id"] == WIDGET_OPEN["session_id"]
+    assert unwrap_envelope(envelope)["event_type"] == "widget_open"
+    with pytest.raises(DecodeError, match="envelope"):
+        parse_record(b"x", FrontendEvent,
+                     decoder=lambda v: dict(envelope, envelope_version=2))
