@@ -1,0 +1,231 @@
+"""Re-price archived agent turns under another price-book version (batch).
+
+When a provider changes a price retroactively, or the price book had an
+error, this job reads the Avro archive the text-agent pipeline wrote
+(``<archive_path>/source=text_agent/date=YYYY-MM-DD/hour=HH/*.avro``), prices
+every turn of a time range under ``--price_book_version`` and writes one row
+per turn with the original and the restated cost to the
+``agent_cost_restatements`` table (PostgreSQL, or the embedded DuckDB file)
+and, with ``--output_file``, to a JSON-lines file. ``agent_turns`` and
+``agent_billing_hourly`` are never touched: the restatement sits beside them.
+
+    python -m beam_pipelines.restate_costs --archive_path=output/archive \\
+        --from=2025-03-01 --to=2025-03-31 --price_book_version=2025.06
+    python -m beam_pipelines.restate_costs --archive_path=s3://iheardai-archive/archive \\
+        --s3_endpoint_url=http://127.0.0.1:19000 --postgres_dsn="host=..." \\
+        --from=2025-03-01T00:00:00Z --to=2025-03-02T00:00:00Z \\
+        --price_book_version=2025.06 --price_book=new_prices.yaml --output_file=restated.jsonl
+
+Range: ``--from`` is inclusive, ``--to`` exclusive; a date without a time
+means midnight UTC, and a date-only ``--to`` includes that whole day. Only
+the ``date=`` folders of the range are listed (partition pruning).
+
+Idempotent: the table's key is (session_id, turn_id, price_book_version), so
+re-running the same restatement upserts the same rows; a turn archived more
+than once (a late pane, a re-run) is restated once.
+
+    archive files of the range (one pattern per day)
+      -> ReadArchivedTurns (ReadAllFromAvro)
+      -> KeepRange      timestamp_ms in [from, to)
+      -> OneRecordPerTurn   GroupByKey (session_id, turn_id), smallest event_id
+      -> Reprice        pure ``restate_turn`` under the named version
+      -> agent_cost_restatements  (+ --output_file JSON lines)
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+import typing
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_pipelines import common
+from beam_pipelines.options import IheardOptions, resolve_connections
+
+__all__ = ["restate_turn", "archive_patterns", "parse_bound", "build_pipeline", "run",
+           "RestateOptions"]
+
+_LOG = logging.getLogger(__name__)
+
+PIPELINE = "restate_costs"
+ARCHIVE_SOURCE = "text_agent"
+
+
+class RestateOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--from", dest="from_", required=True,
+                            help="Start of the range (inclusive): YYYY-MM-DD or ISO-8601.")
+        parser.add_argument("--to", dest="to", required=True,
+                            help="End of the range (exclusive; a bare date includes that day).")
+        parser.add_argument("--price_book_version", required=True,
+                            help="Price-book version to restate under (e.g. 2025.06).")
+        parser.add_argument("--price_book",
+                            help="Price-book YAML (default: the bundled transforms/data/price_book.yaml).")
+        # Not "--output": argparse would read it as an abbreviation of
+        # IheardOptions' --output_dir.
+        parser.add_argument("--output_file",
+                            help="Also write the restatement rows as JSON lines here.")
+        parser.add_argument("--only_changed", action="store_true",
+                            help="Write only turns whose cost changes.")
+
+
+def parse_bound(text: str, is_end: bool) -> dt.datetime:
+    """``YYYY-MM-DD`` (midnight UTC; as an end, the next midnight) or ISO-8601."""
+    text = text.strip()
+    if len(text) == 10:
+        day = dt.date.fromisoformat(text)
+        start = dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc)
+        return start + dt.timedelta(days=1) if is_end else start
+    parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+def archive_patterns(archive_path: str, start: dt.datetime, end: dt.datetime,
+                     source: str = ARCHIVE_SOURCE) -> typing.List[str]:
+    """One glob per UTC day touching [start, end)."""
+    base = archive_path.rstrip("/")
+    day = start.astimezone(dt.timezone.utc).date()
+    last = (end - dt.timedelta(microseconds=1)).astimezone(dt.timezone.utc).date()
+    patterns = []
+    while day <= last:
+        patterns.append(f"{base}/source={source}/date={day.isoformat()}/hour=*/*.avro")
+        day += dt.timedelta(days=1)
+    return patterns
+
+
+def _difference(new, old):
+    if new is None or old is None:
+        return None
+    return round(new - old, 6)
+
+
+def restate_turn(record: typing.Mapping, price_book, version: str, restated_at: str) -> dict:
+    """The ``agent_cost_restatements`` row for one archived turn."""
+    estimate = price_book.estimate(
+        record["model"], record["tokens_in"], record["tokens_out"],
+        record.get("cached_tokens_in") or 0, version=version)
+    original = record.get("estimated_cost_usd")
+    return {
+        "session_id": record["session_id"],
+        "turn_id": record["turn_id"],
+        "price_book_version": version,
+        "event_id": record.get("event_id"),
+        "tenant_id": record.get("tenant_id"),
+        "model": record["model"],
+        "timestamp": record["timestamp_ms"],
+        "tokens_in": record["tokens_in"],
+        "tokens_out": record["tokens_out"],
+        "cached_tokens_in": estimate.cached_tokens_in,
+        "original_price_book_version": record.get("price_book_version"),
+        "original_cost_usd": original,
+        "restated_cost_usd": estimate.cost_usd,
+        "difference_usd": _difference(estimate.cost_usd, original),
+        "price_key": estimate.price_key,
+        "restated_at": restated_at,
+    }
+
+
+class _RestateFn(beam.DoFn):
+    def __init__(self, price_book_path, version, restated_at):
+        self._path = price_book_path
+        self._version = version
+        self._restated_at = restated_at
+        self._book = None
+
+    def setup(self):
+        from transforms.text_agent_pricing import load_price_book
+
+        self._book = load_price_book(self._path)
+
+    def process(self, record):
+        yield restate_turn(record, self._book, self._version, self._restated_at)
+
+
+def _one_per_turn(keyed):
+    _, records = keyed
+    return min(records, key=lambda r: (r.get("event_id") or "", r["timestamp_ms"]))
+
+
+def build_pipeline(pipeline, archive_path: str, start: dt.datetime, end: dt.datetime,
+                   version: str, price_book_path: typing.Optional[str], restated_at: str,
+                   only_changed: bool = False) -> beam.PCollection:
+    """Restatement rows for the archived turns in [start, end)."""
+    from apache_beam.io.avroio import ReadAllFromAvro
+
+    start_ms = int(start.timestamp() * 1000)
+    end_ms = int(end.timestamp() * 1000)
+    rows = (
+        pipeline
+        | "ArchiveDays" >> beam.Create(archive_patterns(archive_path, start, end))
+        | "ReadArchivedTurns" >> ReadAllFromAvro()
+        | "KeepRange" >> beam.Filter(lambda r: start_ms <= r["timestamp_ms"] < end_ms)
+        | "KeyByTurn" >> beam.Map(lambda r: ((r["session_id"], r["turn_id"]), r))
+        | "GroupByTurn" >> beam.GroupByKey()
+        | "OneRecordPerTurn" >> beam.Map(_one_per_turn)
+        | "Reprice" >> beam.ParDo(_RestateFn(price_book_path, version, restated_at))
+    )
+    if only_changed:
+        rows = rows | "OnlyChanged" >> beam.Filter(
+            lambda r: r["difference_usd"] is None or r["difference_usd"] != 0)
+    return rows
+
+
+def _sum_columns(rows) -> tuple:
+    rows = list(rows)
+    return tuple(round(sum(c), 6) for c in zip(*rows)) if rows else (0, 0.0, 0.0)
+
+
+def _to_json_line(row: dict) -> str:
+    out = dict(row)
+    out["timestamp"] = dt.datetime.fromtimestamp(
+        row["timestamp"] / 1000.0, tz=dt.timezone.utc).isoformat()
+    return json.dumps(out, sort_keys=True)
+
+
+def run(argv: typing.Optional[typing.List[str]] = None, runner=None):
+    """Parses ``argv``, runs the restatement, prints a summary; returns the
+    result. ``runner`` (a runner instance) overrides ``--runner`` (tests)."""
+    from transforms.text_agent_pricing import load_price_book
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    options = PipelineOptions(argv)
+    opts = options.view_as(IheardOptions)
+    ropts = options.view_as(RestateOptions)
+    start, end = parse_bound(ropts.from_, False), parse_bound(ropts.to, True)
+    if end <= start:
+        raise ValueError(f"--to ({end.isoformat()}) must be after --from ({start.isoformat()})")
+    load_price_book(ropts.price_book).version(ropts.price_book_version)  # fail fast
+    conns = resolve_connections(opts)
+    common.prepare_sinks(conns)
+    restated_at = dt.datetime.now(dt.timezone.utc).isoformat()
+
+    pipeline = beam.Pipeline(runner=runner, options=options)
+    rows = build_pipeline(pipeline, conns.archive_path, start, end, ropts.price_book_version,
+                          ropts.price_book, restated_at, ropts.only_changed)
+    failed = common.write_rows(rows, "agent_cost_restatements", conns, PIPELINE)
+    common.write_dead_letters([failed], conns, PIPELINE)
+    if ropts.output_file:
+        _ = (rows
+             | "ToJsonLines" >> beam.Map(_to_json_line)
+             | "WriteJsonLines" >> beam.io.WriteToText(
+                 ropts.output_file, shard_name_template="", num_shards=1))
+    totals = (rows
+              | "Amounts" >> beam.Map(lambda r: (1, r["original_cost_usd"] or 0.0,
+                                                 r["restated_cost_usd"] or 0.0))
+              | "Totals" >> beam.CombineGlobally(_sum_columns)
+              | "PrintTotals" >> beam.Map(lambda t: print(
+                  f"[restate_costs] turns={t[0]} original_usd={t[1]:.6f} "
+                  f"restated_usd={t[2]:.6f} difference_usd={t[2] - t[1]:+.6f} "
+                  f"version={ropts.price_book_version}", flush=True)))
+    result = pipeline.run()
+    result.wait_until_finish()
+    return result
+
+
+if __name__ == "__main__":
+    logging.getLogger().setLevel(logging.INFO)
+    run()
