@@ -14,6 +14,7 @@ import logging
 import typing
 
 import apache_beam as beam
+from apache_beam.transforms import window
 
 from beam_pipelines.options import Connections, IheardOptions
 from schemas.tables import failure_row
@@ -104,8 +105,14 @@ def write_dead_letters(
     Rows the dead-letter table itself rejects cannot go anywhere else; they are
     logged with their content and counted by the sink.
     """
+    # Failures come from differently windowed steps (sessions, archive
+    # windows); dead letters are per record, so they all go global first.
+    rewindowed = [
+        pcoll | f"GlobalWindowFailures{i}" >> beam.WindowInto(window.GlobalWindows())
+        for i, pcoll in enumerate(failed)
+    ]
     all_failed = count(
-        tuple(failed) | "FlattenFailures" >> beam.Flatten(), pipeline, "dead_letters", "CountDeadLetters"
+        rewindowed | "FlattenFailures" >> beam.Flatten(), pipeline, "dead_letters", "CountDeadLetters"
     )
     if conns.dead_letter_topic and conns.kafka_bootstrap:
         from iheard_io.kafka import WriteToKafka

@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     cmd = [
         sys.executable, "-m", "beam_pipelines.frontend",
         f"--input={events_path}", f"--output_dir={out}", f"--runner={args.runner}",
-        "--pii_secret=bench",
+        "--pii_secret=benchmark-secret-0123456789",
     ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)

@@ -18,7 +18,7 @@ Input (times are seconds after 2026-01-01T00:00:00Z):
     9     B        2500  page_view      /docs/y, 2490 s after line 6 > 1800 s gap: new session window
 
 Expected with a 30-minute gap:
-- frontend_analytics: 7 rows (lines 1,2,3,5,6,9; line 4 is a duplicate of 3) -> 6 rows.
+- frontend_analytics: 6 rows (lines 1, 2, 3, 5, 6, 9; line 4 repeats line 3).
 - frontend_sessions: A [0, 200+1800) with 4 events, duration 200 s, widget_opens 1,
   messages 1, conversions 1, furthest stage "conversion"; B has two windows
   [10, 1810) and [2500, 4300), one event each.
@@ -76,7 +76,7 @@ def run_output(tmp_path_factory):
     events.write_text("\n".join(LINES) + "\n")
     out = root / "out"
     result = frontend.run([
-        f"--input={events}", f"--output_dir={out}", "--pii_secret=test-secret",
+        f"--input={events}", f"--output_dir={out}", "--pii_secret=test-secret-0123456789",
         "--session_gap_seconds=1800", "--runner=DirectRunner",
     ])
     db_path = str(out / "iheardai.duckdb")
@@ -100,9 +100,13 @@ def test_every_valid_event_lands_once(run_output):
         ("A", "conversion", T0 + 200_000),
         ("B", "page_view", T0 + 2_500_000),
     ]
-    stages = {r[1]: r[3] for r in rows if r[0] == "A"}
-    assert stages["conversion"] == "conversion"
-    assert stages["widget_open"] == "widget_open"
+    # Stage rule (transforms/frontend_enrich.py): the event type's stage, raised
+    # to product_interest on a high-intent page (/pricing is one, /blog and
+    # /docs are not).
+    assert [r[3] for r in rows] == [
+        "product_interest", "page_view", "product_interest", "product_interest",
+        "conversion", "page_view",
+    ]
     categories = [r[2] for r in rows]
     assert categories[0] == "pricing" and categories[1] == "blog" and categories[5] == "docs"
 
