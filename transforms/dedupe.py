@@ -47,6 +47,8 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Duration
 
+from transforms.beam_compat import use_fast_state_cache_sizing
+
 __all__ = ["DedupeEvents", "DEFAULT_TTL_SECONDS"]
 
 DEFAULT_TTL_SECONDS = 86400  # a day covers producer retries and same-day replays
@@ -64,6 +66,11 @@ class _DedupeFn(beam.DoFn):
         self._ttl = Duration(seconds=ttl_seconds)
         self._kept = Metrics.counter(namespace, "dedupe_kept")
         self._dropped = Metrics.counter(namespace, "duplicates_dropped")
+
+    def setup(self):
+        # Per-key state reads/writes are this step's hot path; see
+        # transforms/beam_compat.py for why the cache sizing is replaced.
+        use_fast_state_cache_sizing()
 
     def process(
         self,
