@@ -15,7 +15,7 @@ Usage::
         [--wait_for=running|finished|none] [--timeout_s=600] \\
         -- <pipeline arguments, e.g. --streaming --kafka_bootstrap=...>
 
-    python -m runners.submit stop    --flink_master=URL --job_id=ID [--savepoint_dir=DIR] [--drain]
+    python -m runners.submit stop    --flink_master=URL (--job_id=ID | --job_name=NAME) [--savepoint_dir=DIR] [--drain]
     python -m runners.submit upgrade --flink_master=URL --job_name=NAME --pipeline=... -- <args>
     python -m runners.submit cancel  --flink_master=URL --job_id=ID
     python -m runners.submit status  --flink_master=URL --job_id=ID
@@ -30,7 +30,8 @@ built or uploaded, when Flink records a failure (the root exception from
 counts as failed), or when ``--timeout_s`` passes.
 
 ``stop`` is stop-with-savepoint (``POST /jobs/<id>/stop``); it prints the
-savepoint path. ``upgrade`` finds the running job called ``--job_name``, stops
+savepoint path (``null`` when ``--job_name`` names no running job, so a first
+deploy can run the same steps). ``upgrade`` finds the running job called ``--job_name``, stops
 it with a savepoint and submits the new code from that savepoint; with no such
 job it is a plain ``submit``. This is what the deploy workflow runs.
 
@@ -689,7 +690,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_stop = commands.add_parser("stop", help="Stop a job with a savepoint and print its path.")
     _add_master(p_stop)
-    p_stop.add_argument("--job_id", required=True)
+    which = p_stop.add_mutually_exclusive_group(required=True)
+    which.add_argument("--job_id")
+    which.add_argument(
+        "--job_name", help="Stop the running job with this name; no such job prints a null savepoint_path."
+    )
     p_stop.add_argument("--savepoint_dir", help="Savepoint directory (default: state.savepoints.dir).")
     p_stop.add_argument("--drain", action="store_true", help="Emit the final watermark (ends event-time windows).")
     p_stop.add_argument("--timeout_s", type=float, default=300.0)
@@ -742,8 +747,16 @@ def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:
             report["replaced_job_id"] = running[0] if running else None
             _print_json(report)
         elif args.command == "stop":
-            location = stop_with_savepoint(client, args.job_id, args.savepoint_dir, args.drain, args.timeout_s)
-            _print_json({"job_id": args.job_id, "savepoint_path": location})
+            job_id = args.job_id
+            if args.job_name:
+                running = running_jobs_named(client.jobs_overview(), args.job_name)
+                if len(running) > 1:
+                    raise SubmitError(f"{len(running)} jobs called {args.job_name} are running: {running}")
+                job_id = running[0] if running else None
+            location = None
+            if job_id:
+                location = stop_with_savepoint(client, job_id, args.savepoint_dir, args.drain, args.timeout_s)
+            _print_json({"job_id": job_id, "savepoint_path": location})
         elif args.command == "cancel":
             client.cancel(args.job_id)
             _print_json({"job_id": args.job_id, "state": "CANCELLING"})
