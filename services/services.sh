@@ -1,0 +1,563 @@
+#!/usr/bin/env bash
+# Installs, starts and stops the servers the pipelines talk to, all on
+# 127.0.0.1 and on non-default ports (docs/ARCHITECTURE.md):
+#
+#   kafka     Apache Kafka 4.x, KRaft, broker+controller  19092 (controller 19093)
+#   postgres  PostgreSQL 15, db analytics, user iheard    15433
+#   redis     Redis 7                                     16380
+#   s3        moto server (S3 API), bucket iheardai-archive 19000
+#
+# Usage: services/services.sh install|up|down|status|env|reset [service...]
+#
+#   install  fetch what is missing (apt packages, Kafka jars via mvn, pip)
+#   up       install if needed, start what is not running, wait until healthy
+#   down     stop what we started (only processes named by our pid files)
+#   status   one line per service; exit 1 when any is not running and healthy
+#   env      print `export` lines with the connection settings
+#   reset    down, then delete the services' data (the download cache stays)
+#
+# State lives under $IHEARD_HOME (default ~/.cache/iheardai): downloads in
+# cache/, and per service <service>/{data,log,run} (run/ holds the pid file).
+# Every command is idempotent; up/down/install/reset hold a lock so parallel
+# callers (test sessions, make targets) queue instead of racing.
+set -euo pipefail
+
+SERVICES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+IHEARD_HOME="${IHEARD_HOME:-$HOME/.cache/iheardai}"
+CACHE_DIR="$IHEARD_HOME/cache"
+ALL_SERVICES=(kafka postgres redis s3)
+
+HOST=127.0.0.1
+KAFKA_PORT=19092
+KAFKA_CONTROLLER_PORT=19093
+PG_PORT=15433
+REDIS_PORT=16380
+S3_PORT=19000
+
+PG_USER=iheard
+PG_PASSWORD=iheard
+PG_DB=analytics
+PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
+S3_ACCESS_KEY=test
+S3_SECRET_KEY=test
+S3_REGION=us-east-1
+ARCHIVE_BUCKET=iheardai-archive
+
+# Health-wait limits. Kafka is a JVM and, on the 2-core CI machine, the
+# slowest to come up; the others are up within seconds.
+KAFKA_TIMEOUT_S="${KAFKA_TIMEOUT_S:-150}"
+PG_TIMEOUT_S="${PG_TIMEOUT_S:-60}"
+REDIS_TIMEOUT_S="${REDIS_TIMEOUT_S:-30}"
+S3_TIMEOUT_S="${S3_TIMEOUT_S:-60}"
+STOP_TIMEOUT_S=30
+KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}"
+
+# The Kafka version is the one in the pom, so the pom stays the only place
+# to change it.
+KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$SERVICES_DIR/kafka/pom.xml")"
+
+# Resolve pyenv shims etc. to the real interpreter, so pid files name the
+# process that actually runs.
+PYTHON="$(${PYTHON:-python3} -c 'import sys; print(sys.executable)')"
+
+log() { printf '[services] %s\n' "$*" >&2; }
+die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
+
+svc_dir() { printf '%s/%s' "$IHEARD_HOME" "$1"; }
+pid_file() { printf '%s/%s/run/%s.pid' "$IHEARD_HOME" "$1" "$1"; }
+log_file() { printf '%s/%s/log/%s.log' "$IHEARD_HOME" "$1" "$1"; }
+
+svc_port() {
+  case "$1" in
+    kafka) echo "$KAFKA_PORT" ;;
+    postgres) echo "$PG_PORT" ;;
+    redis) echo "$REDIS_PORT" ;;
+    s3) echo "$S3_PORT" ;;
+  esac
+}
+
+# A fragment every process of that service has on its command line; checked
+# before we trust (or signal) a pid from a pid file, because pids get reused.
+svc_signature() {
+  case "$1" in
+    kafka) echo "$(svc_dir kafka)/server.properties" ;;
+    postgres) echo "$(svc_dir postgres)/data" ;;
+    # redis-server rewrites its process title to "redis-server host:port".
+    redis) echo "redis-server $HOST:$REDIS_PORT" ;;
+    s3) echo "moto.server -H $HOST -p $S3_PORT" ;;
+  esac
+}
+
+# Prints the pid of the service if its pid file names a live process of ours.
+svc_pid() {
+  local svc=$1 pidfile pid cmdline
+  pidfile="$(pid_file "$svc")"
+  [[ -f "$pidfile" ]] || return 1
+  pid="$(tr -dc '0-9' <"$pidfile")"
+  [[ -n "$pid" && -r "/proc/$pid/cmdline" ]] || return 1
+  cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)"
+  [[ "$cmdline" == *"$(svc_signature "$svc")"* ]] || return 1
+  # A zombie is not running.
+  [[ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]] || return 1
+  echo "$pid"
+}
+
+port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+
+port_holder() {
+  ss -ltnpH "sport = :$1" 2>/dev/null | sed 's/^/    /' || true
+}
+
+# Refuses to start a service whose port is taken by something that is not
+# ours (a server from another IHEARD_HOME, a system service...). We never
+# kill it: only pid files we wrote tell us what is ours.
+require_free_port() {
+  local svc=$1 port=$2
+  if port_open "$port"; then
+    die "$svc: port $port on $HOST is already in use by a process this IHEARD_HOME did not start:
+$(port_holder "$port")
+    Stop it (if it is a leftover, run 'services.sh down' with the IHEARD_HOME that started it)."
+  fi
+}
+
+fail_service() {
+  local svc=$1 msg=$2 logfile
+  logfile="$(log_file "$svc")"
+  printf '[services] ERROR: %s: %s\n' "$svc" "$msg" >&2
+  if [[ -f "$logfile" ]]; then
+    printf '[services] last lines of %s:\n' "$logfile" >&2
+    tail -n 40 "$logfile" | sed 's/^/    /' >&2
+  fi
+  if [[ "$svc" == kafka && -f "$(svc_dir kafka)/log/server.log" ]]; then
+    printf '[services] last lines of %s:\n' "$(svc_dir kafka)/log/server.log" >&2
+    tail -n 40 "$(svc_dir kafka)/log/server.log" | sed 's/^/    /' >&2
+  fi
+  exit 1
+}
+
+# wait_for SERVICE TIMEOUT_S WHAT CMD...: polls CMD until it succeeds; fails
+# early, with the log tail, if the service's process is gone.
+wait_for() {
+  local svc=$1 timeout_s=$2 what=$3
+  shift 3
+  local deadline=$((SECONDS + timeout_s))
+  until "$@" >/dev/null 2>&1; do
+    svc_pid "$svc" >/dev/null || fail_service "$svc" "process exited while waiting for $what"
+    ((SECONDS < deadline)) || fail_service "$svc" "no $what within ${timeout_s}s"
+    sleep 0.3
+  done
+}
+
+# Starts CMD detached in its own session (so a Ctrl-C in the terminal or
+# test run that called `up` does not reach it), output to the service log.
+spawn() {
+  local svc=$1
+  shift
+  # 9>&- : the server must not inherit the lock, or it would hold it forever.
+  setsid "$@" >>"$(log_file "$svc")" 2>&1 </dev/null 9>&- &
+  echo $! >"$(pid_file "$svc")"
+}
+
+make_dirs() {
+  local svc=$1
+  mkdir -p "$(svc_dir "$svc")"/{data,log,run}
+}
+
+# --- installing -------------------------------------------------------------
+
+APT_UPDATED=0
+apt_install() {
+  [[ $EUID -eq 0 ]] || die "need root to apt-get install $*; install it yourself and rerun"
+  if ((APT_UPDATED == 0)); then
+    log "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    APT_UPDATED=1
+  fi
+  log "apt-get install $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+pip_install_if_missing() {
+  local module=$1 requirement=$2
+  if ! "$PYTHON" -c "import $module" 2>/dev/null; then
+    log "pip install $requirement"
+    "$PYTHON" -m pip install -q "$requirement"
+  fi
+}
+
+# The jar directory is keyed by a hash of the pom, so editing the pom (a new
+# Kafka version) resolves a fresh classpath while the old one stays cached.
+kafka_libs() {
+  local pom_hash
+  pom_hash="$(sha256sum "$SERVICES_DIR/kafka/pom.xml" | cut -c1-12)"
+  printf '%s/kafka-%s-%s/libs' "$CACHE_DIR" "$KAFKA_VERSION" "$pom_hash"
+}
+
+install_kafka() {
+  command -v java >/dev/null || die "kafka: java (17+) is not installed"
+  pip_install_if_missing kafka "kafka-python>=2.0.2"
+  local libs tmp
+  libs="$(kafka_libs)"
+  [[ -f "$libs/.complete" ]] && return 0
+  command -v mvn >/dev/null || die "kafka: mvn is needed to fetch the Kafka jars"
+  log "kafka: resolving org.apache.kafka:kafka_2.13:$KAFKA_VERSION jars with mvn"
+  tmp="$libs.tmp.$$"
+  rm -rf "$tmp"
+  mkdir -p "$tmp"
+  mvn -B -q -Dstyle.color=never -f "$SERVICES_DIR/kafka/pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$tmp" >&2 ||
+    die "kafka: mvn could not resolve the Kafka jars (see output above)"
+  touch "$tmp/.complete"
+  rm -rf "$libs"
+  mv "$tmp" "$libs"
+}
+
+install_postgres() {
+  [[ -x "$PG_BIN/initdb" && -x "$PG_BIN/psql" ]] || apt_install postgresql-15 postgresql-client-15
+}
+
+install_redis() {
+  command -v redis-server >/dev/null && command -v redis-cli >/dev/null ||
+    apt_install redis-server redis-tools
+}
+
+install_s3() {
+  pip_install_if_missing moto.server "moto[server]>=5.0"
+  pip_install_if_missing boto3 boto3
+}
+
+# --- kafka ------------------------------------------------------------------
+
+# java command line for the Kafka classes, in the array KAFKA_JAVA.
+set_kafka_java() {
+  KAFKA_JAVA=(java $KAFKA_HEAP_OPTS -XX:+UseG1GC -XX:MaxGCPauseMillis=20
+    -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true
+    -Dkafka.logs.dir="$(svc_dir kafka)/log"
+    -Dlog4j2.configurationFile="$SERVICES_DIR/kafka/log4j2.properties"
+    -cp "$(kafka_libs)/*")
+}
+
+write_kafka_config() {
+  local dir
+  dir="$(svc_dir kafka)"
+  cat >"$dir/server.properties" <<EOF
+# Written by services/services.sh on every start; edit the script, not this.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@$HOST:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$dir/data
+num.partitions=1
+# One node: internal topics cannot have more than one replica.
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+# Tests start consumer groups often; do not wait 3 s for more members.
+group.initial.rebalance.delay.ms=0
+num.network.threads=2
+num.io.threads=4
+EOF
+}
+
+start_kafka() {
+  local dir cluster_id
+  dir="$(svc_dir kafka)"
+  make_dirs kafka
+  write_kafka_config
+  set_kafka_java
+  # Format the storage once; the cluster id is kept so a restart finds the
+  # same cluster.
+  if [[ ! -f "$dir/data/meta.properties" ]]; then
+    [[ -f "$dir/cluster.id" ]] ||
+      "$PYTHON" -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())' >"$dir/cluster.id"
+    cluster_id="$(cat "$dir/cluster.id")"
+    log "kafka: formatting storage (cluster id $cluster_id)"
+    "${KAFKA_JAVA[@]}" kafka.tools.StorageTool format --ignore-formatted \
+      -t "$cluster_id" -c "$dir/server.properties" >>"$(log_file kafka)" 2>&1 ||
+      fail_service kafka "storage format failed"
+  fi
+  spawn kafka "${KAFKA_JAVA[@]}" kafka.Kafka "$dir/server.properties"
+}
+
+ready_kafka() {
+  local out deadline=$((SECONDS + KAFKA_TIMEOUT_S))
+  wait_for kafka "$KAFKA_TIMEOUT_S" "listener on port $KAFKA_PORT" port_open "$KAFKA_PORT"
+  out="$("$PYTHON" "$SERVICES_DIR/kafka/topics.py" --bootstrap "$HOST:$KAFKA_PORT" \
+    --timeout-s "$((deadline - SECONDS > 10 ? deadline - SECONDS : 10))" 2>&1)" ||
+    fail_service kafka "broker metadata or topic setup failed: $out"
+}
+
+healthy_kafka() {
+  "$PYTHON" "$SERVICES_DIR/kafka/topics.py" --bootstrap "$HOST:$KAFKA_PORT" --check --timeout-s 5
+}
+
+# --- postgres ---------------------------------------------------------------
+
+# PostgreSQL refuses to run as root. As root we run it as the `postgres`
+# user; that user cannot enter a root-only home (~ is 0700), so it gets
+# CAP_DAC_READ_SEARCH (look up and read paths, nothing more) instead of us
+# loosening permissions on $HOME. Its own dirs belong to it.
+# AS_PG is the command prefix that does that (empty when not root).
+AS_PG=()
+if [[ $EUID -eq 0 ]]; then
+  AS_PG=(setpriv --reuid=postgres --regid=postgres --init-groups
+    --inh-caps=+dac_read_search --ambient-caps=+dac_read_search --)
+fi
+
+pg_psql_admin() {
+  "$PG_BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$(svc_dir postgres)/run" -p "$PG_PORT" \
+    -U postgres -d postgres "$@"
+}
+
+pg_select_1() {
+  PGPASSWORD="$PG_PASSWORD" PGCONNECT_TIMEOUT=3 "$PG_BIN/psql" -X -At -h "$HOST" -p "$PG_PORT" \
+    -U "$PG_USER" -d "$PG_DB" -c 'select 1' | grep -qx 1
+}
+
+start_postgres() {
+  local dir data
+  dir="$(svc_dir postgres)"
+  data="$dir/data"
+  make_dirs postgres
+  if [[ $EUID -eq 0 ]]; then
+    id postgres >/dev/null 2>&1 || die "postgres: no 'postgres' user to run the server as"
+    chown postgres: "$data" "$dir/run" "$dir/log"
+  fi
+  chmod 0700 "$data" "$dir/run"
+  if [[ ! -f "$data/PG_VERSION" ]]; then
+    # A half-made cluster (initdb interrupted) is removed and made again.
+    find "$data" -mindepth 1 -delete
+    log "postgres: initdb"
+    "${AS_PG[@]}" "$PG_BIN/initdb" -D "$data" -U postgres --auth-local=trust \
+      --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 >>"$(log_file postgres)" 2>&1 ||
+      fail_service postgres "initdb failed"
+  fi
+  # After a hard kill postmaster.pid stays behind; postgres itself copes
+  # unless its pid now belongs to another process. We only get here when our
+  # pid file names no live server, so the lock file is stale.
+  rm -f "$data/postmaster.pid"
+  # fsync/full_page_writes/synchronous_commit off: a disposable test
+  # cluster; crash safety is not worth the slower DDL and inserts on a
+  # shared 2-core box. Never use these settings for real data.
+  spawn postgres "${AS_PG[@]}" "$PG_BIN/postgres" -D "$data" \
+    -c listen_addresses="$HOST" -c port="$PG_PORT" \
+    -c unix_socket_directories="$dir/run" -c max_connections=200 \
+    -c fsync=off -c full_page_writes=off -c synchronous_commit=off
+}
+
+ready_postgres() {
+  wait_for postgres "$PG_TIMEOUT_S" "pg_isready" \
+    "$PG_BIN/pg_isready" -q -h "$HOST" -p "$PG_PORT" -U postgres
+  pg_psql_admin <<EOF >/dev/null || fail_service postgres "creating role/database failed"
+SELECT 'CREATE ROLE $PG_USER LOGIN CREATEDB'
+  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$PG_USER') \gexec
+ALTER ROLE $PG_USER LOGIN CREATEDB PASSWORD '$PG_PASSWORD';
+SELECT 'CREATE DATABASE $PG_DB OWNER $PG_USER'
+  WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '$PG_DB') \gexec
+EOF
+  wait_for postgres 10 "'select 1' as $PG_USER" pg_select_1
+}
+
+healthy_postgres() { pg_select_1; }
+
+# --- redis ------------------------------------------------------------------
+
+start_redis() {
+  local dir
+  dir="$(svc_dir redis)"
+  make_dirs redis
+  # Persistence off (save "", no AOF): test data, and no fork for snapshots.
+  # Daemonized by spawn (its own session, detached from the caller) rather
+  # than by redis' own fork, so the pid file is written before we return
+  # and holds the server's pid.
+  cat >"$dir/redis.conf" <<EOF
+# Written by services/services.sh on every start; edit the script, not this.
+bind $HOST
+port $REDIS_PORT
+protected-mode yes
+daemonize no
+dir $dir/data
+logfile ""
+save ""
+appendonly no
+EOF
+  spawn redis redis-server "$dir/redis.conf"
+}
+
+redis_ping() { [[ "$(redis-cli -h "$HOST" -p "$REDIS_PORT" ping 2>/dev/null)" == PONG ]]; }
+
+ready_redis() { wait_for redis "$REDIS_TIMEOUT_S" "PONG" redis_ping; }
+
+healthy_redis() { redis_ping; }
+
+# --- s3 ---------------------------------------------------------------------
+
+# moto keeps every bucket and object in memory: a restart loses them, and
+# ready_s3 creates the archive bucket again.
+start_s3() {
+  make_dirs s3
+  spawn s3 "$PYTHON" -m moto.server -H "$HOST" -p "$S3_PORT"
+}
+
+s3_bucket() {
+  "$PYTHON" "$SERVICES_DIR/s3/bucket.py" --endpoint "http://$HOST:$S3_PORT" \
+    --bucket "$ARCHIVE_BUCKET" --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" \
+    --region "$S3_REGION" "$@"
+}
+
+ready_s3() {
+  local out
+  wait_for s3 "$S3_TIMEOUT_S" "listener on port $S3_PORT" port_open "$S3_PORT"
+  out="$(s3_bucket --timeout-s "$S3_TIMEOUT_S" 2>&1)" ||
+    fail_service s3 "ListBuckets/CreateBucket failed: $out"
+}
+
+healthy_s3() { s3_bucket --check --timeout-s 5; }
+
+# --- commands ---------------------------------------------------------------
+
+take_lock() {
+  mkdir -p "$IHEARD_HOME"
+  exec 9>"$IHEARD_HOME/.services.lock"
+  flock -w 900 9 || die "another services.sh held $IHEARD_HOME/.services.lock for 15 minutes"
+}
+
+cmd_install() {
+  local svc
+  for svc in "$@"; do "install_$svc"; done
+}
+
+cmd_up() {
+  local svc pid t0=$SECONDS started=()
+  cmd_install "$@"
+  # Start everything first, then wait: the JVM warms up while the others start.
+  for svc in "$@"; do
+    if pid="$(svc_pid "$svc")"; then
+      log "$svc: already running (pid $pid)"
+      continue
+    fi
+    if [[ -f "$(pid_file "$svc")" ]]; then
+      log "$svc: removing stale pid file"
+      rm -f "$(pid_file "$svc")"
+    fi
+    require_free_port "$svc" "$(svc_port "$svc")"
+    log "$svc: starting"
+    "start_$svc"
+    started+=("$svc")
+  done
+  for svc in "$@"; do
+    "ready_$svc"
+    log "$svc: healthy on $HOST:$(svc_port "$svc") (pid $(svc_pid "$svc"))"
+  done
+  log "up: ${*} ready in $((SECONDS - t0))s (started: ${started[*]:-none})"
+}
+
+stop_one() {
+  local svc=$1 pid signal=TERM
+  if ! pid="$(svc_pid "$svc")"; then
+    rm -f "$(pid_file "$svc")"
+    log "$svc: not running"
+    return 0
+  fi
+  # SIGINT is PostgreSQL's "fast" shutdown; SIGTERM would wait for clients.
+  [[ "$svc" == postgres ]] && signal=INT
+  log "$svc: stopping pid $pid"
+  kill "-$signal" "$pid" 2>/dev/null || true
+  local deadline=$((SECONDS + STOP_TIMEOUT_S))
+  while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "$svc: still running after ${STOP_TIMEOUT_S}s, killing pid $pid"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$(pid_file "$svc")"
+}
+
+cmd_down() {
+  local svc
+  for svc in "$@"; do stop_one "$svc"; done
+}
+
+cmd_status() {
+  local svc pid rc=0
+  for svc in "$@"; do
+    if pid="$(svc_pid "$svc")"; then
+      if "healthy_$svc" >/dev/null 2>&1; then
+        printf '%-9s running  pid %-8s %s:%s healthy\n' "$svc" "$pid" "$HOST" "$(svc_port "$svc")"
+      else
+        printf '%-9s running  pid %-8s %s:%s NOT healthy\n' "$svc" "$pid" "$HOST" "$(svc_port "$svc")"
+        rc=1
+      fi
+    else
+      if [[ -f "$(pid_file "$svc")" ]]; then
+        printf '%-9s stopped  (stale pid file)\n' "$svc"
+      else
+        printf '%-9s stopped\n' "$svc"
+      fi
+      rc=1
+    fi
+  done
+  return "$rc"
+}
+
+cmd_env() {
+  cat <<EOF
+export IHEARD_HOME=$IHEARD_HOME
+export KAFKA_BOOTSTRAP=$HOST:$KAFKA_PORT
+export POSTGRES_HOST=$HOST
+export POSTGRES_PORT=$PG_PORT
+export POSTGRES_USER=$PG_USER
+export POSTGRES_PASSWORD=$PG_PASSWORD
+export POSTGRES_DB=$PG_DB
+export POSTGRES_DSN=postgresql://$PG_USER:$PG_PASSWORD@$HOST:$PG_PORT/$PG_DB
+export REDIS_HOST=$HOST
+export REDIS_PORT=$REDIS_PORT
+export REDIS_URL=redis://$HOST:$REDIS_PORT/0
+export S3_ENDPOINT_URL=http://$HOST:$S3_PORT
+export S3_REGION=$S3_REGION
+export SPACES_ACCESS_KEY=$S3_ACCESS_KEY
+export SPACES_SECRET_KEY=$S3_SECRET_KEY
+export ARCHIVE_BUCKET=$ARCHIVE_BUCKET
+EOF
+}
+
+cmd_reset() {
+  local svc
+  cmd_down "$@"
+  for svc in "$@"; do
+    log "$svc: deleting $(svc_dir "$svc")"
+    rm -rf "$(svc_dir "$svc")"
+  done
+}
+
+usage() {
+  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2
+  exit 2
+}
+
+main() {
+  [[ $# -ge 1 ]] || usage
+  local cmd=$1 svc
+  shift
+  local services=("$@")
+  [[ ${#services[@]} -gt 0 ]] || services=("${ALL_SERVICES[@]}")
+  for svc in "${services[@]}"; do
+    [[ " ${ALL_SERVICES[*]} " == *" $svc "* ]] || die "unknown service '$svc' (known: ${ALL_SERVICES[*]})"
+  done
+  case "$cmd" in
+    install | up | down | reset)
+      take_lock
+      "cmd_$cmd" "${services[@]}"
+      ;;
+    status | env) "cmd_$cmd" "${services[@]}" ;;
+    -h | --help | help) usage ;;
+    *) usage ;;
+  esac
+}
+
+main "$@"
