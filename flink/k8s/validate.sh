@@ -5,6 +5,8 @@
 #   flink/k8s/validate.sh              every *.yaml under flink/k8s
 #   flink/k8s/validate.sh FILE...      these files (- reads stdin)
 #   flink/k8s/validate.sh --install    only fetch the tool and the schemas
+#   flink/k8s/validate.sh --workflows  lint .github/workflows/*.yml with
+#                                      actionlint (also via `go install`)
 #
 # Exit status 0 when every resource is valid, non-zero otherwise (kubeconform
 # prints which resource and which field). A resource whose schema is unknown
@@ -24,12 +26,14 @@ readonly KUBECONFORM_VERSION=v0.7.0
 readonly KUBERNETES_VERSION=1.30.0
 readonly KUBERNETES_VALIDATE_VERSION=1.37.0
 readonly OPERATOR_VERSION=1.10.0
+readonly ACTIONLINT_VERSION=v1.7.12
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 IHEARD_HOME=${IHEARD_HOME:-$HOME/.cache/iheardai}
 BIN_DIR=$IHEARD_HOME/bin
 CACHE=$IHEARD_HOME/k8s
 KUBECONFORM=$BIN_DIR/kubeconform-$KUBECONFORM_VERSION
+ACTIONLINT=$BIN_DIR/actionlint-$ACTIONLINT_VERSION
 K8S_SCHEMAS=$CACHE/kubernetes-json-schema
 CRD_SCHEMAS=$CACHE/crd-schemas/flink-kubernetes-operator-$OPERATOR_VERSION
 PYTHON=${PYTHON:-python3}
@@ -38,16 +42,23 @@ MVN=${MVN:-mvn}
 log() { echo "[k8s-validate] $*" >&2; }
 die() { echo "[k8s-validate] ERROR: $*" >&2; exit 2; }
 
-install_kubeconform() {
-  [[ -x $KUBECONFORM ]] && return
-  command -v go >/dev/null || die "go not found: needed once to install kubeconform"
-  log "installing kubeconform $KUBECONFORM_VERSION"
+# go_tool PACKAGE VERSION TARGET: `go install` into a scratch GOBIN, then move
+# the binary to TARGET (a versioned name, so a version bump reinstalls).
+go_tool() {
+  local package=$1 version=$2 target=$3
+  [[ -x $target ]] && return
+  command -v go >/dev/null || die "go not found: needed once to install $package"
+  log "installing $package@$version"
   local gobin
   gobin=$(mktemp -d)
-  GOBIN=$gobin go install "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION" >&2
+  GOBIN=$gobin go install "$package@$version" >&2
   mkdir -p "$BIN_DIR"
-  mv "$gobin/kubeconform" "$KUBECONFORM"
+  mv "$gobin/$(basename "$package")" "$target"
   rm -rf "$gobin"
+}
+
+install_kubeconform() {
+  go_tool github.com/yannh/kubeconform/cmd/kubeconform "$KUBECONFORM_VERSION" "$KUBECONFORM"
 }
 
 install_kubernetes_schemas() {
@@ -114,6 +125,15 @@ PY
   mv "$CRD_SCHEMAS.tmp" "$CRD_SCHEMAS"
   rm -rf "$tmp"
 }
+
+if [[ ${1:-} == --workflows ]]; then
+  go_tool github.com/rhysd/actionlint/cmd/actionlint "$ACTIONLINT_VERSION" "$ACTIONLINT"
+  shift
+  if [[ $# -eq 0 ]]; then
+    set -- "$HERE"/../../.github/workflows/*.yml
+  fi
+  exec "$ACTIONLINT" "$@"
+fi
 
 install_kubeconform
 install_kubernetes_schemas
