@@ -43,6 +43,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StringConstraints,
     field_validator,
 )
 
@@ -167,7 +168,7 @@ class _Payload(BaseModel):
         return dict(self.__pydantic_extra__ or {})
 
 
-_REQUIRED_TEXT = "must be a non-empty string"
+_RequiredText = typing.Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 
 
 class FrontendEvent(_Payload):
@@ -181,8 +182,9 @@ class FrontendEvent(_Payload):
     """
 
     event_id: typing.Optional[str] = _opt_str("event_id", 200)
-    event_type: str = Field(max_length=100, validation_alias=_aliases("event_type"))
-    session_id: str = Field(max_length=200, validation_alias=_aliases("session_id"))
+    # Stripped and checked non-empty in the Rust core (no Python validator).
+    event_type: _RequiredText = Field(max_length=100, validation_alias=_aliases("event_type"))
+    session_id: _RequiredText = Field(max_length=200, validation_alias=_aliases("session_id"))
     user_id: typing.Optional[str] = _opt_str("user_id", 200)
     page_url: typing.Optional[str] = _opt_str("page_url")
     page_title: typing.Optional[str] = _opt_str("page_title")
@@ -204,14 +206,6 @@ class FrontendEvent(_Payload):
     timezone: typing.Optional[str] = _opt_str("timezone", 100)
     message_length: typing.Optional[int] = Field(
         default=None, ge=0, validation_alias=_aliases("message_length"))
-
-    @field_validator("event_type", "session_id", mode="after")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        value = value.strip()
-        if not value:
-            raise ValueError(_REQUIRED_TEXT)
-        return value
 
     @field_validator("timestamp", mode="before")
     @classmethod

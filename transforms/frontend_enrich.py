@@ -150,6 +150,8 @@ class EnrichmentConfig:
         set_ = object.__setattr__  # frozen dataclass: derived, read-only fields
         set_(self, "_page_rules", tuple(page_rules))
         set_(self, "_url_cache", {})
+        set_(self, "_referrer_cache", {})
+        set_(self, "_type_cache", {})
         set_(self, "_default_category", rules.get("default_page_category", "other"))
         set_(self, "_high_intent", frozenset(rules.get("high_intent_categories", ())))
         set_(self, "_stage_of", stage_of)
@@ -175,10 +177,20 @@ class EnrichmentConfig:
         return category in self._high_intent
 
     def stage_of_type(self, event_type: str) -> str:
-        return self._stage_of.get(_norm_type(event_type), "page_view")
+        return self._type_info(event_type)[0]
 
     def is_known_type(self, event_type: str) -> bool:
-        return _norm_type(event_type) in self._known_types
+        return self._type_info(event_type)[1]
+
+    def _type_info(self, event_type: str) -> typing.Tuple[str, bool]:
+        info = self._type_cache.get(event_type)
+        if info is None:
+            norm = _norm_type(event_type)
+            info = (self._stage_of.get(norm, "page_view"), norm in self._known_types)
+            if len(self._type_cache) >= 4096:
+                self._type_cache.clear()
+            self._type_cache[event_type] = info
+        return info
 
 
 # -- user agent ----------------------------------------------------------------
@@ -294,6 +306,19 @@ def _url_info(config: EnrichmentConfig, page_url: str) -> _UrlInfo:
 
 
 def _attribution(config: EnrichmentConfig, referrer, url: _UrlInfo) -> str:
+    """Cached per (referrer, page host, medium, ad click): all repeat heavily."""
+    key = (referrer, url.host, url.utm_medium, url.paid_click)
+    cache = config._referrer_cache
+    source = cache.get(key)
+    if source is None:
+        source = _attribution_uncached(config, referrer, url)
+        if len(cache) >= URL_CACHE_SIZE:
+            cache.clear()
+        cache[key] = source
+    return source
+
+
+def _attribution_uncached(config: EnrichmentConfig, referrer, url: _UrlInfo) -> str:
     medium = (url.utm_medium or "").lower()
     if medium in config._paid_mediums or url.paid_click:
         return "paid"

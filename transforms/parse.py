@@ -105,6 +105,8 @@ def format_validation_error(exc: ValidationError) -> str:
             msg = msg[len("Value error, "):]
         if err.get("type") == "missing":
             msg = "field required"
+        elif err.get("type") == "string_too_short" and (err.get("ctx") or {}).get("min_length") == 1:
+            msg = "must be a non-empty string"
         parts.append(f"{loc}: {msg}")
     return "; ".join(parts)
 

@@ -60,6 +60,7 @@ caught if ``user_id`` were put in ``text_fields``).
 from __future__ import annotations
 
 import collections
+import functools
 import hmac
 import hashlib
 import ipaddress
@@ -88,6 +89,7 @@ PII_KINDS = ("email", "phone", "ipv4", "ipv6", "card", "ssn", "iban", "token")
 FRONTEND_TEXT_FIELDS = ("page_url", "referrer", "page_title", "element_text")
 FRONTEND_TOKEN_FIELDS: typing.Tuple[str, ...] = ()
 
+TEXT_CACHE_SIZE = 16384  # distinct texts cached per worker (~ a few MB)
 TOKEN_HEX_DIGITS = 10  # 40 bits: collisions are negligible per person-space
 
 _EMAIL = re.compile(
@@ -102,15 +104,19 @@ _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b
 _CARD = re.compile(
     r"(?<![\dA-Za-z_])(?<!\d[ -])(?<![A-Za-z][_-])[2-6](?:[ -]?\d){12,18}(?![ -]?\d)")
 _SEPARATOR = re.compile(r"[ -]")
-_SSN = re.compile(
-    r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])"
-    r"|(?i:\bssn\b|social security(?: number| no\.?)?)[\s:#=-]*(?P<bare>\d{9})(?!\d)"
-)
+_SSN_DASHED = re.compile(
+    r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])")
+_SSN_CONTEXT = re.compile(
+    r"(?i:\bssn\b|social security(?: number| no\.?)?)[\s:#=-]*(?P<bare>\d{9})(?!\d)")
 _IPV4 = re.compile(
     r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]\d|\d)\.){3}"
     r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]\d|\d)(?![\w]|\.\d)"
 )
-_PHONE_CANDIDATE = re.compile(r"(?<![\w.])\+?\(?\d[\d \t().\-/]{5,22}\d(?![\w])")
+# Not after a word char, '.', '-', '/' or '#': digits glued to an id
+# (ORD-1234567, /blog/2024/01/15, #1234567) are not phone numbers.
+_PHONE_CANDIDATE = re.compile(r"(?<![\w.\-/#])\+?\(?\d[\d \t().\-/]{5,22}\d(?![\w])")
+_DATE_LIKE = re.compile(r"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}")
+_PROTECT_MARGIN = 40  # context a protected form can need around a candidate
 
 _PROTECTED = re.compile(
     "|".join(
@@ -136,6 +142,7 @@ _PROTECTED = re.compile(
 )
 
 _DIGITS = "0123456789"
+_TRIGGER = re.compile(r"[0-9@]")  # '%40' contains digits, so it triggers too
 _DROP_DIGITS = str.maketrans("", "", _DIGITS)
 
 # Country -> IBAN length (ISO 13616 registry) for the countries seen most;
@@ -182,6 +189,20 @@ def _iban_ok(compact: str) -> bool:
     return int(numeric) % 97 == 1
 
 
+PHONE_CACHE_SIZE = 8192
+
+
+@functools.lru_cache(maxsize=PHONE_CACHE_SIZE)
+def _phone_matches(chunk: str, region: str) -> typing.Tuple[typing.Tuple[int, int, str], ...]:
+    """Phone numbers in a candidate chunk: (start, end, E.164). phonenumbers is
+    pure Python and costs ~0.1 ms per chunk; a visitor's number repeats across
+    their events, so results are cached per (chunk, region)."""
+    return tuple(
+        (m.start, m.end, phonenumbers.format_number(m.number, PhoneNumberFormat.E164))
+        for m in PhoneNumberMatcher(chunk, region, leniency=Leniency.VALID)
+    )
+
+
 class _Spans:
     """Non-overlapping claimed character ranges (few per text: a list is fine)."""
 
@@ -217,9 +238,10 @@ class PiiRedactor:
             raise ValueError(f"unknown phone region {default_region!r}")
         if not 6 <= token_hex_digits <= 64:
             raise ValueError("token_hex_digits must be between 6 and 64")
-        self._secret = bytes(secret)
+        self._secret = bytes(secret)  # never logged; tokens are one-way
         self._region = default_region
         self._hex = token_hex_digits
+        self._cache: typing.Dict[str, typing.Tuple[str, tuple]] = {}
 
     # -- tokens -------------------------------------------------------------
     def token(self, kind: str, normalised: str) -> str:
@@ -241,10 +263,10 @@ class PiiRedactor:
                 taken.claim(m.start(), m.end())
         if digits == 0:
             return found
-        if ":" in text:
+        if "::" in text or text.count(":") >= 7:  # compressed or full IPv6 form
             for m in _IPV6_CANDIDATE.finditer(text):
                 cand = m.group()
-                if not any(c in _DIGITS for c in cand) or not taken.free(m.start(), m.end()):
+                if _TRIGGER.search(cand) is None or not taken.free(m.start(), m.end()):
                     continue
                 if "::" not in cand and cand.count(":") != 7 and "." not in cand:
                     continue
@@ -254,7 +276,7 @@ class PiiRedactor:
                     continue
                 found.append((m.start(), m.end(), "ipv6", addr.compressed))
                 taken.claim(m.start(), m.end())
-        if digits >= 2:
+        if digits >= 15:  # the shortest IBAN (Norway) has 15 characters, 11 digits+
             self._find_iban(text, found, taken)
         if digits >= 13:
             for m in _CARD.finditer(text):
@@ -265,27 +287,56 @@ class PiiRedactor:
                     found.append((m.start(), m.end(), "card", number))
                     taken.claim(m.start(), m.end())
         if digits >= 9:
-            for m in _SSN.finditer(text):
-                if m.group("bare"):
-                    start, end = m.span("bare")
-                else:
-                    start, end = m.span()
-                if taken.free(start, end):
-                    found.append((start, end, "ssn", text[start:end].replace("-", "")))
-                    taken.claim(start, end)
+            self._find_ssn(text, found, taken)
         if digits < 4:
             return found
-        for m in _PROTECTED.finditer(text):
-            taken.claim(m.start(), m.end())
-        if "." in text:
-            for m in _IPV4.finditer(text):
-                if m.group().startswith("0") or not taken.free(m.start(), m.end()):
-                    continue
-                found.append((m.start(), m.end(), "ipv4", m.group()))
-                taken.claim(m.start(), m.end())
+        # The ambiguous kinds: collect candidates first, and pay for the
+        # protected-span scan (the expensive regex) only around them.
+        ipv4 = [m for m in _IPV4.finditer(text)] if "." in text else []
+        phones = []
         if digits >= 7:
-            self._find_phones(text, found, taken)
+            for m in _PHONE_CANDIDATE.finditer(text):
+                chunk = m.group()
+                if (len(chunk) - len(chunk.translate(_DROP_DIGITS)) >= 7
+                        and _DATE_LIKE.fullmatch(chunk) is None):
+                    phones.append(m)
+        if not ipv4 and not phones:
+            return found
+        self._protect_around(text, ipv4 + phones, taken)
+        for m in ipv4:
+            if m.group().startswith("0") or not taken.free(m.start(), m.end()):
+                continue
+            found.append((m.start(), m.end(), "ipv4", m.group()))
+            taken.claim(m.start(), m.end())
+        for m in phones:
+            self._phones_in(text, m, found, taken)
         return found
+
+    @staticmethod
+    def _protect_around(text, candidates, taken):
+        """Claims protected spans near the candidates (a window of
+        ``_PROTECT_MARGIN`` characters each side; merged when they overlap)."""
+        windows = []
+        for m in sorted(candidates, key=lambda m: m.start()):
+            lo = max(0, m.start() - _PROTECT_MARGIN)
+            hi = min(len(text), m.end() + _PROTECT_MARGIN)
+            if windows and lo <= windows[-1][1]:
+                windows[-1][1] = max(windows[-1][1], hi)
+            else:
+                windows.append([lo, hi])
+        for lo, hi in windows:
+            for p in _PROTECTED.finditer(text, lo, hi):
+                taken.claim(p.start(), p.end())
+
+    def _find_ssn(self, text, found, taken):
+        spans = [m.span() for m in _SSN_DASHED.finditer(text)]
+        lowered = text.lower()
+        if "ssn" in lowered or "social security" in lowered:
+            spans.extend(m.span("bare") for m in _SSN_CONTEXT.finditer(text))
+        for start, end in spans:
+            if taken.free(start, end):
+                found.append((start, end, "ssn", text[start:end].replace("-", "")))
+                taken.claim(start, end)
 
     def _find_iban(self, text, found, taken):
         for m in _IBAN.finditer(text):
@@ -308,23 +359,15 @@ class PiiRedactor:
                 found.append((m.start(), end, "iban", compact))
                 taken.claim(m.start(), end)
 
-    def _find_phones(self, text, found, taken):
-        for cand in _PHONE_CANDIDATE.finditer(text):
-            chunk = cand.group()
-            if len(chunk) - len(chunk.translate(_DROP_DIGITS)) < 7:
-                continue
-            base = cand.start()
-            if not taken.free(base, cand.end()) and all(
-                not taken.free(i, i + 1) for i in range(base, cand.end())
-                if text[i] in _DIGITS
-            ):
-                continue
-            for match in PhoneNumberMatcher(chunk, self._region, leniency=Leniency.VALID):
-                start, end = base + match.start, base + match.end
-                if taken.free(start, end):
-                    e164 = phonenumbers.format_number(match.number, PhoneNumberFormat.E164)
-                    found.append((start, end, "phone", e164))
-                    taken.claim(start, end)
+    def _phones_in(self, text, cand, found, taken):
+        base, stop = cand.start(), cand.end()
+        if all(not taken.free(i, i + 1) for i in range(base, stop) if text[i] in _DIGITS):
+            return  # every digit already belongs to a protected span or a finding
+        for rel_start, rel_end, e164 in _phone_matches(cand.group(), self._region):
+            start, end = base + rel_start, base + rel_end
+            if taken.free(start, end):
+                found.append((start, end, "phone", e164))
+                taken.claim(start, end)
 
     # -- replacement ------------------------------------------------------------
     def _redact_plain(self, text: str, counts: collections.Counter) -> str:
@@ -348,8 +391,10 @@ class PiiRedactor:
             key, sep, value = piece.partition("=")
             if not sep or not value:
                 continue
+            if _TRIGGER.search(value) is None:
+                continue  # no '@', digit or %-escape: nothing to find
             decoded = urllib.parse.unquote_plus(value)
-            if "@" not in decoded and not any(c in _DIGITS for c in decoded):
+            if _TRIGGER.search(decoded) is None:
                 continue
             redacted = self._redact_plain(decoded, counts)
             if redacted != decoded:
@@ -373,19 +418,36 @@ class PiiRedactor:
         counts: collections.Counter = collections.Counter()
         if not text or not isinstance(text, str):
             return text, counts
-        if "@" not in text and not any(c in text for c in _DIGITS):
-            return text, counts  # fast path: every kind needs '@' or a digit
+        return self._redact_into(text, counts), counts
+
+    def _redact_into(self, text: str, counts: collections.Counter) -> str:
+        if _TRIGGER.search(text) is None:
+            return text  # fast path: every kind needs '@' or a digit
+        # Page URLs, titles, button texts and referrers repeat across events:
+        # the result per exact text is cached (bounded; cleared when full).
+        cached = self._cache.get(text)
+        if cached is not None:
+            redacted, kinds = cached
+            for kind, n in kinds:
+                counts[kind] += n
+            return redacted
+        local: collections.Counter = collections.Counter()
         if ("?" in text or "#" in text) and " " not in text and (
                 "://" in text or text.startswith("/")):
-            return self._redact_url(text, counts), counts
-        return self._redact_plain(text, counts), counts
+            redacted = self._redact_url(text, local)
+        else:
+            redacted = self._redact_plain(text, local)
+        if len(self._cache) >= TEXT_CACHE_SIZE:
+            self._cache.clear()
+        self._cache[text] = (redacted, tuple(local.items()))
+        if local:
+            counts.update(local)
+        return redacted
 
     def redact_value(self, value, counts: collections.Counter):
         """Redacts strings inside nested dicts/lists (for unknown ``extra`` fields)."""
         if isinstance(value, str):
-            redacted, c = self.redact_text(value)
-            counts.update(c)
-            return redacted
+            return self._redact_into(value, counts) if value else value
         if isinstance(value, dict):
             return {k: self.redact_value(v, counts) for k, v in value.items()}
         if isinstance(value, list):
@@ -410,10 +472,7 @@ class PiiRedactor:
         for name in text_fields:
             value = out.get(name)
             if isinstance(value, str) and value:
-                redacted, c = self.redact_text(value)
-                if c:
-                    out[name] = redacted
-                    counts.update(c)
+                out[name] = self._redact_into(value, counts)
         for name in token_fields:
             value = out.get(name)
             if value is not None and value != "":

@@ -258,3 +258,22 @@ def test_composite_counters_per_kind():
                 for c in p.result.metrics().query(MetricsFilter().with_namespace("frontend"))["counters"]}
     assert counters["pii_redacted_email"] == 2 and counters["pii_redacted_phone"] == 1
     assert counters["redact_failed"] == 1
+
+
+def test_cache_hit_counts_again_and_returns_same_text():
+    redactor = PiiRedactor(SECRET)
+    first = redactor.redact_text("write to a@b.io")
+    second = redactor.redact_text("write to a@b.io")
+    assert first == second and second[1] == {"email": 1}
+    record = {"element_text": "write to a@b.io", "page_title": "write to a@b.io"}
+    _, counts = redactor.redact_record(record, ("element_text", "page_title"))
+    assert counts == {"email": 2}
+
+
+def test_redactor_pickles_for_workers():
+    import pickle
+
+    redactor = PiiRedactor(SECRET)
+    redactor.redact_text("a@b.io")
+    clone = pickle.loads(pickle.dumps(redactor))
+    assert clone.redact_text("a@b.io") == redactor.redact_text("a@b.io")
