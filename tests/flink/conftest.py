@@ -1,0 +1,145 @@
+"""Fixtures for tests against the project's local Flink 1.19 cluster.
+
+``flink_cluster`` runs ``flink/cluster.sh up`` once per session (idempotent:
+it starts only what is not running, installing the distribution and the job
+server classpath on first use) and hands out the REST client and the
+settings of ``cluster.sh env``. ``background_pipelines`` starts pipeline
+processes that must stay alive while their job runs (LOOPBACK workers live in
+the submitting process) and, at teardown, cancels their Flink jobs and ends
+the processes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import shlex
+import subprocess
+import sys
+import typing
+import uuid
+
+import pytest
+
+from tests.flink.flink_rest import FlinkRest, wait_for
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+CLUSTER_SH = REPO_ROOT / "flink" / "cluster.sh"
+# A cold `up` downloads ~230 MB of wheels and ~150 MB of jars.
+CLUSTER_UP_TIMEOUT_S = 900
+
+
+@dataclasses.dataclass
+class FlinkCluster:
+    rest: FlinkRest
+    env: typing.Dict[str, str]
+
+    @property
+    def prometheus_url(self) -> str:
+        return self.env["FLINK_PROMETHEUS_URL"]
+
+    def cluster_sh(self, *args: str, timeout_s: float = CLUSTER_UP_TIMEOUT_S) -> str:
+        done = subprocess.run(
+            ["bash", str(CLUSTER_SH), *args], check=True, capture_output=True, text=True, timeout=timeout_s
+        )
+        return done.stdout
+
+    def taskmanager_pids(self) -> typing.List[int]:
+        return [int(line.split()[1]) for line in self.cluster_sh("pids").splitlines() if line.startswith("taskexecutor ")]
+
+    def process_env(self) -> typing.Dict[str, str]:
+        """Environment for a pipeline subprocess: ours plus `cluster.sh env`."""
+        env = dict(os.environ)
+        env.update(self.env)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        return env
+
+
+def _parse_exports(text: str) -> typing.Dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("export "):
+            key, _, value = line[len("export "):].partition("=")
+            out[key] = shlex.split(value)[0] if value else ""
+    return out
+
+
+@pytest.fixture(scope="session")
+def flink_cluster() -> FlinkCluster:
+    up = subprocess.run(
+        ["bash", str(CLUSTER_SH), "up"], capture_output=True, text=True, timeout=CLUSTER_UP_TIMEOUT_S
+    )
+    if up.returncode != 0:
+        pytest.fail(f"flink/cluster.sh up failed ({up.returncode}):\n{up.stdout}\n{up.stderr[-4000:]}")
+    env = _parse_exports(
+        subprocess.run(["bash", str(CLUSTER_SH), "env"], check=True, capture_output=True, text=True).stdout
+    )
+    rest = FlinkRest("http://127.0.0.1:" + env["FLINK_MASTER"].rsplit(":", 1)[1])
+    wait_for(lambda: rest.get("/overview")["taskmanagers"] >= 1, 60, "a TaskManager")
+    return FlinkCluster(rest=rest, env=env)
+
+
+def unique_job_name(prefix: str) -> str:
+    """Flink job names are how tests find their job among others on the shared cluster."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+class BackgroundPipelines:
+    def __init__(self, cluster: FlinkCluster, log_dir: pathlib.Path):
+        self.cluster = cluster
+        self.log_dir = log_dir
+        self._started: typing.List[typing.Tuple[subprocess.Popen, str, pathlib.Path]] = []
+
+    def start(self, module: str, args: typing.Sequence[str], job_name: str) -> subprocess.Popen:
+        log = self.log_dir / f"{job_name}.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args, f"--job_name={job_name}"],
+            cwd=REPO_ROOT,
+            env=self.cluster.process_env(),
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        self._started.append((proc, job_name, log))
+        return proc
+
+    def log_tail(self, job_name: str, lines: int = 60) -> str:
+        for _, name, log in self._started:
+            if name == job_name:
+                return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def wait_job_id(self, proc: subprocess.Popen, job_name: str, timeout_s: float = 180) -> str:
+        def job_id():
+            if proc.poll() is not None:
+                raise AssertionError(f"pipeline process exited ({proc.returncode}):\n{self.log_tail(job_name)}")
+            return self.cluster.rest.job_id_by_name(job_name)
+
+        return wait_for(job_id, timeout_s, f"Flink job {job_name}")
+
+    def stop_all(self) -> None:
+        rest = self.cluster.rest
+        for proc, name, _ in self._started:
+            try:
+                jid = rest.job_id_by_name(name)
+                if jid:
+                    rest.cancel(jid)
+                    rest.wait_state(jid, {"CANCELED", "FAILED", "FINISHED"}, 60)
+            except Exception:  # the cluster may be gone; the process is ended below anyway
+                pass
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=30)
+
+
+@pytest.fixture
+def background_pipelines(flink_cluster, tmp_path) -> typing.Iterator[BackgroundPipelines]:
+    pipelines = BackgroundPipelines(flink_cluster, tmp_path)
+    try:
+        yield pipelines
+    finally:
+        pipelines.stop_all()

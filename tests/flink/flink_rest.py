@@ -1,0 +1,171 @@
+"""Small client for the Flink REST API and the Prometheus reporter, for tests.
+
+How Beam metrics show up on Flink 1.19 with Beam 2.62 (portable runner) is
+written down in flink/README.md; the functions below read them the ways
+described there.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+import typing
+import urllib.parse
+import urllib.request
+
+__all__ = ["FlinkRest", "wait_for", "prometheus_samples", "metric_name"]
+
+TERMINAL_STATES = {"FINISHED", "FAILED", "CANCELED"}
+
+
+def wait_for(predicate: typing.Callable[[], typing.Any], timeout_s: float, what: str, interval_s: float = 1.0):
+    """Polls ``predicate`` until it returns a truthy value; raises after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    last_error: typing.Optional[BaseException] = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except (OSError, ValueError, KeyError) as e:  # server not answering yet, partial JSON
+            last_error = e
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}" + (f" (last error: {last_error})" if last_error else ""))
+        time.sleep(interval_s)
+
+
+def metric_name(namespace: str, name: str) -> str:
+    """The name Flink gives a Beam user metric: ``<namespace>.<name>``.
+
+    (The REST API's metric ids show the dot as ``_``; Prometheus turns both
+    into ``_`` and prefixes ``flink_taskmanager_job_task_operator_``.)
+    """
+    return f"{namespace}.{name}"
+
+
+class FlinkRest:
+    def __init__(self, base_url: str = "http://127.0.0.1:18081", timeout_s: float = 10.0):
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+
+    def _request(self, method: str, path: str) -> typing.Any:
+        req = urllib.request.Request(self.base_url + path, method=method)
+        with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+            body = resp.read()
+        return json.loads(body) if body else None
+
+    def get(self, path: str) -> typing.Any:
+        return self._request("GET", path)
+
+    # ------------------------------------------------------------- jobs ---
+
+    def jobs(self) -> typing.List[dict]:
+        return self.get("/jobs/overview")["jobs"]
+
+    def job_id_by_name(self, name: str) -> typing.Optional[str]:
+        """The newest job called ``name`` (Beam passes --job_name to Flink as is)."""
+        matches = [j for j in self.jobs() if j["name"] == name]
+        if not matches:
+            return None
+        return max(matches, key=lambda j: j["start-time"])["jid"]
+
+    def job(self, jid: str) -> dict:
+        return self.get(f"/jobs/{jid}")
+
+    def state(self, jid: str) -> str:
+        return self.job(jid)["state"]
+
+    def wait_state(self, jid: str, states: typing.Iterable[str], timeout_s: float) -> str:
+        wanted = set(states)
+        return wait_for(lambda: (s := self.state(jid)) in wanted and s, timeout_s, f"job {jid} in {sorted(wanted)}")
+
+    def cancel(self, jid: str) -> None:
+        if self.state(jid) not in TERMINAL_STATES:
+            self._request("PATCH", f"/jobs/{jid}?mode=cancel")
+
+    def checkpoint_counts(self, jid: str) -> dict:
+        return self.get(f"/jobs/{jid}/checkpoints")["counts"]
+
+    def exceptions(self, jid: str) -> dict:
+        return self.get(f"/jobs/{jid}/exceptions")
+
+    def describe(self, jid: str) -> str:
+        """State, checkpoints and per-vertex input watermarks: context for a failed assertion."""
+        try:
+            job = self.job(jid)
+            lines = [f"job {jid} {job['state']}, checkpoints {self.checkpoint_counts(jid)}"]
+            for vertex in job["vertices"]:
+                marks = self.get(f"/jobs/{jid}/vertices/{vertex['id']}/watermarks")
+                lines.append(f"  {vertex['name'][:70]} {vertex['status']} watermarks={[m['value'] for m in marks]}")
+            return "\n".join(lines)
+        except (OSError, ValueError, KeyError) as e:
+            return f"job {jid}: no details ({e})"
+
+    # ---------------------------------------------------------- metrics ---
+
+    def user_metric(self, jid: str, namespace: str, name: str) -> typing.Optional[float]:
+        """Sum over all operators and subtasks of a Beam user counter of a RUNNING job.
+
+        Reads the operator metrics the TaskManagers report (they disappear when
+        the job ends). None when no operator reports the metric (yet).
+        """
+        wanted = (f"{namespace}_{name}", metric_name(namespace, name))
+        total: typing.Optional[float] = None
+        for vertex in self.job(jid)["vertices"]:
+            vid = vertex["id"]
+            ids = {m["id"] for m in self.get(f"/jobs/{jid}/vertices/{vid}/metrics")}
+            # "<subtask>.<operator name>.<metric>" -> "<operator name>.<metric>"
+            per_operator = {i.split(".", 1)[1] for i in ids if i.endswith(wanted) and "." in i}
+            for metric in sorted(per_operator):
+                query = urllib.parse.quote(metric, safe="")
+                rows = self.get(f"/jobs/{jid}/vertices/{vid}/subtasks/metrics?get={query}&agg=sum")
+                for row in rows:
+                    total = (total or 0.0) + float(row["sum"])
+        return total
+
+    def accumulator_user_counters(self, jid: str) -> typing.Dict[typing.Tuple[str, str], int]:
+        """Beam user counters of a job from its accumulators: {(namespace, name): value}.
+
+        Beam's Flink runner keeps every metric of the job in one accumulator,
+        ``__metricscontainers``, a JSON dump of MonitoringInfos; user counters
+        have urn ``beam:metric:user:sum_int64:v1``, labels NAMESPACE/NAME and
+        a base64 varint payload. Available for finished jobs too.
+        """
+        from apache_beam.coders import VarIntCoder
+
+        acc = self.get(f"/jobs/{jid}/accumulators")
+        out: typing.Dict[typing.Tuple[str, str], int] = {}
+        for entry in acc.get("user-task-accumulators", []):
+            if entry["name"] != "__metricscontainers":
+                continue
+            dump = json.loads(entry["value"])
+            for info in dump.get("metrics", {}).get("attempted", []):
+                if info.get("urn") != "beam:metric:user:sum_int64:v1":
+                    continue
+                labels = info["labels"]
+                key = (labels["NAMESPACE"], labels["NAME"])
+                value = VarIntCoder().decode(base64.b64decode(info["payload"]))
+                out[key] = out.get(key, 0) + value
+        return out
+
+
+_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def prometheus_samples(url: str, metric_suffix: str, **label_filter: str) -> typing.List[typing.Tuple[dict, float]]:
+    """Samples of metrics whose name ends with ``metric_suffix``, as (labels, value)."""
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode("utf-8")
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE.match(line)
+        if not m or not m.group("name").endswith(metric_suffix):
+            continue
+        labels = dict(_LABEL.findall(m.group("labels") or ""))
+        if all(labels.get(k) == v for k, v in label_filter.items()):
+            out.append((labels, float(m.group("value"))))
+    return out
