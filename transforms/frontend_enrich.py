@@ -28,6 +28,10 @@ conversion_stage
     product_interest(4) < conversion(5)``. An event's stage is the highest
     it signals: its event type's stage, or ``product_interest`` when it
     happens on a high-intent page (pricing, product, checkout, ...).
+event_stage
+    the stage of the event type alone (``message_sent`` -> user_message even
+    on the pricing page); the session aggregate counts messages, widget opens
+    and conversions by it.
 engagement_score (0-100)::
 
         stage points   page_view 10, widget_open 25, user_message 40,

@@ -14,6 +14,16 @@ docs/ARCHITECTURE.md, "Element types")::
 Every input ends in exactly one output; counters ``received``, ``valid`` and
 ``failed`` (namespace = pipeline name) count them.
 
+``decoder``: ``None`` or the ``json`` module means JSON text (decoded with
+orjson, falling back to the standard library for its readable error
+messages); anything else is a binary decoder, an object with ``.loads`` or a
+callable, given the raw bytes and returning a dict (e.g.
+``iheard_io.kafka.avro_decoder``). A decoded ``envelope_v1`` record is
+unwrapped to its payload (``schemas/avro.py``).
+
+A payload without its own timestamp takes the source record's (the Kafka
+record timestamp); with neither it fails validation.
+
 ``event_id`` is the payload's own ``event_id`` if it has one, else the
 SHA-256 hex of the payload's canonical JSON (sorted keys, no whitespace,
 UTF-8), so a producer retry or a replayed Kafka range yields the same id and

@@ -51,6 +51,14 @@ URLs (``page_url``, ``referrer``): query and fragment parameters are
 percent-decoded one by one, redacted, and re-encoded only if they changed,
 so UTM parameters and the rest of the URL stay byte-identical.
 
+Cost: every kind needs an ``@`` or a digit, so text without either returns
+at once; the ambiguous kinds (ipv4, phone) collect candidates first and run
+the protected-span scan only around them; ``phonenumbers`` (pure Python,
+~0.1 ms) only sees runs of >= 7 digits. Results are cached per exact text
+(``TEXT_CACHE_SIZE`` entries per redactor, cleared when full) and per phone
+chunk, because page URLs, titles and button texts repeat across events. The
+caches hold raw text in worker memory only, for the life of the worker.
+
 ``token_fields`` are replaced wholesale by ``[TOKEN:...]`` (for identifiers
 that are themselves personal). The frontend pipeline tokenises nothing
 wholesale: ``user_id`` is the application's pseudonymous id and the join key
