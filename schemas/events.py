@@ -28,14 +28,17 @@ milliseconds. A number (or numeric string) is read by magnitude::
 Every plausible event time (2000..2100) falls in exactly one band for each
 unit, so the rule never confuses units for real data. Text is read as
 ISO-8601 (``2024-01-15T10:30:00Z``, ``...+02:00``, or without a zone, which
-is taken as UTC). The result must lie in [2000-01-01, 2100-01-01) UTC;
+is taken as UTC), or the strings JavaScript's ``Date`` produces
+(``toUTCString()``, ``toString()``). The result must lie in [2000-01-01, 2100-01-01) UTC;
 anything else is "absurd" and rejected. No wall-clock check is made, so a
 replay validates exactly like the first run.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import email.utils
 import math
+import re
 import typing
 
 from pydantic import (
@@ -91,6 +94,36 @@ def _from_number(value: float, original) -> int:
     return _check_range(int(round(ms)), original)
 
 
+_JS_DATE_STRING = re.compile(
+    r"^[A-Za-z]{3} ([A-Za-z]{3} \d{1,2} \d{4} \d{2}:\d{2}:\d{2}) GMT([+-]\d{4})")
+
+
+def _parse_text_time(text: str) -> typing.Optional[_dt.datetime]:
+    """ISO-8601 first; then the other forms a JS client can produce:
+    ``Date.toUTCString()`` (RFC 2822), ``Date.toString()`` and a trailing
+    `` UTC``/`` GMT``."""
+    try:
+        return _dt.datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        pass
+    for suffix in (" UTC", " GMT"):
+        if text.endswith(suffix):
+            try:
+                return _dt.datetime.fromisoformat(text[: -len(suffix)]).replace(tzinfo=_UTC)
+            except ValueError:
+                pass
+    js = _JS_DATE_STRING.match(text)
+    if js:
+        try:
+            return _dt.datetime.strptime(f"{js.group(1)} {js.group(2)}", "%b %d %Y %H:%M:%S %z")
+        except ValueError:
+            return None
+    try:
+        return email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
 def normalize_timestamp_ms(value) -> int:
     """Epoch s/ms/us/ns (number or numeric text) or ISO-8601 -> UTC epoch ms.
 
@@ -124,12 +157,11 @@ def normalize_timestamp_ms(value) -> int:
             if text.lstrip("+-").isdigit():
                 return normalize_timestamp_ms(int(text))
             return _from_number(number, value)
-        try:
-            parsed = _dt.datetime.fromisoformat(text.replace("z", "Z"))
-        except ValueError:
+        parsed = _parse_text_time(text)
+        if parsed is None:
             raise ValueError(
                 f"timestamp {value!r} is neither epoch s/ms nor ISO-8601"
-            ) from None
+            )
         return normalize_timestamp_ms(parsed)
     raise ValueError(
         f"timestamp must be a number or an ISO-8601 string, "

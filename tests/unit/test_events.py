@@ -35,6 +35,12 @@ from tests.unit.conftest import WIDGET_OPEN
         ("2024-01-15T10:30:00", 1705314600000),  # no zone -> UTC
         ("2024-01-15 10:30:00", 1705314600000),
         ("2024-01-15", 1705276800000),  # midnight UTC: 1705314600000 - 10.5 h * 3600000
+        ("2024-01-15T10:30:00+0000", 1705314600000),  # Marketo's offset without colon
+        ("2024-01-15 10:30:00 UTC", 1705314600000),
+        ("Mon, 15 Jan 2024 10:30:00 GMT", 1705314600000),  # JS Date.toUTCString()
+        ("Mon Jan 15 2024 11:30:00 GMT+0100 (Central European Standard Time)",
+         1705314600000),  # JS Date.toString(): 11:30 at +1 = 10:30 UTC
+        ("1.7053146e12", 1705314600000),  # exponent notation, ms band
     ],
 )
 def test_timestamp_forms_normalise_to_utc_ms(value, expected):
