@@ -198,8 +198,9 @@ class EnrichmentConfig:
 
 
 # -- user agent ----------------------------------------------------------------
-_BOT = re.compile(r"bot|crawl|spider|slurp|headless|curl|wget|python-requests|httpclient",
-                  re.IGNORECASE)
+# Case-sensitive on purpose: "CUBOT" (a phone brand) is not a bot, "Googlebot" is.
+_BOT = re.compile(r"[a-z]bot\b|\bbot\b|Bot\b|[Cc]rawl|[Ss]pider|Slurp|Headless|"
+                  r"^curl/|^Wget/|^python-requests|HttpClient|^Go-http-client")
 _DESKTOP_OS = ("Windows", "Mac OS X", "Linux", "Ubuntu", "Chrome OS", "Fedora",
                "Debian", "FreeBSD", "macOS")
 

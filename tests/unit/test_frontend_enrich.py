@@ -176,6 +176,10 @@ def test_referrer_attribution(url, referrer, source):
         ("Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0", "desktop", "Firefox", "Linux"),
         ("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)", "bot", "Googlebot", "Other"),
         ("curl/8.4.0", "bot", "curl", "Other"),
+        ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/120.0.0.0 "
+         "Safari/537.36", "bot", "HeadlessChrome", "Linux"),
+        ("Mozilla/5.0 (Linux; Android 10; CUBOT_X30) AppleWebKit/537.36 (KHTML, like Gecko) "
+         "Chrome/120.0.0.0 Mobile Safari/537.36", "mobile", "Chrome Mobile", "Android"),  # brand, not a bot
     ],
 )
 def test_user_agents(ua, device, browser, os_):
