@@ -28,11 +28,14 @@ CACHE_DIR="$IHEARD_HOME/cache"
 ALL_SERVICES=(kafka postgres redis s3)
 
 HOST=127.0.0.1
-KAFKA_PORT=19092
-KAFKA_CONTROLLER_PORT=19093
-PG_PORT=15433
-REDIS_PORT=16380
-S3_PORT=19000
+# The ports of docs/ARCHITECTURE.md. Overriding them (with another
+# IHEARD_HOME) runs a second, separate set, e.g. to time a cold start while
+# the usual one keeps serving; `env` prints whatever is in force.
+KAFKA_PORT="${IHEARD_KAFKA_PORT:-19092}"
+KAFKA_CONTROLLER_PORT="${IHEARD_KAFKA_CONTROLLER_PORT:-19093}"
+PG_PORT="${IHEARD_POSTGRES_PORT:-15433}"
+REDIS_PORT="${IHEARD_REDIS_PORT:-16380}"
+S3_PORT="${IHEARD_S3_PORT:-19000}"
 
 PG_USER=iheard
 PG_PASSWORD=iheard
@@ -338,10 +341,22 @@ start_postgres() {
       --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 >>"$(log_file postgres)" 2>&1 ||
       fail_service postgres "initdb failed"
   fi
-  # After a hard kill postmaster.pid stays behind; postgres itself copes
-  # unless its pid now belongs to another process. We only get here when our
-  # pid file names no live server, so the lock file is stale.
-  rm -f "$data/postmaster.pid"
+  # After a hard kill, postmaster.pid and the socket's lock file stay
+  # behind, naming the dead postmaster. PostgreSQL refuses to start while
+  # that pid exists at all, even as a not yet reaped zombie or reused by an
+  # unrelated process. We only get here when our pid file names no live
+  # server, so such a lock is stale: drop it (but stop if it names a live
+  # postmaster of this data dir: two servers on one dir would corrupt it).
+  local lock lock_pid
+  for lock in "$data/postmaster.pid" "$dir/run/.s.PGSQL.$PG_PORT.lock"; do
+    [[ -f "$lock" ]] || continue
+    lock_pid="$(head -n1 "$lock" | tr -dc '0-9')"
+    if [[ -n "$lock_pid" && -r "/proc/$lock_pid/cmdline" ]] &&
+      tr '\0' ' ' <"/proc/$lock_pid/cmdline" | grep -qF -- "$data"; then
+      die "postgres: a server (pid $lock_pid) still runs on $data without our pid file; stop it first"
+    fi
+    rm -f "$lock"
+  done
   # fsync/full_page_writes/synchronous_commit off: a disposable test
   # cluster; crash safety is not worth the slower DDL and inserts on a
   # shared 2-core box. Never use these settings for real data.
@@ -436,6 +451,7 @@ cmd_install() {
 cmd_up() {
   local svc pid t0=$SECONDS started=()
   cmd_install "$@"
+  ((SECONDS - t0 < 1)) || log "install: $((SECONDS - t0))s"
   # Start everything first, then wait: the JVM warms up while the others start.
   for svc in "$@"; do
     if pid="$(svc_pid "$svc")"; then
@@ -453,7 +469,7 @@ cmd_up() {
   done
   for svc in "$@"; do
     "ready_$svc"
-    log "$svc: healthy on $HOST:$(svc_port "$svc") (pid $(svc_pid "$svc"))"
+    log "$svc: healthy on $HOST:$(svc_port "$svc") (pid $(svc_pid "$svc"), +$((SECONDS - t0))s)"
   done
   log "up: ${*} ready in $((SECONDS - t0))s (started: ${started[*]:-none})"
 }
