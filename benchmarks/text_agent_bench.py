@@ -1,0 +1,183 @@
+"""Throughput of the text-agent pipeline, and what content analysis costs per turn.
+
+    python benchmarks/text_agent_bench.py                 # ~7k turns
+    python benchmarks/text_agent_bench.py --sessions=5000 --repeat=3
+
+Prints four figures (best of ``--repeat`` runs each):
+
+1. content analysis, ms per turn: sentiment (VADER, twice), language
+   (langdetect, twice), topics (regex taxonomy), keywords (YAKE), and all of
+   them together (``ContentAnalyzer.analyse``);
+2. pure core, turns/s: ``parse_record`` + ``redact_turn`` + ``TurnEnricher.enrich``
+   in a plain loop (no Beam);
+3. transform chain on the FnApiRunner, turns/s: ParseTurns -> DedupeTurns ->
+   EnrichTurns -> AggregateConversations + AggregateBillingHourly (no sinks);
+4. end to end on the FnApiRunner, turns/s: ``build_pipeline`` with the
+   embedded outputs (DuckDB upserts of all tables, local Avro archive,
+   dead letters).
+
+Input: ``beam_pipelines.text_agent.sample_turns`` (seeded, ~3.5 turns per
+session, 2 % malformed, 3 % duplicated). Wall-clock figures on this machine;
+nothing here is asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+SECRET = b"benchmark-secret-0123456789"
+
+
+def _best(fn, repeat):
+    times = []
+    result = None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
+def bench_content(lines, repeat):
+    from schemas.text_agent import TextAgentTurn
+    from transforms.parse import parse_record
+    from transforms.text_agent_content import ContentAnalyzer
+
+    turns = []
+    for line in lines:
+        try:
+            turns.append(parse_record(line, TextAgentTurn))
+        except ValueError:
+            pass
+    analyzer = ContentAnalyzer()
+    analyzer.analyse("warm up the language profiles", "warm up")
+    pairs = [(t.get("user_message") or "", t.get("response_text") or "") for t in turns]
+    steps = {
+        "sentiment x2": lambda: [(analyzer.sentiment(u), analyzer.sentiment(r)) for u, r in pairs],
+        "language x2": lambda: [(analyzer.language(u), analyzer.language(r)) for u, r in pairs],
+        "topics": lambda: [analyzer.taxonomy.detect(u, r) for u, r in pairs],
+        "keywords": lambda: [analyzer.keywords(u) for u, _ in pairs],
+        "all (analyse)": lambda: [analyzer.analyse(u, r) for u, r in pairs],
+    }
+    print(f"content analysis over {len(pairs)} turns (ms per turn, best of {repeat}):")
+    for name, fn in steps.items():
+        seconds, _ = _best(fn, repeat)
+        print(f"  {name:<14} {seconds * 1000 / len(pairs):7.3f} ms")
+
+
+def bench_pure(lines, repeat):
+    from schemas.text_agent import TextAgentTurn
+    from transforms.parse import parse_record
+    from transforms.pii import PiiRedactor
+    from transforms.text_agent import TurnEnricher, redact_turn
+
+    redactor, enricher = PiiRedactor(SECRET), TurnEnricher()
+
+    def run():
+        n = 0
+        for line in lines:
+            try:
+                event = parse_record(line, TextAgentTurn)
+            except ValueError:
+                continue
+            redacted, user_pii, total = redact_turn(event, redactor)
+            enricher.enrich(redacted, user_pii, total)
+            n += 1
+        return n
+
+    seconds, n = _best(run, repeat)
+    print(f"pure core (parse+redact+enrich): {len(lines)} lines in {seconds:.2f} s "
+          f"-> {len(lines) / seconds:,.0f} turns/s")
+
+
+def _records(lines):
+    from schemas.records import SourceRecord
+
+    return [SourceRecord(value=l.encode("utf-8"), topic="text_agent_turn_completed", offset=i)
+            for i, l in enumerate(lines)]
+
+
+def bench_chain(lines, repeat):
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    from beam_pipelines.text_agent import turn_key
+    from schemas.text_agent import TextAgentTurn
+    from transforms.dedupe import DedupeEvents
+    from transforms.parse import ParseEvents
+    from transforms.text_agent import AggregateBillingHourly, AggregateConversations, EnrichTurns
+
+    records = _records(lines)
+
+    def run():
+        with beam.Pipeline(runner=FnApiRunner()) as p:
+            parsed = p | beam.Create(records) | ParseEvents(TextAgentTurn, "text_agent")
+            turns = (parsed[ParseEvents.VALID]
+                     | DedupeEvents(key_fn=turn_key, ttl_seconds=86400, namespace="text_agent")
+                     | EnrichTurns(SECRET))[EnrichTurns.VALID]
+            _ = turns | AggregateConversations(gap_seconds=1800)
+            _ = turns | AggregateBillingHourly()
+
+    seconds, _ = _best(run, repeat)
+    print(f"transform chain on FnApiRunner: {len(records)} records in {seconds:.2f} s "
+          f"-> {len(records) / seconds:,.0f} turns/s")
+
+
+def bench_end_to_end(lines, repeat):
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    from beam_pipelines import text_agent
+    from beam_pipelines.options import IheardOptions, resolve_connections
+    from iheard_io.embedded import close_embedded, ensure_embedded_schema
+
+    records = _records(lines)
+
+    def run():
+        with tempfile.TemporaryDirectory() as tmp:
+            opts = IheardOptions([f"--output_dir={tmp}", f"--pii_secret={SECRET.decode()}"])
+            conns = resolve_connections(opts, env={})
+            ensure_embedded_schema(conns.embedded_db)
+            with beam.Pipeline(runner=FnApiRunner(), options=opts) as p:
+                text_agent.build_pipeline(p, p | beam.Create(records), conns, opts)
+            close_embedded(conns.embedded_db)
+
+    seconds, _ = _best(run, repeat)
+    print(f"end to end (embedded DuckDB + Avro archive): {len(records)} records in "
+          f"{seconds:.2f} s -> {len(records) / seconds:,.0f} turns/s")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--only", choices=["content", "pure", "chain", "e2e"])
+    args = parser.parse_args(argv)
+
+    import logging
+    logging.getLogger().setLevel(logging.ERROR)
+    from beam_pipelines.text_agent import sample_turns
+
+    lines = sample_turns(args.sessions)
+    print(f"input: {args.sessions} sessions -> {len(lines)} JSON lines, "
+          f"{statistics.mean(len(l) for l in lines):.0f} bytes on average; "
+          f"CPU count {os.cpu_count()}")
+    if args.only in (None, "content"):
+        bench_content(lines, args.repeat)
+    if args.only in (None, "pure"):
+        bench_pure(lines, args.repeat)
+    if args.only in (None, "chain"):
+        bench_chain(lines, args.repeat)
+    if args.only in (None, "e2e"):
+        bench_end_to_end(lines, args.repeat)
+
+
+if __name__ == "__main__":
+    main()
