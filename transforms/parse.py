@@ -117,6 +117,8 @@ def format_validation_error(exc: ValidationError) -> str:
             msg = "field required"
         elif err.get("type") == "string_too_short" and (err.get("ctx") or {}).get("min_length") == 1:
             msg = "must be a non-empty string"
+        elif "input" in err and err["input"] is None:
+            msg = f"must not be null ({msg[:1].lower() + msg[1:]})"
         parts.append(f"{loc}: {msg}")
     return "; ".join(parts)
 

@@ -147,6 +147,12 @@ def test_fn_routes_failures_with_stage_and_field():
     assert time_.pipeline == "frontend" and time_.received_at
 
 
+def test_null_required_field_message():
+    (out,) = _run_fn([source(dict(WIDGET_OPEN, event_type=None))])
+    assert out.value.error_message == (
+        "event_type: must not be null (input should be a valid string)")
+
+
 # --- composite on FnApiRunner --------------------------------------------------------
 def test_every_record_ends_in_exactly_one_output():
     good = [source(dict(WIDGET_OPEN, time_on_page=i), offset=i) for i in range(5)]
