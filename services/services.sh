@@ -198,7 +198,11 @@ kafka_libs() {
 
 install_kafka() {
   command -v java >/dev/null || die "kafka: java (17+) is not installed"
-  pip_install_if_missing kafka "kafka-python>=2.0.2"
+  # topics.py uses the admin API of kafka-python 3 (dict topic specs).
+  if ! "$PYTHON" -c 'import sys, kafka; sys.exit(int(kafka.__version__.split(".")[0]) < 3)' 2>/dev/null; then
+    log "pip install kafka-python>=3"
+    "$PYTHON" -m pip install -q "kafka-python>=3"
+  fi
   local libs tmp
   libs="$(kafka_libs)"
   [[ -f "$libs/.complete" ]] && return 0
@@ -553,7 +557,7 @@ cmd_reset() {
 
 usage() {
   sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2
-  exit 2
+  exit "${1:-2}"
 }
 
 main() {
@@ -571,7 +575,7 @@ main() {
       "cmd_$cmd" "${services[@]}"
       ;;
     status | env) "cmd_$cmd" "${services[@]}" ;;
-    -h | --help | help) usage ;;
+    -h | --help | help) usage 0 ;;
     *) usage ;;
   esac
 }
