@@ -25,6 +25,8 @@ ipv4        four octets 0-255, no leading zeros, first octet     dotted quad
             after a letter (``v1.2.3.4``) and not a version (below)
 phone       ``phonenumbers.PhoneNumberMatcher`` (Leniency.VALID,  E.164
             ``default_region``), run only on runs of >= 7 digits
+            (spaces . - ( ) / allowed) not glued to a preceding
+            word, ``.``, ``-``, ``/`` or ``#`` and not date-shaped
 ==========  ===================================================  =============
 
 What must survive (tests/unit/test_pii.py lists the cases), and how:
