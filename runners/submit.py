@@ -609,16 +609,25 @@ def stop_with_savepoint(
     drain: bool,
     timeout_s: float,
 ) -> str:
-    """Stops ``job_id`` with a savepoint and returns the savepoint's path."""
+    """Stops ``job_id`` with a savepoint; returns the savepoint's path once the job has ended.
+
+    The savepoint completes a moment before the job reaches FINISHED; waiting
+    for the end as well means a resubmission never overlaps the old job.
+    """
     trigger = client.trigger_stop(job_id, savepoint_dir, drain)
     deadline = time.monotonic() + timeout_s
+    location = None
     while True:
-        location = savepoint_outcome(client.savepoint_status(job_id, trigger))
-        if location:
-            return location
+        if location is None:
+            location = savepoint_outcome(client.savepoint_status(job_id, trigger))
+        if location is not None:
+            progress = JobProgress.from_job(client.job(job_id) or {})
+            if progress.terminal:
+                return location
         if time.monotonic() > deadline:
-            raise SubmitError(f"timed out after {timeout_s:.0f} s waiting for the savepoint of {job_id}")
-        time.sleep(POLL_INTERVAL_S)
+            what = "the end" if location else "the savepoint"
+            raise SubmitError(f"timed out after {timeout_s:.0f} s waiting for {what} of job {job_id}")
+        time.sleep(POLL_INTERVAL_S / 4 if location else POLL_INTERVAL_S)
 
 
 def _print_json(payload: typing.Mapping[str, typing.Any]) -> None:

@@ -7,10 +7,11 @@ the small ``run_*`` functions below (the CLI imports them as
 ``tests.flink.test_submit:run_...``; the workers import them the same way, so
 they run with the repository root as working directory).
 
-Run: ``flink/cluster.sh up && python -m pytest tests/flink/test_submit.py``.
+Run: ``python -m pytest tests/flink/test_submit.py`` (conftest starts the cluster).
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pathlib
@@ -20,12 +21,12 @@ import sys
 import textwrap
 import time
 import typing
+import uuid
 
 import pytest
 import requests
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-FLINK_REST = os.environ.get("IHEARD_FLINK_REST", "http://127.0.0.1:18081")
 FAILURE_MARKER = "iheard-submit-test-deliberate-failure"
 THIS_MODULE = "tests.flink.test_submit"
 
@@ -127,13 +128,9 @@ _WORKER_POOL = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def flink_rest():
-    try:
-        overview = requests.get(f"{FLINK_REST}/overview", timeout=5).json()
-    except requests.RequestException as exc:
-        pytest.fail(f"no Flink cluster at {FLINK_REST} (start it with flink/cluster.sh up): {exc}")
-    assert overview["taskmanagers"] >= 1
-    return FLINK_REST
+def flink_rest(flink_cluster):
+    """The REST address of the local cluster (started by conftest's flink_cluster)."""
+    return flink_cluster.rest.base_url
 
 
 @pytest.fixture(scope="module")
@@ -204,6 +201,28 @@ def _submit_args(flink_rest, jar, pool, function, *extra):
     ]
 
 
+def _unique(prefix: str) -> str:
+    """Job names are unique per run: `upgrade` stops whatever runs under its name on the shared cluster."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def _user_counter(flink_rest: str, job_id: str, name: str) -> int:
+    """A Beam user counter of a finished job, from Flink's ``__metricscontainers`` accumulator."""
+    accumulators = requests.get(f"{flink_rest}/jobs/{job_id}/accumulators", timeout=10).json()
+    (container,) = [
+        a["value"] for a in accumulators["user-task-accumulators"] if a["name"] == "__metricscontainers"
+    ]
+    total = 0
+    for metric in json.loads(container)["metrics"]["attempted"]:
+        if metric["urn"] == "beam:metric:user:sum_int64:v1" and metric["labels"].get("NAME") == name:
+            payload, value, shift = base64.b64decode(metric["payload"]), 0, 0
+            for byte in payload:  # protobuf varint
+                value |= (byte & 0x7F) << shift
+                shift += 7
+            total += value
+    return total
+
+
 def _last_json(stdout: str) -> dict:
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
     assert lines, stdout
@@ -214,13 +233,14 @@ def _last_json(stdout: str) -> dict:
 
 
 def test_batch_pipeline_runs_to_finished(flink_rest, job_server_jar, worker_pool, cleanup_jobs):
+    job_name = _unique("iheard-submit-test-batch")
     done = _cli(
         *_submit_args(
             flink_rest,
             job_server_jar,
             worker_pool,
             "run_counting_pipeline",
-            "--job_name=iheard-submit-test-batch",
+            f"--job_name={job_name}",
             "--wait_for=finished",
             "--timeout_s=240",
             "--",
@@ -232,8 +252,11 @@ def test_batch_pipeline_runs_to_finished(flink_rest, job_server_jar, worker_pool
     cleanup_jobs.append(report["job_id"])
     assert report["state"] == "FINISHED"
     job = requests.get(f"{flink_rest}/jobs/{report['job_id']}", timeout=10).json()
-    assert job["name"] == "iheard-submit-test-batch"
+    assert job["name"] == job_name
     assert job["state"] == "FINISHED"
+    # The Python code really ran in the worker pool: one counter increment
+    # per distinct word (a, b, c), read from Beam's metrics accumulator.
+    assert _user_counter(flink_rest, report["job_id"], "keys_seen") == 3
     # The uploaded jar is removed once Flink has the job.
     jars = requests.get(f"{flink_rest}/jars", timeout=10).json()["files"]
     assert not [jar for jar in jars if jar["name"] == "beam-pipeline.jar"]
@@ -251,7 +274,7 @@ def test_failing_pipeline_exits_nonzero_with_root_exception(
             worker_pool,
             "run_failing_pipeline",
             f"--job_id={job_id}",
-            "--job_name=iheard-submit-test-failing",
+            f"--job_name={_unique('iheard-submit-test-failing')}",
             "--wait_for=finished",
             "--cancel_on_failure",
             "--timeout_s=240",
@@ -268,13 +291,14 @@ def test_streaming_stop_with_savepoint_and_resubmit_from_it(
     flink_rest, job_server_jar, worker_pool, cleanup_jobs, tmp_path
 ):
     streaming_args = ["--", "--streaming", "--parallelism=1", "--checkpointing_interval=2000"]
+    job_name = _unique("iheard-submit-test-stream")
     first = _cli(
         *_submit_args(
             flink_rest,
             job_server_jar,
             worker_pool,
             "run_ticking_pipeline",
-            "--job_name=iheard-submit-test-stream",
+            f"--job_name={job_name}",
             "--settle_s=5",
             "--timeout_s=240",
             *streaming_args,
@@ -301,7 +325,7 @@ def test_streaming_stop_with_savepoint_and_resubmit_from_it(
             job_server_jar,
             worker_pool,
             "run_ticking_pipeline",
-            "--job_name=iheard-submit-test-stream",
+            f"--job_name={job_name}",
             f"--from_savepoint={savepoint}",
             "--settle_s=5",
             "--timeout_s=240",
@@ -330,7 +354,7 @@ def test_streaming_stop_with_savepoint_and_resubmit_from_it(
             job_server_jar,
             worker_pool,
             "run_ticking_pipeline",
-            "--job_name=iheard-submit-test-stream",
+            f"--job_name={job_name}",
             f"--savepoint_dir=file://{savepoint_dir}",
             "--settle_s=5",
             "--timeout_s=240",
