@@ -23,8 +23,11 @@ ipv6        colon groups that ``ipaddress`` accepts, >= 1 digit  compressed
 ipv4        four octets 0-255, no leading zeros, first octet     dotted quad
             not 0, not part of a longer dotted number, not
             after a letter (``v1.2.3.4``) and not a version (below)
-phone       ``phonenumbers.PhoneNumberMatcher`` (Leniency.VALID,  E.164
-            ``default_region``), run only on runs of >= 7 digits
+phone       ``phonenumbers.PhoneNumberMatcher`` (Leniency.       E.164
+            STRICT_GROUPING: a valid number whose digit groups
+            match the region's formatting, so ``2024-000123`` is
+            not a phone; ``default_region``), run only on runs
+            of >= 7 digits
             (spaces . - ( ) / allowed) not glued to a preceding
             word, ``.``, ``-``, ``/`` or ``#`` and not date-shaped
 ==========  ===================================================  =============
@@ -209,7 +212,7 @@ def _phone_matches(chunk: str, region: str) -> typing.Tuple[typing.Tuple[int, in
     their events, so results are cached per (chunk, region)."""
     return tuple(
         (m.start, m.end, phonenumbers.format_number(m.number, PhoneNumberFormat.E164))
-        for m in PhoneNumberMatcher(chunk, region, leniency=Leniency.VALID)
+        for m in PhoneNumberMatcher(chunk, region, leniency=Leniency.STRICT_GROUPING)
     )
 
 
