@@ -302,8 +302,9 @@ def _write_lines(lines: typing.Iterable[str], path: str) -> int:
     return n
 
 
-def run(argv: typing.Optional[typing.List[str]] = None, save_main_session: bool = False):
-    """Parses ``argv``, builds and runs the pipeline; returns the PipelineResult."""
+def run(argv: typing.Optional[typing.List[str]] = None, runner=None):
+    """Parses ``argv``, builds and runs the pipeline; returns the PipelineResult.
+    ``runner`` (a runner instance) overrides ``--runner`` (tests name theirs)."""
     from runners.profiles import expand_argv
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -329,7 +330,7 @@ def run(argv: typing.Optional[typing.List[str]] = None, save_main_session: bool 
     conns = resolve_connections(opts)
     common.prepare_sinks(conns)
 
-    pipeline = beam.Pipeline(options=options)
+    pipeline = beam.Pipeline(runner=runner, options=options)
     records = common.read_source(pipeline, conns, opts, TEXT_AGENT_TOPIC, streaming)
     build_pipeline(pipeline, records, conns, opts, streaming=streaming)
     result = pipeline.run()
