@@ -194,3 +194,44 @@ def test_zero_lateness_drops_late_event():
 def test_constructor_checks(gap, lateness):
     with pytest.raises(ValueError):
         AggregateSessions(gap_seconds=gap, allowed_lateness_seconds=lateness)
+
+
+def test_whole_frontend_chain_composes_on_fn_api_runner():
+    """SourceRecord -> Parse -> Redact -> Enrich -> Dedupe -> Sessions, with a
+    producer retry (same bytes twice) and one bad record."""
+    import json
+
+    from schemas.events import FrontendEvent
+    from schemas.records import SourceRecord
+    from transforms.dedupe import DedupeEvents
+    from transforms.frontend_enrich import EnrichFrontendEvents, EnrichmentConfig
+    from transforms.parse import ParseEvents
+    from transforms.pii import RedactPii
+    from tests.unit.conftest import SECRET, WIDGET_OPEN
+
+    def record(offset, **changes):
+        payload = dict(WIDGET_OPEN, **changes)
+        return SourceRecord(json.dumps(payload).encode(), "frontend_user_interaction", 0, offset)
+
+    base = WIDGET_OPEN["timestamp"]
+    records = [
+        record(0, event_type="page_view", timestamp=base),
+        record(1, event_type="widget_open", timestamp=base + 60_000),
+        record(2, event_type="widget_open", timestamp=base + 60_000),  # retry: same payload
+        record(3, event_type="message_sent", timestamp=base + 120_000,
+               element_text="mail me: jane@acme.com", message_length=20),
+        SourceRecord(b"{broken", "frontend_user_interaction", 0, 4),
+    ]
+    with BeamTestPipeline(runner=fn_api_runner()) as p:
+        parsed = p | beam.Create(records) | "Parse" >> ParseEvents(FrontendEvent, "frontend")
+        redacted = parsed.valid | "Redact" >> RedactPii(SECRET, pipeline="frontend")
+        enriched = redacted.valid | "Enrich" >> EnrichFrontendEvents(EnrichmentConfig(), "frontend")
+        events = enriched.valid | "Dedupe" >> DedupeEvents(ttl_seconds=3600)
+        sessions = events | "Sessions" >> AggregateSessions(1800, 0, "frontend")
+        assert_that(parsed.failed | beam.Map(lambda f: f.source_offset), equal_to([4]), label="Failed")
+        assert_that(events | beam.Map(lambda e: (e["event_type"], "jane@acme.com" in json.dumps(e))),
+                    equal_to([("page_view", False), ("widget_open", False), ("message_sent", False)]),
+                    label="Events")
+        assert_that(sessions | beam.Map(lambda r: (r["event_count"], r["widget_opens"], r["messages"],
+                                                   r["duration_seconds"])),
+                    equal_to([(3, 1, 1, 120.0)]), label="Session")
