@@ -419,6 +419,11 @@ def _make_runner_classes():
                 # upload itself is only clutter (about 100 MB per submission).
                 self.delete_jar()
             _NEXT_RUN.submitted_job_ids.append(self._flink_job_id)
+            # The chosen id and the savepoint belong to this one job; a second
+            # pipeline run by the same function gets fresh settings.
+            _NEXT_RUN.job_id = None
+            _NEXT_RUN.savepoint_path = None
+            _NEXT_RUN.allow_non_restored_state = False
             _LOG.info("started Flink job %s", self._flink_job_id)
 
     class _RestUberJarJobServer(uber.FlinkUberJarJobServer):

@@ -188,6 +188,15 @@ def test_parse_args():
         submit.parse_args(["submit", "--flink_master=f:1", "--pipeline=a-b"])
 
 
+def test_stop_takes_a_job_id_or_a_job_name():
+    args, _ = submit.parse_args(["stop", "--flink_master=f:1", "--job_name=iheard-frontend"])
+    assert args.job_name == "iheard-frontend" and args.job_id is None and not args.drain
+    with pytest.raises(SystemExit):
+        submit.parse_args(["stop", "--flink_master=f:1"])
+    with pytest.raises(SystemExit):
+        submit.parse_args(["stop", "--flink_master=f:1", "--job_id=" + "0" * 32, "--job_name=x"])
+
+
 def test_parse_args_needs_a_master(monkeypatch):
     monkeypatch.delenv("FLINK_MASTER", raising=False)
     with pytest.raises(submit.SubmitError, match="flink_master"):
