@@ -51,15 +51,20 @@ def archived(record):
     return {k: record[k] for k in ("event_id", "event_type", "timestamp_ms", "engagement_score")}
 
 
-def s3_client(s3_endpoint):
-    return boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="test",
-                        aws_secret_access_key="test", region_name="us-east-1")
+def s3_client(services):
+    return boto3.client("s3", endpoint_url=services.s3_endpoint,
+                        aws_access_key_id=services.s3_access_key,
+                        aws_secret_access_key=services.s3_secret_key,
+                        region_name=services.s3_region)
 
 
-def s3_options(s3_endpoint):
+def s3_options(services):
+    """What a job on S3 passes: Beam's S3Options, read by FileSystems."""
     return PipelineOptions([
-        f"--s3_endpoint_url={s3_endpoint}", "--s3_access_key_id=test",
-        "--s3_secret_access_key=test", "--s3_region_name=us-east-1"])
+        f"--s3_endpoint_url={services.s3_endpoint}",
+        f"--s3_access_key_id={services.s3_access_key}",
+        f"--s3_secret_access_key={services.s3_secret_key}",
+        f"--s3_region_name={services.s3_region}"])
 
 
 def write(records, base_path, options=None, **kwargs):
@@ -87,9 +92,9 @@ def check_layout(files, records, shards):
         (archived(r) for r in records), key=lambda r: r["event_id"])
 
 
-def test_archive_to_s3_is_partitioned_and_replay_rewrites_identical_objects(s3_endpoint, s3_bucket):
+def test_archive_to_s3_is_partitioned_and_replay_rewrites_identical_objects(services, s3_bucket):
     prefix = f"it-archive-{uuid.uuid4().hex[:8]}"
-    client = s3_client(s3_endpoint)
+    client = s3_client(services)
     records = events()
 
     def objects():
@@ -97,7 +102,7 @@ def test_archive_to_s3_is_partitioned_and_replay_rewrites_identical_objects(s3_e
         return {o["Key"][len(prefix) + 1:]: client.get_object(Bucket=s3_bucket, Key=o["Key"])["Body"].read()
                 for o in listing.get("Contents", [])}
 
-    write(records, f"s3://{s3_bucket}/{prefix}", s3_options(s3_endpoint), shards=3)
+    write(records, f"s3://{s3_bucket}/{prefix}", s3_options(services), shards=3)
     first = objects()
     # 2 hours x up to 3 shards.
     assert {NAME.search(k).group(2) for k in first} == {"22", "23"}
@@ -105,7 +110,7 @@ def test_archive_to_s3_is_partitioned_and_replay_rewrites_identical_objects(s3_e
     check_layout(first, records, shards=3)
 
     # Replay in another order: same names, same bytes, nothing added.
-    write(list(reversed(records)), f"s3://{s3_bucket}/{prefix}", s3_options(s3_endpoint), shards=3)
+    write(list(reversed(records)), f"s3://{s3_bucket}/{prefix}", s3_options(services), shards=3)
     assert objects() == first
 
 

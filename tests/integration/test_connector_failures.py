@@ -43,8 +43,16 @@ BASE_TS_MS = 1_699_999_200_000
 
 
 def services(*args):
-    subprocess.run(["bash", str(SERVICES_SH), *args], check=True, env=os.environ.copy(),
-                   stdout=subprocess.DEVNULL, timeout=180)
+    def run():
+        return subprocess.run(["bash", str(SERVICES_SH), *args], env=os.environ.copy(),
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=180)
+    done = run()
+    if done.returncode != 0 and args[0] == "up":
+        # `up` is idempotent; a second call settles a readiness check that
+        # raced the server's start (it then finds the server running).
+        done = run()
+    assert done.returncode == 0, f"services.sh {' '.join(args)}: {done.stderr}"
 
 
 def rows(prefix, n):
