@@ -230,9 +230,24 @@ def parse_user_agent(ua: str) -> typing.Tuple[str, str, str]:
 
 
 # -- helpers --------------------------------------------------------------------
+_STEPS = ("parse", "user_agent", "page_category", "attribution", "conversion_stage",
+          "engagement_score", "quality_score", "user_segment")
+_STEPS_REDACTED = _STEPS[:1] + ("pii_redaction",) + _STEPS[1:]
+_ISO_SECONDS: typing.Dict[int, str] = {}
+
+
 def _iso_utc(ms: int) -> str:
-    return _dt.datetime.fromtimestamp(ms / 1000.0, tz=_dt.timezone.utc).isoformat(
-        timespec="milliseconds")
+    """ISO-8601 UTC with milliseconds; the per-second prefix is cached
+    (a stream has many events per second)."""
+    seconds, millis = divmod(int(ms), 1000)
+    prefix = _ISO_SECONDS.get(seconds)
+    if prefix is None:
+        if len(_ISO_SECONDS) >= 4096:
+            _ISO_SECONDS.clear()
+        prefix = _dt.datetime.fromtimestamp(seconds, tz=_dt.timezone.utc).strftime(
+            "%Y-%m-%dT%H:%M:%S")
+        _ISO_SECONDS[seconds] = prefix
+    return f"{prefix}.{millis:03d}+00:00"
 
 
 def _host_matches(host: str, patterns) -> bool:
@@ -372,9 +387,6 @@ def enrich_frontend_event(event: dict, config: EnrichmentConfig) -> dict:
     """The event plus the ``frontend_analytics`` columns (see the module docstring)."""
     out = dict(event)
     warnings: typing.List[str] = []
-    steps = ["parse"]
-    if "_pii" in event:
-        steps.append("pii_redaction")
 
     # User agent.
     ua = event.get("user_agent")
@@ -382,15 +394,12 @@ def enrich_frontend_event(event: dict, config: EnrichmentConfig) -> dict:
         device_type, browser, os_family = parse_user_agent(ua)
     else:
         device_type, browser, os_family = "unknown", None, None
-    steps.append("user_agent")
 
     # Page URL: host, category, UTM parameters (cached per URL), attribution.
     page_url = event.get("page_url") or ""
     url = _url_info(config, page_url)
     category = url.category
-    steps.append("page_category")
     referrer_source = _attribution(config, event.get("referrer"), url)
-    steps.append("attribution")
 
     # Funnel stage.
     event_type = event["event_type"]
@@ -398,7 +407,6 @@ def enrich_frontend_event(event: dict, config: EnrichmentConfig) -> dict:
     if category is not None and config.is_high_intent(category) and \
             STAGE_RANK[stage] < STAGE_RANK["product_interest"]:
         stage = "product_interest"
-    steps.append("conversion_stage")
 
     # Engagement score (formula in the module docstring).
     time_on_page = event.get("time_on_page")
@@ -413,7 +421,6 @@ def enrich_frontend_event(event: dict, config: EnrichmentConfig) -> dict:
     if category is not None and config.is_high_intent(category):
         score += 5.0
     engagement = _clamp(_round_half_up(score))
-    steps.append("engagement_score")
 
     # Quality score (penalties in the module docstring).
     quality = 100
@@ -449,7 +456,6 @@ def enrich_frontend_event(event: dict, config: EnrichmentConfig) -> dict:
             quality -= 5
             warnings.append(f"{name} missing")
     quality = _clamp(quality)
-    steps.append("quality_score")
 
     # Segment.
     if stage == "conversion":
@@ -461,11 +467,10 @@ def enrich_frontend_event(event: dict, config: EnrichmentConfig) -> dict:
         segment = "engaged"
     else:
         segment = "new_visitor"
-    steps.append("user_segment")
 
     metadata = {
         "transformer_version": config.transformer_version,
-        "steps_applied": steps,
+        "steps_applied": list(_STEPS_REDACTED if "_pii" in event else _STEPS),
         "warnings": warnings,
     }
     if event.get("_pii"):
