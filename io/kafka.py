@@ -309,10 +309,13 @@ class _PartitionRestrictionProvider(RestrictionProvider):
 class _ReadFromKafkaPartitionFn(beam.DoFn):
     """Reads one partition's ``OffsetRange``.
 
-    Each ``process()`` call assigns the partition to the instance's consumer,
-    seeks to the restriction start and polls for at most ``max_read_time_s``;
-    then it defers the remainder (streaming, or bounded with work left) or
-    claims the stop offset (bounded and caught up) to finish.
+    Each ``process()`` call assigns the partition to the instance's consumer
+    and seeks to the restriction start (unless the consumer is already there,
+    which keeps its prefetched records). Streaming: it polls for at most
+    ``max_read_time_s``, then defers the remainder, so the runner can
+    checkpoint between calls. Bounded: it reads until the consumer position
+    reaches the stop, then claims the stop offset to finish (a Kafka error
+    defers the remainder instead, to retry later).
 
     Offsets can have gaps (compaction, transaction markers), so completion is
     decided by the consumer position reaching the stop, and the restriction is
@@ -401,11 +404,17 @@ class _ReadFromKafkaPartitionFn(beam.DoFn):
         with self._lock:
             if self._consumer.assignment() != {tp}:
                 self._consumer.assign([tp])
-            self._consumer.seek(tp, restriction.start)
+                self._consumer.seek(tp, restriction.start)
+            elif self._consumer.position(tp) != restriction.start:
+                self._consumer.seek(tp, restriction.start)
+            # else: resuming where this consumer stopped; keep what it has
+            # already fetched.
 
         next_offset = None  # one past the last claimed offset
         started = time.monotonic()
-        while time.monotonic() - started < self._max_read_time_s:
+        # Bounded reads need no checkpoints: one call reads to the stop.
+        max_read_time_s = float("inf") if self._bounded else self._max_read_time_s
+        while time.monotonic() - started < max_read_time_s:
             try:
                 with self._lock:
                     polled = self._consumer.poll(
@@ -561,6 +570,11 @@ class ReadFromKafka(beam.PTransform):
       timestamp_fn: ``SourceRecord -> epoch seconds`` (or a Beam
         ``Timestamp``) for the element timestamp; default the Kafka record
         timestamp. If it raises, the Kafka timestamp is used.
+      max_read_time_seconds: streaming only; how long one ``process()`` call
+        reads before it hands the rest back to the runner (checkpoint
+        latency on Flink).
+      commit_offsets: commit the group's offsets from the bundle finalizer
+        (only with a ``group_id``).
       stop_after_idle_seconds: streaming only; ends a partition's restriction
         once it has been caught up with no new records for this long. For tests
         and backfills; ``None`` (default) reads forever.
