@@ -82,7 +82,7 @@ def build_pipeline(
         EnrichmentConfig(), PIPELINE
     )
     events = enriched[EnrichFrontendEvents.VALID] | "DedupeEvents" >> DedupeEvents(
-        ttl_seconds=opts.dedupe_ttl_seconds
+        ttl_seconds=opts.dedupe_ttl_seconds, namespace=PIPELINE, streaming=streaming
     )
     sessions = common.count(
         events | "AggregateSessions" >> AggregateSessions(

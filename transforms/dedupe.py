@@ -93,26 +93,64 @@ class _DedupeFn(beam.DoFn):
         seen.clear()
 
 
+def _origin(event: dict) -> tuple:
+    source = event.get("_source") or {}
+    return (str(source.get("topic", "")), int(source.get("partition", -1)),
+            int(source.get("offset", -1)))
+
+
+class _KeepFirstFn(beam.DoFn):
+    """Bounded input: all copies of an id arrive in one group; keep the one
+    first in the source (lowest topic/partition/offset), so re-runs keep the
+    same copy."""
+
+    def __init__(self, namespace: str):
+        self._kept = Metrics.counter(namespace, "dedupe_kept")
+        self._dropped = Metrics.counter(namespace, "duplicates_dropped")
+
+    def process(self, element):
+        _, copies = element
+        copies = list(copies)
+        first = min(copies, key=_origin) if len(copies) > 1 else copies[0]
+        self._kept.inc()
+        if len(copies) > 1:
+            self._dropped.inc(len(copies) - 1)
+        # GroupByKey stamps its output at the end of the window; put the
+        # event back at its own event time for the session windows after us.
+        yield beam.window.TimestampedValue(first, first["timestamp_ms"] / 1000.0)
+
+
 class DedupeEvents(beam.PTransform):
-    """Keeps the first occurrence of each key (default: ``event["event_id"]``)
-    while its state lives (``ttl_seconds`` of event time); see the module
-    docstring for the guarantee. Timestamps pass through; the input must be
-    in the global window (dedupe runs before session windowing)."""
+    """Keeps the first occurrence of each key (default: ``event["event_id"]``).
+
+    ``streaming=True`` (unbounded input): a stateful DoFn remembers each id for
+    ``ttl_seconds`` of event time; see the module docstring for the guarantee.
+    ``streaming=False`` (bounded input: files, Kafka backfills): a GroupByKey
+    on the id, which is exact for the whole input and much cheaper than
+    per-key state on batch runners (no state reads, writes or timers).
+
+    The input must be in the global window (dedupe runs before session
+    windowing); event timestamps are kept."""
 
     def __init__(self, key_fn: typing.Callable[[dict], str] = _event_id,
-                 ttl_seconds: int = DEFAULT_TTL_SECONDS, namespace: str = "frontend"):
+                 ttl_seconds: int = DEFAULT_TTL_SECONDS, namespace: str = "frontend",
+                 streaming: bool = True):
         super().__init__()
         if ttl_seconds is None or ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be positive")
         self._key_fn = key_fn
         self._ttl_seconds = int(ttl_seconds)
         self._namespace = namespace
+        self._streaming = streaming
 
     def expand(self, events):
         key_fn = self._key_fn
-        return (
-            events
-            | "KeyByEventId" >> beam.Map(lambda e: (str(key_fn(e)), e)).with_output_types(
-                typing.Tuple[str, typing.Any])
-            | "DropDuplicates" >> beam.ParDo(_DedupeFn(self._ttl_seconds, self._namespace))
-        )
+        keyed = events | "KeyByEventId" >> beam.Map(lambda e: (str(key_fn(e)), e)).with_output_types(
+            typing.Tuple[str, typing.Any])
+        if not self._streaming:
+            return (
+                keyed
+                | "GroupByEventId" >> beam.GroupByKey()
+                | "KeepFirstOccurrence" >> beam.ParDo(_KeepFirstFn(self._namespace))
+            )
+        return keyed | "DropDuplicates" >> beam.ParDo(_DedupeFn(self._ttl_seconds, self._namespace))
