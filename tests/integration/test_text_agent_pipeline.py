@@ -162,3 +162,57 @@ def test_kafka_to_postgres_redis_s3_and_replay(services, kafka_bootstrap, s3_buc
     keys_again = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix=prefix + "/")
                   .get("Contents", [])]
     assert sorted(keys_again) == sorted(keys)
+
+
+# -- the same job on the real Flink cluster -----------------------------------
+# The fixture lives with the Flink tests; importing it makes it usable here.
+from tests.flink.conftest import flink_cluster  # noqa: E402,F401  pylint: disable=unused-import
+
+
+@pytest.mark.flink
+@pytest.mark.slow
+def test_batch_job_on_flink_writes_postgres(services, flink_cluster, tmp_path):
+    """``python -m beam_pipelines.text_agent --profile=flink-local`` over a
+    JSON-lines file: the job FINISHES on Flink, its counters are the
+    expected ones and PostgreSQL holds one row per distinct turn and one
+    conversation per session."""
+    import subprocess
+    import sys
+
+    import psycopg
+
+    from tests.flink.conftest import REPO_ROOT, unique_job_name
+
+    seed = uuid.uuid4().int % 1_000_000
+    lines = text_agent.sample_turns(n_sessions=15, seed=seed)
+    expected = _expected(lines)
+    sessions = sorted({s for s, _ in expected})
+    path = tmp_path / "turns.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    job_name = unique_job_name("iheard-test-text-agent")
+    env = flink_cluster.process_env()
+    env.pop("REDIS_HOST", None)  # Redis is covered above; keep this job lean
+    done = subprocess.run(
+        [sys.executable, "-m", "beam_pipelines.text_agent", "--profile=flink-local",
+         f"--input={path}", f"--postgres_dsn={services.pg_dsn}",
+         f"--archive_path={tmp_path / 'archive'}", f"--pii_secret={SECRET}",
+         f"--job_name={job_name}"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=540)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    rest = flink_cluster.rest
+    jid = rest.job_id_by_name(job_name)
+    assert jid and rest.state(jid) == "FINISHED"
+    assert any("EnrichTurns" in v["name"] for v in rest.job(jid)["vertices"])
+    counters = rest.accumulator_user_counters(jid)
+    valid = sum(1 for line in lines if _expected([line]))
+    assert counters[("text_agent", "received")] == len(lines)
+    assert counters[("text_agent", "valid")] == valid
+    assert counters[("text_agent", "turns_enriched")] == len(expected)
+
+    with psycopg.connect(services.pg_dsn) as conn, conn.cursor() as cur:
+        cur.execute("select count(*) from agent_turns where session_id = any(%s)", (sessions,))
+        assert cur.fetchone()[0] == len(expected)
+        cur.execute("select count(*), sum(turn_count) from agent_conversations "
+                    "where session_id = any(%s)", (sessions,))
+        assert cur.fetchone() == (len(sessions), len(expected))
