@@ -27,7 +27,8 @@ Errors:
   the bundle fails and the runner retries it (nothing is lost; nothing was
   committed for that batch);
 * permanent, caused by the data (``DataError``, ``IntegrityError`` such as a
-  check or not-null violation, or a value ``row_values`` cannot convert): the
+  check or not-null violation, a value ``row_values`` cannot convert or
+  psycopg cannot adapt, e.g. a dict in a text column): the
   batch is bisected until the bad rows are isolated; those become
   ``FailedRecord``s (stage ``sink:postgres``, the row as JSON, the row's
   ``_source`` origin) on the ``failed`` output, which the PTransform returns,
@@ -148,9 +149,17 @@ def _is_transient(exc: BaseException) -> bool:
 
 
 def _is_data_error(exc: BaseException) -> bool:
+    """Errors caused by a row's content: the server refused a value or a
+    constraint, or psycopg could not turn a Python value into the column's
+    text form (a ProgrammingError without SQLSTATE, e.g. "cannot adapt type
+    'dict'")."""
     import psycopg
 
-    return isinstance(exc, (psycopg.DataError, psycopg.IntegrityError))
+    if isinstance(exc, (psycopg.DataError, psycopg.IntegrityError)):
+        return True
+    if isinstance(exc, psycopg.ProgrammingError) and getattr(exc, "sqlstate", None) is None:
+        return True
+    return isinstance(exc, (TypeError, ValueError, UnicodeError))
 
 
 def _row_json(row) -> str:

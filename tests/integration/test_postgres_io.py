@@ -122,9 +122,11 @@ def test_bad_rows_go_to_failed_output_and_good_rows_land(pg_dsn, prefix):
     rows[88]["event_type"] = None               # NOT NULL violation
     rows[120]["timestamp"] = "not a time"       # row_values cannot convert
     rows[150]["country"] = "X" * 40             # value too long (DataError)
+    rows[160]["country"] = {"nested": True}     # psycopg cannot adapt a dict
+    rows[170]["session_id"] = "a\x00b"          # NUL byte in text
     expected = [
         (17, "CheckViolation"), (88, "NotNullViolation"), (120, "ValueError"),
-        (150, "StringDataRightTruncation")]
+        (150, "StringDataRightTruncation"), (160, "ProgrammingError"), (170, "DataError")]
 
     def summary(f: FailedRecord):
         assert f'"event_id": "{prefix}-{f.source_offset:05d}"' in f.raw
