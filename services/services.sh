@@ -79,14 +79,16 @@ svc_port() {
   esac
 }
 
-# A fragment every process of that service has on its command line; checked
-# before we trust (or signal) a pid from a pid file, because pids get reused.
-svc_signature() {
+# Fragments, one a line, of which the service's process has one on its
+# command line; checked before we trust (or signal) a pid from a pid file,
+# because pids get reused.
+svc_signatures() {
   case "$1" in
     kafka) echo "$(svc_dir kafka)/server.properties" ;;
     postgres) echo "$(svc_dir postgres)/data" ;;
-    # redis-server rewrites its process title to "redis-server host:port".
-    redis) echo "redis-server $HOST:$REDIS_PORT" ;;
+    # redis-server starts as "redis-server <conf>" and, once its config is
+    # read, rewrites its process title to "redis-server host:port".
+    redis) printf '%s\n' "redis-server $(svc_dir redis)/redis.conf" "redis-server $HOST:$REDIS_PORT" ;;
     s3) echo "moto.server -H $HOST -p $S3_PORT" ;;
   esac
 }
@@ -99,7 +101,11 @@ svc_pid() {
   pid="$(tr -dc '0-9' <"$pidfile")"
   [[ -n "$pid" && -r "/proc/$pid/cmdline" ]] || return 1
   cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)"
-  [[ "$cmdline" == *"$(svc_signature "$svc")"* ]] || return 1
+  local signature matched=0
+  while IFS= read -r signature; do
+    [[ "$cmdline" == *"$signature"* ]] && matched=1
+  done < <(svc_signatures "$svc")
+  ((matched)) || return 1
   # A zombie is not running.
   [[ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]] || return 1
   echo "$pid"
@@ -158,7 +164,14 @@ spawn() {
   shift
   # 9>&- : the server must not inherit the lock, or it would hold it forever.
   setsid "$@" >>"$(log_file "$svc")" 2>&1 </dev/null 9>&- &
-  echo $! >"$(pid_file "$svc")"
+  local pid=$! deadline=$((SECONDS + 10))
+  echo "$pid" >"$(pid_file "$svc")"
+  # Until the forked shell has exec'd the server, its command line is ours
+  # and svc_pid would call the service dead; wait for the exec.
+  until svc_pid "$svc" >/dev/null; do
+    kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)) || break
+    sleep 0.05
+  done
 }
 
 make_dirs() {
