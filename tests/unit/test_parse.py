@@ -179,3 +179,29 @@ def test_constructor_checks():
         ParseEvents(dict, "frontend")
     with pytest.raises(ValueError):
         ParseEvents(FrontendEvent, "")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        WIDGET_OPEN,
+        {"z": 1, "a": {"y": [1, 2.5, None, True], "b": "é ü 漢字 \u2028 \U0001F600"}},
+        {"f": [0.1, 1e16, 1.5, -0.0, 123456789.123, 0.001], "i": [0, -1, 2**53]},
+        {"s": "quote \" backslash \\ newline \n tab \t ctrl \x01"},
+        {},
+    ],
+)
+def test_orjson_and_stdlib_canonical_forms_agree(payload):
+    """The two encoders agree except for floats below 1e-4 (next test)."""
+    from transforms.parse import _canonical_json, _canonical_json_stdlib
+
+    assert _canonical_json(payload) == _canonical_json_stdlib(payload)
+
+
+def test_canonical_form_is_orjsons_and_big_ints_fall_back():
+    from transforms.parse import _canonical_json
+
+    assert _canonical_json({"v": 1e-05}) == b'{"v":0.00001}'
+    # beyond 64 bits orjson refuses; the stdlib form is used, deterministically
+    assert _canonical_json({"v": 2**70}) == b'{"v":1180591620717411303424}'
+    assert event_id_for({"v": 2**70}) == event_id_for({"v": 2**70})
