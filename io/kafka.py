@@ -63,8 +63,11 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration
 from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
+from schemas.records import FailedRecord
 from schemas.records import SourceRecord
+from schemas.records import utc_now_iso
 
 __all__ = [
     "ReadFromKafka",
@@ -679,15 +682,19 @@ def json_value(element) -> bytes:
 
 
 class _WriteToKafkaFn(beam.DoFn):
-    def __init__(self, client_config, topic, key_fn, value_fn, producer_config):
+    FAILED = "failed"
+
+    def __init__(self, client_config, topic, key_fn, value_fn, producer_config, pipeline):
         self._client_config = client_config
         self._topic = topic
         self._key_fn = key_fn
         self._value_fn = value_fn
         self._producer_config = dict(producer_config or {})
+        self._pipeline = pipeline
         self._producer = None
         self._pending = []
         self._sent = Metrics.counter("WriteToKafka", "sent")
+        self._failed = Metrics.counter("WriteToKafka", "failed")
 
     def setup(self):
         from kafka import KafkaProducer
@@ -699,23 +706,57 @@ class _WriteToKafkaFn(beam.DoFn):
     def start_bundle(self):
         self._pending = []
 
-    def process(self, element):
-        key = self._key_fn(element) if self._key_fn else None
-        if isinstance(key, str):
-            key = key.encode("utf-8")
-        value = self._value_fn(element)
-        if isinstance(value, str):
-            value = value.encode("utf-8")
-        self._pending.append(self._producer.send(self._topic, key=key, value=value))
+    def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        from kafka.errors import KafkaError
+
+        try:
+            key = self._key_fn(element) if self._key_fn else None
+            if isinstance(key, str):
+                key = key.encode("utf-8")
+            value = self._value_fn(element)
+            if isinstance(value, str):
+                value = value.encode("utf-8")
+            future = self._producer.send(self._topic, key=key, value=value)
+        except KafkaError as exc:
+            if getattr(exc, "retriable", False):
+                raise
+            yield self._failure(element, timestamp, window, exc)  # e.g. too large
+            return
+        except (TypeError, ValueError) as exc:
+            yield self._failure(element, timestamp, window, exc)
+            return
+        self._pending.append((future, element, timestamp, window))
 
     def finish_bundle(self):
-        # flush() waits for every send; get() re-raises a failed one, which
-        # fails the bundle so the runner retries it (at-least-once).
+        from kafka.errors import KafkaError
+
+        # flush() waits for every send. A retriable failure (broker down,
+        # timeout) fails the bundle, so the runner retries it: at-least-once.
+        # A record the broker will never take (too large, invalid) is a dead
+        # letter instead of a bundle that fails forever.
         self._producer.flush()
-        for future in self._pending:
-            future.get(timeout=30)
-        self._sent.inc(len(self._pending))
-        self._pending = []
+        pending, self._pending = self._pending, []
+        for future, element, timestamp, window in pending:
+            try:
+                future.get(timeout=30)
+            except KafkaError as exc:
+                if getattr(exc, "retriable", False):
+                    raise
+                yield self._failure(element, timestamp, window, exc)
+                continue
+            self._sent.inc()
+
+    def _failure(self, element, timestamp, window, exc):
+        self._failed.inc()
+        try:
+            raw = json_value(element).decode("utf-8")
+        except Exception:  # pylint: disable=broad-except
+            raw = repr(element)
+        failed = FailedRecord(
+            raw=raw, error_class=type(exc).__name__, error_message=str(exc)[:4000],
+            stage="sink:kafka", pipeline=self._pipeline, source_topic=self._topic,
+            received_at=utc_now_iso())
+        return beam.pvalue.TaggedOutput(self.FAILED, WindowedValue(failed, timestamp, [window]))
 
     def teardown(self):
         if self._producer is not None:
@@ -733,9 +774,12 @@ class WriteToKafka(beam.PTransform):
     ``value_fn(element) -> bytes|str`` the payload (default: JSON).
 
     Delivery guarantee: at-least-once. Sends are flushed and checked at the end
-    of every bundle, and a failed send fails the bundle, which the runner
-    retries - so a record can appear twice, never zero times. Readers of the
-    topic dedupe on the payload's id (``event_id``, ``failure_id``).
+    of every bundle, and a retriable failure (broker unreachable, timeout)
+    fails the bundle, which the runner retries - so a record can appear
+    twice, never zero times. Readers of the topic dedupe on the payload's id
+    (``event_id``, ``failure_id``). Records Kafka will never accept (larger
+    than the broker's limit, unserialisable) come out on the returned
+    PCollection as ``FailedRecord``s (stage ``sink:kafka``).
     """
 
     def __init__(
@@ -750,6 +794,7 @@ class WriteToKafka(beam.PTransform):
         username: typing.Optional[str] = None,
         password: typing.Optional[str] = None,
         ssl_cafile: typing.Optional[str] = None,
+        pipeline: str = "",
     ):
         super().__init__()
         if not topic:
@@ -761,8 +806,11 @@ class WriteToKafka(beam.PTransform):
         self._key_fn = key_fn
         self._value_fn = value_fn
         self._producer_config = producer_config
+        self._pipeline = pipeline
 
     def expand(self, pcoll):
-        return pcoll | "SendToKafka" >> beam.ParDo(_WriteToKafkaFn(
+        results = pcoll | "SendToKafka" >> beam.ParDo(_WriteToKafkaFn(
             self._client_config, self._topic, self._key_fn, self._value_fn,
-            self._producer_config))
+            self._producer_config, self._pipeline)).with_outputs(
+                _WriteToKafkaFn.FAILED, main="sent")
+        return results[_WriteToKafkaFn.FAILED]

@@ -218,9 +218,10 @@ class _RedisBatchFn(beam.DoFn):
                 for _, _, _, commands in pipe_items:
                     for name, args, kwargs in commands:
                         getattr(pipe, name)(*args, **kwargs)
-                pipe.execute()
-                self._written.inc(len(pipe_items))
-                return
+                # Connection failures still raise; a command Redis refused
+                # (e.g. WRONGTYPE on a key someone else wrote) comes back in
+                # its slot, so only its element becomes a dead letter.
+                results = iter(pipe.execute(raise_on_error=False))
             except _connection_errors() as exc:
                 if attempt >= self._max_retries:
                     _LOG.error("Redis unreachable after %d retries; %d elements to the dead letter",
@@ -237,6 +238,14 @@ class _RedisBatchFn(beam.DoFn):
                 # all dead.
                 self._client.connection_pool.disconnect()
                 time.sleep(delay)
+                continue
+            for element, ts, win, commands in pipe_items:
+                errors = [r for r in (next(results) for _ in commands) if isinstance(r, Exception)]
+                if errors:
+                    yield self._failure(element, ts, win, errors[0])
+                else:
+                    self._written.inc()
+            return
 
     def _failure(self, element, ts, win, exc):
         self._failed.inc()

@@ -326,8 +326,19 @@ def test_write_to_kafka_round_trips_dead_letters(kafka_bootstrap):
                      source_partition=i % 3, source_offset=i)
         for i in range(25)
     ]
-    run(lambda p: p | beam.Create(failures) | WriteToKafka(
-        kafka_bootstrap, topic, key_fn=lambda f: f"{f.source_topic}:{f.source_offset}"))
+    too_big = FailedRecord(raw="x" * 2_000_000, error_class="ValueError", error_message="huge",
+                           stage="validate", pipeline="frontend", source_offset=999)
+
+    def write(p):
+        failed = p | beam.Create(failures + [too_big]) | WriteToKafka(
+            kafka_bootstrap, topic, key_fn=lambda f: f"{f.source_topic}:{f.source_offset}",
+            pipeline="frontend")
+        # Over the producer's 1 MB request limit: a dead letter, not a
+        # bundle that fails forever.
+        assert_that(failed | beam.Map(lambda f: (f.stage, f.error_class, f.source_topic)),
+                    equal_to([("sink:kafka", "MessageSizeTooLargeError", topic)]))
+
+    run(write)
 
     def pipeline(p):
         back = (p | ReadFromKafka(kafka_bootstrap, topic)

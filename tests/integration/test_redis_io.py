@@ -152,3 +152,20 @@ def test_unwritable_elements_come_out_as_failed_records(redis_url, prefix):
             retry_backoff_seconds=0.05, pipeline="frontend")
         assert_that(failed | beam.Map(lambda f: (f.source_offset, f.error_class)),
                     equal_to([(7, "ConnectionError")]))
+
+
+def test_a_command_redis_refuses_fails_only_its_element(redis_url, client, prefix):
+    """WRONGTYPE on one session's key (someone wrote a string there): that
+    element is a dead letter, the rest of the batch is written."""
+    base = now_minute_ms()
+    client.set(prefix + "s-taken", "not a hash")
+    sessions = [{"session_id": f"s{i}", "event_count": i, "last_event_at": base,
+                 "_source": {"topic": "t", "partition": 0, "offset": i}} for i in range(5)]
+    sessions.insert(2, {"session_id": "s-taken", "event_count": 1, "last_event_at": base,
+                        "_source": {"topic": "t", "partition": 0, "offset": 99}})
+    with BeamTestPipeline(runner=FnApiRunner()) as p:
+        failed = p | beam.Create(sessions) | WriteSessionState(redis_url, key_prefix=prefix)
+        assert_that(failed | beam.Map(lambda f: (f.source_offset, f.error_class, f.stage)),
+                    equal_to([(99, "ResponseError", "sink:redis")]))
+    assert [client.hget(f"{prefix}s{i}", "event_count") for i in range(5)] == [str(i) for i in range(5)]
+    assert client.get(prefix + "s-taken") == "not a hash"
