@@ -546,6 +546,17 @@ def wait_for_job(
         time.sleep(POLL_INTERVAL_S)
 
 
+def _cancel_unless_ended(client: FlinkRestClient, job_id: str) -> None:
+    """Best effort: the failure being reported matters more than a failed cancel."""
+    try:
+        job = client.job(job_id)
+        if job is not None and not JobProgress.from_job(job).terminal:
+            _LOG.warning("cancelling job %s after the failure", job_id)
+            client.cancel(job_id)
+    except SubmitError as exc:
+        _LOG.warning("could not cancel job %s: %s", job_id, exc)
+
+
 def submit(args: argparse.Namespace, pipeline_args: typing.Sequence[str]) -> dict:
     """Submits the pipeline and waits as ``args.wait_for`` says; returns the report dict."""
     client = FlinkRestClient(args.flink_master)
@@ -591,9 +602,8 @@ def submit(args: argparse.Namespace, pipeline_args: typing.Sequence[str]) -> dic
     try:
         progress = wait_for_job(client, job_id, args.wait_for, args.timeout_s, args.settle_s, thread)
     except SubmitError:
-        if args.cancel_on_failure and client.job(job_id) is not None:
-            _LOG.warning("cancelling job %s after the failure", job_id)
-            client.cancel(job_id)
+        if args.cancel_on_failure:
+            _cancel_unless_ended(client, job_id)
         raise
     report["state"] = progress.state
     if args.environment_type == "LOOPBACK" and not progress.terminal:

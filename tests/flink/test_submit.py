@@ -287,6 +287,30 @@ def test_failing_pipeline_exits_nonzero_with_root_exception(
     assert FAILURE_MARKER in done.stderr, done.stderr[-4000:]
 
 
+def test_restore_from_a_missing_savepoint_fails_with_the_reason(
+    flink_rest, job_server_jar, worker_pool, cleanup_jobs, tmp_path
+):
+    missing = f"file:{tmp_path}/no-such-savepoint"
+    done = _cli(
+        *_submit_args(
+            flink_rest,
+            job_server_jar,
+            worker_pool,
+            "run_ticking_pipeline",
+            f"--job_name={_unique('iheard-submit-test-bad-restore')}",
+            f"--from_savepoint={missing}",
+            "--cancel_on_failure",
+            "--timeout_s=240",
+            "--",
+            "--streaming",
+            "--parallelism=1",
+        )
+    )
+    assert done.returncode == 1, done.stdout + done.stderr[-4000:]
+    reason = done.stderr[done.stderr.index("runners.submit: job "):]
+    assert "Cannot find checkpoint or savepoint" in reason and missing in reason, reason[:4000]
+
+
 def test_streaming_stop_with_savepoint_and_resubmit_from_it(
     flink_rest, job_server_jar, worker_pool, cleanup_jobs, tmp_path
 ):
