@@ -51,6 +51,10 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window as beam_window
+from apache_beam.transforms.trigger import AccumulationMode
+from apache_beam.transforms.trigger import AfterCount
+from apache_beam.transforms.trigger import AfterWatermark
+from apache_beam.utils.timestamp import Duration
 from apache_beam.utils.timestamp import Timestamp
 
 from schemas.records import FailedRecord
@@ -66,6 +70,12 @@ DEFAULT_SHARDS = 4
 # deflate is deterministic for the same input and roughly halves JSON-ish
 # event records.
 DEFAULT_CODEC = "deflate"
+# Streaming: one file set per 5 minutes per shard keeps objects few and the
+# archive at most ~5 minutes behind.
+DEFAULT_STREAMING_WINDOW_S = 300
+# Late records (a phone that was offline) are archived for a day after their
+# window closed.
+DEFAULT_ALLOWED_LATENESS_S = 24 * 3600
 
 
 class _PartitionKey(typing.NamedTuple):
@@ -242,8 +252,14 @@ class WriteToArchive(beam.PTransform):
         else the element timestamp.
       sort_key_fn: ``record -> str`` ordering records inside a file and
         choosing the shard; default ``event_id``.
-      window_seconds: re-window into fixed windows of this length first (use
-        it for unbounded input, whose global window never closes).
+      window_seconds: re-window into fixed windows of this length first.
+        Unbounded input in the global window (which never closes) or in
+        session windows gets ``DEFAULT_STREAMING_WINDOW_S`` without asking.
+        Each window's files are written when the watermark passes its end.
+      allowed_lateness_seconds: with fixed windows, records up to this late
+        still get archived, in extra ``-late<k>`` files (one per late
+        firing); later ones are dropped by the GroupByKey and counted by
+        the runner as dropped due to lateness.
       pipeline: written into dead letters.
     """
 
@@ -256,6 +272,7 @@ class WriteToArchive(beam.PTransform):
         timestamp_fn: typing.Optional[typing.Callable] = None,
         sort_key_fn: typing.Callable = default_sort_key,
         window_seconds: typing.Optional[float] = None,
+        allowed_lateness_seconds: float = DEFAULT_ALLOWED_LATENESS_S,
         codec: str = DEFAULT_CODEC,
         pipeline: typing.Optional[str] = None,
     ):
@@ -278,13 +295,27 @@ class WriteToArchive(beam.PTransform):
         self._timestamp_fn = timestamp_fn
         self._sort_key_fn = sort_key_fn
         self._window_seconds = window_seconds
+        self._allowed_lateness_s = allowed_lateness_seconds
         self._codec = codec
         self._pipeline = pipeline if pipeline is not None else source
 
     def expand(self, records):
-        if self._window_seconds is not None:
+        windowfn = records.windowing.windowfn
+        window_seconds = self._window_seconds
+        if window_seconds is None and not records.is_bounded and (
+                isinstance(windowfn, beam_window.GlobalWindows) or windowfn.is_merging()):
+            # A global window never closes on unbounded input.
+            window_seconds = DEFAULT_STREAMING_WINDOW_S
+        if window_seconds is not None:
             records = records | "RewindowForArchive" >> beam.WindowInto(
-                beam_window.FixedWindows(self._window_seconds))
+                beam_window.FixedWindows(window_seconds),
+                trigger=AfterWatermark(late=AfterCount(1)),
+                allowed_lateness=Duration(seconds=self._allowed_lateness_s),
+                accumulation_mode=AccumulationMode.DISCARDING)
+        elif windowfn.is_merging():
+            # Session windows would be merged per (partition) key after the
+            # keys were computed from unmerged windows: archive them whole.
+            records = records | "RewindowForArchive" >> beam.WindowInto(beam_window.GlobalWindows())
         keyed = records | "KeyByPartition" >> beam.ParDo(_KeyByPartitionFn(
             self._schema, self._shards, self._timestamp_fn, self._sort_key_fn,
             self._pipeline)).with_outputs(_KeyByPartitionFn.FAILED, main="keyed")

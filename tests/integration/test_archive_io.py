@@ -151,3 +151,47 @@ def test_windowed_input_names_files_after_the_window(tmp_path):
     total = sum(len(list(fastavro.reader(open(p, "rb"))))
                 for p in tmp_path.joinpath("archive").rglob("*.avro"))
     assert total == 40
+
+
+def test_streaming_windows_and_late_records_get_their_own_files(tmp_path):
+    """Unbounded input on the BundleBasedDirectRunner (TestStream): each
+    10-minute window's files are written once the watermark passes its end;
+    a record arriving after that (within the allowed lateness) lands in a
+    separate ``-late1`` file instead of replacing the on-time one.
+
+        22:00:00-22:10:00 window: e1 (22:01), e2 (22:04)
+        watermark -> 22:15          on-time pane: part-...-00000-of-00001.avro
+        e3 (22:05) arrives late     late pane 1:  part-...-late1-00000-of-00001.avro
+        e4 (22:12) on time for 22:10-22:20, written at watermark +inf
+    """
+    from apache_beam.options.pipeline_options import StandardOptions
+    from apache_beam.testing.test_stream import TestStream
+
+    def event(name, minute):
+        ts_ms = BASE_TS_MS + minute * 60_000
+        return beam.window.TimestampedValue(
+            {"event_id": name, "event_type": "page_view", "timestamp_ms": ts_ms,
+             "engagement_score": None}, ts_ms / 1000)
+
+    stream = (TestStream()
+              .advance_watermark_to(BASE_TS_MS / 1000)
+              .add_elements([event("e1", 1), event("e2", 4)])
+              .advance_watermark_to(BASE_TS_MS / 1000 + 15 * 60)
+              .add_elements([event("e3", 5), event("e4", 12)])
+              .advance_watermark_to(BASE_TS_MS / 1000 + 16 * 60)
+              .advance_watermark_to_infinity())
+    options = PipelineOptions()
+    options.view_as(StandardOptions).streaming = True
+    base = str(tmp_path / "archive")
+    with BeamTestPipeline(runner="BundleBasedDirectRunner", options=options) as p:
+        failed = p | stream | WriteToArchive(base, "frontend", SCHEMA, shards=1, window_seconds=600)
+        assert_that(failed, equal_to([]))
+
+    contents = {
+        p.name: [r["event_id"] for r in fastavro.reader(open(p, "rb"))]
+        for p in tmp_path.joinpath("archive").rglob("*.avro")}
+    assert contents == {
+        "part-20231114T220000Z-20231114T221000Z-00000-of-00001.avro": ["e1", "e2"],
+        "part-20231114T220000Z-20231114T221000Z-late1-00000-of-00001.avro": ["e3"],
+        "part-20231114T221000Z-20231114T222000Z-00000-of-00001.avro": ["e4"],
+    }
