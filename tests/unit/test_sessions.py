@@ -235,3 +235,19 @@ def test_whole_frontend_chain_composes_on_fn_api_runner():
         assert_that(sessions | beam.Map(lambda r: (r["event_count"], r["widget_opens"], r["messages"],
                                                    r["duration_seconds"])),
                     equal_to([(3, 1, 1, 120.0)]), label="Session")
+
+
+def test_row_fn_adds_window_and_pane_columns():
+    from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
+
+    from transforms.sessions import _ToSessionRowFn
+
+    fn = _ToSessionRowFn("frontend")
+    fn.setup()
+    win = IntervalWindow(T0, T0 + 1800)
+    pane = PaneInfo(is_first=False, is_last=False, timing=PaneInfoTiming.LATE, index=2, nonspeculative_index=1)
+    (row,) = list(fn.process(("s1", summarise_events(VISIT)), win=win, pane=pane))
+    assert row["session_id"] == "s1" and row["pane_index"] == 2
+    assert (row["window_start"], row["window_end"]) == (
+        "2024-01-15T10:00:00.000+00:00", "2024-01-15T10:30:00.000+00:00")
+    assert set(row) == set(FRONTEND_SESSIONS.columns)
