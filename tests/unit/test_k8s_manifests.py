@@ -287,3 +287,60 @@ def test_dockerfile_ships_every_package_and_the_job_server_jar():
     assert re.search(rf"^USER {uid}$", dockerfile, re.M)
     run_as = re.findall(r"runAsUser: (\d+)", "\n".join(p.read_text() for p in _manifest_files()))
     assert run_as and set(run_as) == {uid}
+
+
+# ------------------------------------------------------ the CRD conversion
+
+
+def _converter():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("crd_to_jsonschema", K8S / "crd_to_jsonschema.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_crd_conversion_is_strict_where_kubernetes_would_prune():
+    import jsonschema
+
+    crd = {
+        "kind": "CustomResourceDefinition",
+        "spec": {
+            "group": "example.org",
+            "names": {"kind": "Widget"},
+            "versions": [
+                {"name": "v1", "served": True, "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "properties": {
+                        "spec": {"type": "object", "properties": {
+                            "size": {"x-kubernetes-int-or-string": True},
+                            "note": {"type": "string", "nullable": True},
+                            "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                                     "properties": {"a": {"type": "string"}}},
+                            "tags": {"type": "array", "items": {"type": "object", "properties": {
+                                "k": {"type": "string"}}}},
+                        }},
+                    },
+                }}},
+                {"name": "v0", "served": False, "schema": {"openAPIV3Schema": {"type": "object"}}},
+            ],
+        },
+    }
+    schemas = _converter().crd_to_jsonschemas(crd)
+    assert list(schemas) == ["example.org/widget_v1.json"]
+    validator = jsonschema.Draft7Validator(schemas["example.org/widget_v1.json"])
+
+    def errors(spec, **top):
+        doc = {"apiVersion": "example.org/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": spec, **top}
+        return [e.message for e in validator.iter_errors(doc)]
+
+    assert errors({"size": 3, "note": None, "free": {"a": "x", "anything": 1}, "tags": [{"k": "v"}]}) == []
+    assert errors({"size": "50%"}) == []
+    assert errors({"size": 1.5})  # neither integer nor string
+    assert errors({"sise": 3})  # misspelt: rejected, not pruned
+    assert errors({"tags": [{"key": "v"}]})  # strict inside array items too
+    assert errors({}, kind="Gadget")
+    assert errors({}, status={})  # not in this CRD's schema
+    with pytest.raises(ValueError):
+        _converter().crd_to_jsonschemas({"kind": "Deployment"})
