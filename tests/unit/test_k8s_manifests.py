@@ -130,6 +130,13 @@ def test_flink_configuration_matches_the_local_cluster():
     for key in ("state.checkpoints.dir", "state.savepoints.dir", "high-availability.storageDir"):
         assert remote[key].startswith("s3://"), key
     assert remote["metrics.reporter.prom.port"] == "9249"
+    # The S3 plugin the pods enable must be the one shipped in this image version.
+    spec = _by_kind("FlinkDeployment")[0]["spec"]
+    version = re.match(r"flink:(\d+\.\d+\.\d+)-", spec["image"]).group(1)
+    for role in ("jobManager", "taskManager"):
+        (main,) = [c for c in spec[role]["podTemplate"]["spec"]["containers"] if c["name"] == "flink-main-container"]
+        plugins = {e["name"]: e.get("value") for e in main["env"]}["ENABLE_BUILT_IN_PLUGINS"]
+        assert plugins == f"flink-s3-fs-hadoop-{version}.jar", role
 
 
 def test_taskmanagers_run_the_beam_worker_pool_sidecar():
