@@ -29,11 +29,14 @@ built or uploaded, when Flink records a failure (the root exception from
 ``/jobs/<id>/exceptions`` is printed; a streaming job Flink keeps restarting
 counts as failed), or when ``--timeout_s`` passes.
 
-``stop`` is stop-with-savepoint (``POST /jobs/<id>/stop``); it prints the
-savepoint path (``null`` when ``--job_name`` names no running job, so a first
-deploy can run the same steps). ``upgrade`` finds the running job called ``--job_name``, stops
-it with a savepoint and submits the new code from that savepoint; with no such
-job it is a plain ``submit``. This is what the deploy workflow runs.
+``stop`` is stop-with-savepoint (``POST /jobs/<id>/stop``); once the job has
+ended it prints the savepoint path (``null`` when ``--job_name`` names no
+running job, so a first deploy can run the same steps). ``upgrade`` finds the
+running job called ``--job_name``, stops it with a savepoint and submits from
+that savepoint; with no such job it is a plain ``submit`` (the Kubernetes Jobs
+in ``flink/k8s/jobs`` run it). New code needs new worker images in between, so
+the deploy workflow runs ``stop``, rolls the cluster, then ``submit
+--from_savepoint`` (``flink/k8s/README.md``).
 
 Where the Python code runs (``--environment_type``):
 
