@@ -11,6 +11,7 @@ the processes.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import pathlib
 import shlex
@@ -117,23 +118,59 @@ class BackgroundPipelines:
 
         return wait_for(job_id, timeout_s, f"Flink job {job_name}")
 
-    def stop_all(self) -> None:
+    def start_streaming(
+        self,
+        module: str,
+        args: typing.Callable[[str], typing.Sequence[str]],
+        job_prefix: str,
+        attempts: int = 3,
+        settle_timeout_s: float = 90,
+    ) -> typing.Tuple[subprocess.Popen, str, str]:
+        """Starts a streaming job; resubmits it while its watermark starts at +inf.
+
+        Works around the Beam 2.62 splittable-DoFn watermark race (see
+        flink/README.md): when, once every task reports a watermark, all of
+        them are +inf, the job would drop all windowed/stateful data, so it is
+        cancelled and submitted again. ``args(job_name)`` gives the module's
+        arguments per attempt. Returns (process, job id, job name).
+        """
         rest = self.cluster.rest
-        for proc, name, _ in self._started:
+        for attempt in range(1, attempts + 1):
+            job_name = unique_job_name(job_prefix)
+            proc = self.start(module, args(job_name), job_name)
+            jid = self.wait_job_id(proc, job_name)
+            rest.wait_state(jid, {"RUNNING"}, 120)
+            # The job server stages ~150 MB of jars before the tasks run.
+            wait_for(lambda: all(v["status"] == "RUNNING" for v in rest.job(jid)["vertices"]), 180, f"tasks of {job_name} RUNNING")
+            settled = wait_for(lambda: rest.watermarks_settled_at_max(jid) is not None and "settled", settle_timeout_s, f"watermarks of {job_name}")
+            if settled and not rest.watermarks_settled_at_max(jid):
+                return proc, jid, job_name
+            logging.getLogger(__name__).warning(
+                "attempt %d: %s started with every watermark at +inf (Beam 2.62 SDF race); resubmitting", attempt, job_name
+            )
+            self.stop(proc, job_name)
+        raise AssertionError(f"{job_prefix}: watermark at +inf right after start in {attempts} attempts")
+
+    def stop(self, proc: subprocess.Popen, name: str) -> None:
+        rest = self.cluster.rest
+        try:
+            jid = rest.job_id_by_name(name)
+            if jid:
+                rest.cancel(jid)
+                rest.wait_state(jid, {"CANCELED", "FAILED", "FINISHED"}, 60)
+        except Exception:  # the cluster may be gone; the process is ended below anyway
+            pass
+        if proc.poll() is None:
+            proc.terminate()
             try:
-                jid = rest.job_id_by_name(name)
-                if jid:
-                    rest.cancel(jid)
-                    rest.wait_state(jid, {"CANCELED", "FAILED", "FINISHED"}, 60)
-            except Exception:  # the cluster may be gone; the process is ended below anyway
-                pass
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=30)
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        for proc, name, _ in self._started:
+            self.stop(proc, name)
 
 
 @pytest.fixture

@@ -17,6 +17,9 @@ import urllib.request
 __all__ = ["FlinkRest", "wait_for", "prometheus_samples", "metric_name"]
 
 TERMINAL_STATES = {"FINISHED", "FAILED", "CANCELED"}
+# Flink's watermark bounds (Long.MIN_VALUE / Long.MAX_VALUE) as the REST API shows them.
+MIN_WATERMARK = -(2**63)
+MAX_WATERMARK = 2**63 - 1
 
 
 def wait_for(predicate: typing.Callable[[], typing.Any], timeout_s: float, what: str, interval_s: float = 1.0):
@@ -89,6 +92,21 @@ class FlinkRest:
 
     def exceptions(self, jid: str) -> dict:
         return self.get(f"/jobs/{jid}/exceptions")
+
+    def watermarks_settled_at_max(self, jid: str) -> typing.Optional[bool]:
+        """Whether every task's input watermark is +inf (None while some are still unset).
+
+        In a healthy unbounded job the stages after the source carry a finite
+        watermark; all of them at +inf right after start-up is the Beam 2.62
+        splittable-DoFn race described in flink/README.md (everything windowed
+        or stateful would then be dropped as late).
+        """
+        values = []
+        for vertex in self.job(jid)["vertices"]:
+            values.extend(int(m["value"]) for m in self.get(f"/jobs/{jid}/vertices/{vertex['id']}/watermarks"))
+        if not values or any(v <= MIN_WATERMARK for v in values):
+            return None
+        return all(v >= MAX_WATERMARK for v in values)
 
     def describe(self, jid: str) -> str:
         """State, checkpoints and per-vertex input watermarks: context for a failed assertion."""

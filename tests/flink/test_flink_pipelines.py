@@ -56,16 +56,14 @@ def test_batch_job_finishes_with_results_and_counters(flink_cluster, tmp_path):
 
 def test_streaming_sdf_job_checkpoints_and_exposes_counters(flink_cluster, background_pipelines, tmp_path):
     spec = probe_pipelines.StreamSpec()
-    output = tmp_path / "windows.txt"
-    job_name = unique_job_name("iheard-test-stream")
-    proc = background_pipelines.start(
-        "tests.flink.probe_pipelines",
-        ["streaming", f"--output={output}", "--profile=flink-local", "--streaming", "--checkpointing_interval=2000"],
-        job_name,
-    )
     rest = flink_cluster.rest
-    jid = background_pipelines.wait_job_id(proc, job_name)
-    rest.wait_state(jid, {"RUNNING"}, 120)
+    proc, jid, job_name = background_pipelines.start_streaming(
+        "tests.flink.probe_pipelines",
+        lambda name: ["streaming", f"--output={tmp_path / name}.txt", "--profile=flink-local", "--streaming",
+                      "--checkpointing_interval=2000"],
+        "iheard-test-stream",
+    )
+    output = tmp_path / f"{job_name}.txt"
 
     expected = probe_pipelines.expected_windows(spec)
     try:
