@@ -109,14 +109,17 @@ def new_accumulator() -> dict:
 
 def add_event(acc: dict, event: dict) -> dict:
     """Folds one enriched event into ``acc`` (mutates and returns it)."""
-    ts = event["timestamp_ms"]
+    # Parsed events always carry timestamp_ms; a CombineFn cannot route a bad
+    # element to a dead letter, so a missing one is counted, not fatal.
+    ts = event.get("timestamp_ms")
     acc["count"] += 1
-    if acc["first_ms"] is None or ts < acc["first_ms"]:
-        acc["first_ms"] = ts
-    if acc["last_ms"] is None or ts > acc["last_ms"]:
-        acc["last_ms"] = ts
+    if ts is not None:
+        if acc["first_ms"] is None or ts < acc["first_ms"]:
+            acc["first_ms"] = ts
+        if acc["last_ms"] is None or ts > acc["last_ms"]:
+            acc["last_ms"] = ts
     user = event.get("user_id")
-    if user and (acc["user"] is None or (ts, user) < acc["user"]):
+    if user and ts is not None and (acc["user"] is None or (ts, user) < acc["user"]):
         acc["user"] = (ts, user)  # the earliest event's user id (deterministic)
     page = _page_key(event.get("page_url"))
     if page:
