@@ -18,6 +18,7 @@ from apache_beam.transforms import window
 
 from beam_pipelines.options import Connections, IheardOptions
 from schemas.tables import failure_row
+from transforms.deadletter import RedactDeadLetters
 
 __all__ = [
     "read_source",
@@ -100,7 +101,8 @@ def write_rows(
 def write_dead_letters(
     failed: typing.Sequence[beam.PCollection], conns: Connections, pipeline: str
 ) -> None:
-    """Every ``FailedRecord`` reaches ``failed_events`` (and the dead-letter topic).
+    """Every ``FailedRecord`` reaches ``failed_events`` (and the dead-letter topic),
+    with PII in its payload and message replaced by keyed tokens.
 
     Rows the dead-letter table itself rejects cannot go anywhere else; they are
     logged with their content and counted by the sink.
@@ -113,7 +115,7 @@ def write_dead_letters(
     ]
     all_failed = count(
         rewindowed | "FlattenFailures" >> beam.Flatten(), pipeline, "dead_letters", "CountDeadLetters"
-    )
+    ) | "RedactDeadLetters" >> RedactDeadLetters(conns.pii_secret, pipeline)
     if conns.dead_letter_topic and conns.kafka_bootstrap:
         from iheard_io.kafka import WriteToKafka
 

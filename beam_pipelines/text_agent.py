@@ -104,7 +104,6 @@ def build_pipeline(
         AggregateBillingHourly,
         AggregateConversations,
         EnrichTurns,
-        RedactDeadLetters,
         archive_record,
     )
 
@@ -151,11 +150,7 @@ def build_pipeline(
     ]
     if conns.redis_url:
         failures.extend(_write_live_state(conversations, billing, conns))
-    redacted_failures = [
-        failed | f"RedactDeadLetters{i}" >> RedactDeadLetters(conns.pii_secret)
-        for i, failed in enumerate(failures)
-    ]
-    common.write_dead_letters(redacted_failures, conns, PIPELINE)
+    common.write_dead_letters(failures, conns, PIPELINE)
     return {"turns": turns, "conversations": conversations, "billing": billing}
 
 

@@ -60,6 +60,7 @@ from apache_beam.transforms import window as beam_window
 
 from schemas.records import PIPELINE_VERSION, utc_now_iso
 from transforms.parse import failed_from_event
+from transforms.deadletter import REDACTION_WITHHELD, RedactDeadLetters  # noqa: F401 (re-exported)
 from transforms.pii import PII_KINDS, PiiRedactor
 from transforms.text_agent_content import ContentAnalyzer, load_topic_taxonomy
 from transforms.text_agent_pricing import (
@@ -106,7 +107,6 @@ DAILY_COST_PREFIX = "iheard:text_agent:cost:"
 SESSION_STATE_PREFIX = "iheard:text_agent:session:"
 ANALYZERS = {"sentiment": "vaderSentiment", "language": "langdetect(seed=0)",
              "keywords": "yake", "topics": "taxonomy"}
-REDACTION_WITHHELD = "<withheld: PII redaction failed>"
 
 
 # --------------------------------------------------------------------------
@@ -725,39 +725,3 @@ class AggregateBillingHourly(beam.PTransform):
         )
 
 
-class _RedactDeadLetterFn(beam.DoFn):
-    def __init__(self, pii_secret: bytes):
-        self._secret = pii_secret
-        self._redactor = None
-
-    def setup(self):
-        self._redactor = PiiRedactor(self._secret)
-
-    def process(self, failed):
-        try:
-            raw, _ = self._redactor.redact_text(failed.raw)
-        except Exception:  # noqa: BLE001 - a dead letter must still be stored
-            raw = REDACTION_WITHHELD
-        yield failed._replace(raw=raw)
-
-
-class RedactDeadLetters(beam.PTransform):
-    """``FailedRecord``s -> the same with PII in ``raw`` tokenised, and in the
-    global window (so dead letters from windowed sinks flatten with the rest).
-
-    A payload the parse step rejected still carries the user's text; this
-    keeps emails, phone numbers, cards ... out of the dead-letter table and
-    topic like everywhere else (the rest of the payload stays readable so the
-    failure can be diagnosed)."""
-
-    def __init__(self, pii_secret: bytes):
-        super().__init__()
-        PiiRedactor(pii_secret)
-        self._secret = pii_secret
-
-    def expand(self, failed):
-        return (
-            failed
-            | "IntoGlobalWindow" >> beam.WindowInto(beam_window.GlobalWindows())
-            | "RedactRawPayloads" >> beam.ParDo(_RedactDeadLetterFn(self._secret))
-        )

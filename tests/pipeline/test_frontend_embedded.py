@@ -15,6 +15,7 @@ Input (times are seconds after 2026-01-01T00:00:00Z):
     6     B        10    page_view      /blog/x
     7     -        -     (broken JSON)  -> dead letter, stage decode, offset 7
     8     B        -     page_view      timestamp "yesterday" -> dead letter, stage validate
+                                        (its element_text holds an email: stored as a token)
     9     B        2500  page_view      /docs/y, 2490 s after line 6 > 1800 s gap: new session window
 
 Expected with a 30-minute gap:
@@ -63,7 +64,8 @@ LINES = [
     _event("A", 200, "conversion", "/cart"),
     _event("B", 10, "page_view", "/blog/x"),
     '{"event_type": "page_view", "session_id": ',
-    _event("B", 20, "page_view", "/blog/z", timestamp="yesterday"),
+    _event("B", 20, "page_view", "/blog/z", timestamp="yesterday",
+           element_text="mail bob.smith@example.org"),
     _event("B", 2500, "page_view", "/docs/y"),
 ]
 LINES[3] = LINES[2]
@@ -150,6 +152,9 @@ def test_bad_lines_are_dead_letters_with_their_origin(run_output):
 
 def test_no_raw_pii_reaches_any_output(run_output):
     con = run_output["con"]
+    dead = json.dumps(con.execute("select raw_payload, error_message from failed_events").fetchall())
+    assert "bob.smith@example.org" not in dead
+    assert "[EMAIL:" in dead and "yesterday" in dead  # redacted, still diagnosable
     dump = json.dumps(con.execute("select * from frontend_analytics").fetchall(), default=str)
     archived = []
     for path in glob.glob(os.path.join(run_output["out"], "archive", "**", "*.avro"), recursive=True):
