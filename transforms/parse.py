@@ -194,7 +194,9 @@ def parse_record(
     without their own.
     """
     payload = _decode(value, decoder)
-    obj = model.model_validate(payload)
+    # The core validator directly: same result as model.model_validate, without
+    # its per-call Python wrapper (measurable at tens of thousands of events/s).
+    obj = model.__pydantic_validator__.validate_python(payload)
     record = dict(obj.__dict__)
     extra = dict(obj.__pydantic_extra__ or {})
     record["extra"] = extra
