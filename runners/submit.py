@@ -388,6 +388,19 @@ class _RunSettings:
 _NEXT_RUN = _RunSettings()
 
 
+class _LoopbackOnlyServer:
+    """A grpc.Server whose ``add_insecure_port("[::]:N")`` binds 127.0.0.1:N instead."""
+
+    def __init__(self, server):
+        self._server = server
+
+    def add_insecure_port(self, address: str) -> int:
+        return self._server.add_insecure_port(address.replace("[::]:", "127.0.0.1:", 1))
+
+    def __getattr__(self, name):
+        return getattr(self._server, name)
+
+
 def _make_runner_classes():
     """Defines the Beam subclasses lazily, so importing this module stays cheap."""
     from apache_beam.options import pipeline_options
@@ -402,6 +415,21 @@ def _make_runner_classes():
         ``_flink_jar_id``, ``_jar_uploaded``, ``_flink_job_id``), which its
         state polling and cancel use; apache-beam is pinned to that version.
         """
+
+        def _start_artifact_service(self, jar, requested_port):
+            # Beam binds its artifact staging server (which writes the staged
+            # files into the jar) on every interface; it only ever serves
+            # this process, so keep it on loopback.
+            real_server = uber.abstract_job_service.grpc.server
+
+            def loopback_server(*args, **kwargs):
+                return _LoopbackOnlyServer(real_server(*args, **kwargs))
+
+            uber.abstract_job_service.grpc.server = loopback_server
+            try:
+                return super()._start_artifact_service(jar, requested_port)
+            finally:
+                uber.abstract_job_service.grpc.server = real_server
 
         def run(self):
             # Writes the pipeline proto and options into the copied jar.

@@ -214,3 +214,32 @@ def test_runner_class_resolves_by_name():
 
     runner = create_runner("runners.submit.FlinkUberJarRunner")
     assert isinstance(runner, FlinkRunner)
+
+
+def _listening_addresses(port: int) -> set:
+    """Local addresses (hex, as in /proc/net/tcp*) listening on ``port``."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            for row in rows.read().splitlines()[1:]:
+                local, state = row.split()[1], row.split()[3]
+                address, _, hex_port = local.rpartition(":")
+                if state == "0A" and int(hex_port, 16) == port:  # 0A = LISTEN
+                    found.add(address)
+    return found
+
+
+def test_artifact_server_wrapper_binds_loopback_only():
+    from concurrent import futures
+
+    import grpc
+
+    server = submit._LoopbackOnlyServer(grpc.server(futures.ThreadPoolExecutor(max_workers=1)))
+    port = server.add_insecure_port("[::]:0")  # what Beam asks for
+    server.start()
+    try:
+        found = _listening_addresses(port)
+        # 127.0.0.1, possibly as the IPv4-mapped IPv6 address ::ffff:127.0.0.1.
+        assert found and found <= {"0100007F", "0000000000000000FFFF00000100007F"}, found
+    finally:
+        server.stop(0)
