@@ -5,7 +5,7 @@ import json
 
 import apache_beam as beam
 import pytest
-from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 
 from beam_pipelines import restate_costs, text_agent
 from schemas.records import SourceRecord
@@ -61,7 +61,7 @@ def test_restatement_job_over_the_archive(tmp_path):
     opts = IheardOptions([f"--output_dir={tmp_path}", f"--pii_secret={SECRET.decode()}"])
     conns = resolve_connections(opts, env={})
     ensure_embedded_schema(conns.embedded_db)
-    with TestPipeline(runner=fn_api_runner(), options=opts) as p:
+    with BeamTestPipeline(runner=fn_api_runner(), options=opts) as p:
         records = p | beam.Create([SourceRecord(l.encode(), "t", 0, i) for i, l in enumerate(lines)])
         text_agent.build_pipeline(p, records, conns, opts)
     close_embedded(conns.embedded_db)

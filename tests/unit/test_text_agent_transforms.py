@@ -9,7 +9,7 @@ import os
 
 import apache_beam as beam
 import pytest
-from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
@@ -89,7 +89,7 @@ def test_enricher_builds_a_full_row():
 
 
 def _run_enrich(payloads):
-    with TestPipeline(runner=fn_api_runner()) as p:
+    with BeamTestPipeline(runner=fn_api_runner()) as p:
         events = p | beam.Create([_event(x) for x in payloads])
         out = events | EnrichTurns(SECRET)
         ok = out[EnrichTurns.VALID] | "OkKeys" >> beam.Map(lambda r: (r["turn_id"], json.dumps(r, default=str)))
@@ -108,7 +108,7 @@ def test_enrich_turns_composite_never_emits_raw_pii():
 def test_enrich_failure_goes_to_dead_letter_with_redacted_payload():
     event = _event(BASE)
     event["timestamp_ms"] = None  # a bug in enrichment, not in the data
-    with TestPipeline(runner=fn_api_runner()) as p:
+    with BeamTestPipeline(runner=fn_api_runner()) as p:
         out = p | beam.Create([event]) | EnrichTurns(SECRET)
         stages = out[EnrichTurns.FAILED] | beam.Map(
             lambda f: (f.stage, f.pipeline, EMAIL in f.raw, "[EMAIL:" in f.raw, bool(f.error_message)))
@@ -150,7 +150,7 @@ def test_aggregate_conversations_window_and_duplicates():
                 r["max_latency_ms"], r["tool_calls"], r["tool_successes"],
                 r["sentiment_trend"], r["window_start"], r["window_end"])
 
-    with TestPipeline(runner=fn_api_runner()) as p:
+    with BeamTestPipeline(runner=fn_api_runner()) as p:
         turns = p | beam.Create(rows) | beam.Map(lambda r: TimestampedValue(r, r["timestamp_ms"] / 1000))
         out = turns | AggregateConversations(gap_seconds=1800) | beam.Map(pick)
         assert_that(out, equal_to([
@@ -176,7 +176,7 @@ def test_aggregate_billing_hourly_is_per_tenant_model_hour():
     ]
     rows = _enriched_rows(payloads)
     rows.append(dict(rows[1]))
-    with TestPipeline(runner=fn_api_runner()) as p:
+    with BeamTestPipeline(runner=fn_api_runner()) as p:
         turns = p | beam.Create(rows) | beam.Map(lambda r: TimestampedValue(r, r["timestamp_ms"] / 1000))
         out = turns | AggregateBillingHourly() | beam.Map(
             lambda r: (r["tenant_id"], r["model"], r["hour"], r["turns"], r["tokens_in"],
@@ -220,7 +220,7 @@ def test_whole_job_on_embedded_outputs(tmp_path):
     opts = IheardOptions([f"--output_dir={tmp_path}", f"--pii_secret={SECRET.decode()}"])
     conns = resolve_connections(opts, env={})
     ensure_embedded_schema(conns.embedded_db)
-    with TestPipeline(runner=fn_api_runner(), options=opts) as p:
+    with BeamTestPipeline(runner=fn_api_runner(), options=opts) as p:
         text_agent.build_pipeline(p, p | beam.Create(records), conns, opts)
     close_embedded(conns.embedded_db)
 
