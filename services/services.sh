@@ -272,12 +272,17 @@ inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 log.dirs=$dir/data
 num.partitions=1
-# One node: internal topics cannot have more than one replica.
+# One node: internal topics cannot have more than one replica. And a few
+# partitions instead of 50 each: every partition is files to create and to
+# load at each start, and tests have a handful of consumer groups.
 offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
 transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.num.partitions=4
 # Tests start consumer groups often; do not wait 3 s for more members.
 group.initial.rebalance.delay.ms=0
 num.network.threads=2
