@@ -250,3 +250,53 @@ def test_whole_job_on_embedded_outputs(tmp_path):
     assert sorted(r["turn_id"] for r in archived) == ["t0", "t1", "t2", "t3"]
     assert all(EMAIL not in json.dumps(r) and "555 0134" not in json.dumps(r) for r in archived)
     assert all("[EMAIL:" in r["user_message"] for r in archived)
+
+
+def test_late_turn_restates_conversation_and_billing_panes():
+    """TestStream on the BundleBasedDirectRunner (streaming), gap 30 min,
+    lateness 2 h. Times after T0 = 11:06:40::
+
+        +0 s t1, +60 s t2      watermark -> +3600 s: session [+0, +1860) fires
+                               on time with 2 turns (pane 0); hour 11:00 fires
+                               at 12:00 with 2 turns (pane 0)
+        late t3 at +120 s      arrives after the watermark passed both ends:
+                               late panes with 3 turns, same keys
+                               (session window start, hour), so the sinks'
+                               upserts replace the on-time rows.
+    """
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+    from apache_beam.testing.test_stream import TestStream as BeamTestStream
+
+    rows = _enriched_rows([
+        _turn(turn_id="t1"),
+        _turn(turn_id="t2", timestamp=T0 + 60_000),
+        _turn(turn_id="t3", timestamp=T0 + 120_000),
+    ])
+    t0_s = T0 / 1000
+    stream = (BeamTestStream()
+              .advance_watermark_to(t0_s)
+              .add_elements([TimestampedValue(rows[0], t0_s), TimestampedValue(rows[1], t0_s + 60)])
+              .advance_watermark_to(t0_s + 3600)
+              .add_elements([TimestampedValue(rows[2], t0_s + 120)])
+              .advance_watermark_to(t0_s + 4000)
+              .advance_watermark_to_infinity())
+    options = PipelineOptions()
+    options.view_as(StandardOptions).streaming = True
+    with BeamTestPipeline(runner="BundleBasedDirectRunner", options=options) as p:
+        turns = p | stream
+        conversations = turns | AggregateConversations(
+            gap_seconds=1800, allowed_lateness_seconds=7200) | "ConvPanes" >> beam.Map(
+            lambda r: (r["window_start"], r["turn_count"]))
+        billing = turns | AggregateBillingHourly(allowed_lateness_seconds=7200) | "BillPanes" >> beam.Map(
+            lambda r: (r["hour"], r["turns"], r["pane_index"]))
+        # (Session windows merge the late turn's window into the fired one;
+        # the runner restarts the pane count of a merged window, so only the
+        # fixed-window billing pane has index 1. Nothing keys on pane_index.)
+        assert_that(conversations, equal_to([
+            ("2025-03-03T11:06:40+00:00", 2),
+            ("2025-03-03T11:06:40+00:00", 3),
+        ]), label="ConversationPanes")
+        assert_that(billing, equal_to([
+            ("2025-03-03T11:00:00+00:00", 2, 0),
+            ("2025-03-03T11:00:00+00:00", 3, 1),
+        ]), label="BillingPanes")
