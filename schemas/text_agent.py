@@ -73,6 +73,8 @@ __all__ = [
 ]
 
 EVENT_TYPE = "text_agent.turn_completed"
+# agent_turns stores counts as INTEGER; a larger count is a producer bug.
+_MAX_INT32 = 2**31 - 1
 _EVENT_TYPE_ALIASES = frozenset(
     {EVENT_TYPE, "text_agent_turn_completed", "text.agent.turn.completed"}
 )
@@ -109,9 +111,9 @@ class ToolResult(BaseModel):
 class ConversationContext(BaseModel):
     model_config = _CONFIG
 
-    previous_turns: int = Field(default=0, ge=0)
+    previous_turns: int = Field(default=0, ge=0, le=_MAX_INT32)
     topic_history: typing.List[str] = Field(default_factory=list)
-    user_intent: typing.Optional[str] = None
+    user_intent: typing.Optional[str] = Field(default=None, max_length=100)
 
     @field_validator("previous_turns", mode="before")
     @classmethod
@@ -138,8 +140,8 @@ class TextAgentTurn(BaseModel):
         min_length=1, max_length=100,
         validation_alias=AliasChoices("model_name", "modelName", "model"),
     )
-    tokens_in: int = Field(ge=0)
-    tokens_out: int = Field(ge=0)
+    tokens_in: int = Field(ge=0, le=_MAX_INT32)
+    tokens_out: int = Field(ge=0, le=_MAX_INT32)
     latency_ms: float = Field(ge=0, allow_inf_nan=False)
     response_text: typing.Optional[str]
     user_message: typing.Optional[str] = None

@@ -93,6 +93,7 @@ def test_accepted_variations(variant, check):
     (lambda p: dict(p, session_id="  "), "session_id"),
     (lambda p: dict(p, tokens_in=-1), "tokens_in"),
     (lambda p: dict(p, tokens_out=1.5), "tokens_out"),
+    (lambda p: dict(p, tokens_in=2**31), "tokens_in"),
     (lambda p: dict(p, latency_ms="fast"), "latency_ms"),
     (lambda p: dict(p, latency_ms=-3), "latency_ms"),
     (lambda p: dict(p, timestamp="yesterday"), "timestamp"),
