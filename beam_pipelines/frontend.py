@@ -89,6 +89,7 @@ def build_pipeline(
             gap_seconds=opts.session_gap_seconds,
             allowed_lateness_seconds=opts.allowed_lateness_seconds,
             pipeline=PIPELINE,
+            streaming=streaming,
         ),
         PIPELINE, "session_panes", "CountSessionPanes",
     )
