@@ -197,10 +197,10 @@ def parse_record(
     # The core validator directly: same result as model.model_validate, without
     # its per-call Python wrapper (measurable at tens of thousands of events/s).
     obj = model.__pydantic_validator__.validate_python(payload)
-    record = dict(obj.__dict__)
-    extra = dict(obj.__pydantic_extra__ or {})
-    record["extra"] = extra
     ts = getattr(obj, "timestamp_ms", None)
+    # The model instance is discarded: its field dict becomes the record.
+    record = obj.__dict__
+    record["extra"] = obj.__pydantic_extra__ or {}
     if ts is None and source is not None and source.timestamp_ms is not None:
         # The payload has no time of its own: fall back to the transport's.
         ts = normalize_timestamp_ms(source.timestamp_ms)
