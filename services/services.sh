@@ -86,10 +86,12 @@ svc_signatures() {
   case "$1" in
     kafka) echo "$(svc_dir kafka)/server.properties" ;;
     postgres) echo "$(svc_dir postgres)/data" ;;
-    # redis-server starts as "redis-server <conf>" and, once its config is
-    # read, rewrites its process title to "redis-server host:port".
-    redis) printf '%s\n' "redis-server $(svc_dir redis)/redis.conf" "redis-server $HOST:$REDIS_PORT" ;;
-    s3) echo "moto.server -H $HOST -p $S3_PORT" ;;
+    # redis-server rewrites its process title once it has read its config;
+    # proc-title-template (redis.conf) keeps the config path in it.
+    redis) echo "$(svc_dir redis)/redis.conf" ;;
+    # moto's command line names no file of ours, so start_s3 adds one as
+    # an (ignored) interpreter option.
+    s3) echo "-X iheard_service=$(svc_dir s3) -m moto.server" ;;
   esac
 }
 
@@ -115,6 +117,19 @@ port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
 port_holder() {
   ss -ltnpH "sport = :$1" 2>/dev/null | sed 's/^/    /' || true
+}
+
+# Prints the pid of the process listening on the service's port when it is
+# this IHEARD_HOME's server whose pid file got lost (its command line has our
+# signature), so `up` can adopt it instead of starting a second one.
+find_own_listener() {
+  local svc=$1 pid
+  for pid in $(ss -ltnpH "sport = :$(svc_port "$svc")" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do
+    echo "$pid" >"$(pid_file "$svc")"
+    if svc_pid "$svc"; then return 0; fi
+  done
+  rm -f "$(pid_file "$svc")"
+  return 1
 }
 
 # Refuses to start a service whose port is taken by something that is not
@@ -195,7 +210,8 @@ apt_install() {
 
 pip_install_if_missing() {
   local module=$1 requirement=$2
-  if ! "$PYTHON" -c "import $module" 2>/dev/null; then
+  # find_spec instead of import: importing moto.server alone takes seconds.
+  if ! "$PYTHON" -c "import importlib.util as u, sys; sys.exit(u.find_spec('$module') is None)" 2>/dev/null; then
     log "pip install $requirement"
     "$PYTHON" -m pip install -q "$requirement"
   fi
@@ -212,7 +228,7 @@ kafka_libs() {
 install_kafka() {
   command -v java >/dev/null || die "kafka: java (17+) is not installed"
   # topics.py uses the admin API of kafka-python 3 (dict topic specs).
-  if ! "$PYTHON" -c 'import sys, kafka; sys.exit(int(kafka.__version__.split(".")[0]) < 3)' 2>/dev/null; then
+  if ! "$PYTHON" -c 'import sys, importlib.metadata as m; sys.exit(int(m.version("kafka-python").split(".")[0]) < 3)' 2>/dev/null; then
     log "pip install kafka-python>=3"
     "$PYTHON" -m pip install -q "kafka-python>=3"
   fi
@@ -419,6 +435,9 @@ bind $HOST
 port $REDIS_PORT
 protected-mode yes
 daemonize no
+# Keep the config path in the process title: it is what tells our server
+# from another Redis on this port (services.sh svc_signatures).
+proc-title-template "{title} {listen-addr} {config-file}"
 dir $dir/data
 logfile ""
 save ""
@@ -439,7 +458,7 @@ healthy_redis() { redis_ping; }
 # ready_s3 creates the archive bucket again.
 start_s3() {
   make_dirs s3
-  spawn s3 "$PYTHON" -m moto.server -H "$HOST" -p "$S3_PORT"
+  spawn s3 "$PYTHON" -X iheard_service="$(svc_dir s3)" -m moto.server -H "$HOST" -p "$S3_PORT"
 }
 
 s3_bucket() {
@@ -483,6 +502,11 @@ cmd_up() {
     if [[ -f "$(pid_file "$svc")" ]]; then
       log "$svc: removing stale pid file"
       rm -f "$(pid_file "$svc")"
+    fi
+    make_dirs "$svc"
+    if pid="$(find_own_listener "$svc")"; then
+      log "$svc: adopting running server pid $pid (its pid file was missing)"
+      continue
     fi
     require_free_port "$svc" "$(svc_port "$svc")"
     log "$svc: starting"

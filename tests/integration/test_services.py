@@ -11,6 +11,7 @@ Run: ``python -m pytest tests/integration/test_services.py``
 """
 import os
 import re
+import socket
 import subprocess
 import time
 import uuid
@@ -229,6 +230,39 @@ def test_up_refuses_a_port_held_by_a_server_it_did_not_start(services, other_hom
     assert up.returncode != 0
     assert "port 16380" in up.stderr and "already in use" in up.stderr
     assert running_pids() == before
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_own_server_with_lost_pid_file_is_adopted_then_stopped(other_home):
+    # A Redis of a scratch IHEARD_HOME on a port of its own, so the shared
+    # servers are never touched.
+    port = free_port()
+    other_home["IHEARD_REDIS_PORT"] = str(port)
+    pid_file = os.path.join(other_home["IHEARD_HOME"], "redis", "run", "redis.pid")
+    try:
+        up = run_services_sh("up", "redis", timeout_s=120, env=other_home)
+        assert up.returncode == 0, up.stderr
+        with open(pid_file) as f:
+            pid = int(f.read())
+        os.remove(pid_file)
+
+        again = run_services_sh("up", "redis", timeout_s=120, env=other_home)
+        assert again.returncode == 0, again.stderr
+        assert f"adopting running server pid {pid}" in again.stderr
+        assert redis.Redis(port=port).ping()
+
+        down = run_services_sh("down", "redis", timeout_s=60, env=other_home)
+        assert down.returncode == 0, down.stderr
+        assert not os.path.exists(f"/proc/{pid}")
+        with pytest.raises(redis.ConnectionError):
+            redis.Redis(port=port, socket_connect_timeout=2).ping()
+    finally:
+        run_services_sh("down", "redis", timeout_s=60, env=other_home)
 
 
 def test_unknown_service_is_an_error():
