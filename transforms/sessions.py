@@ -43,11 +43,12 @@ observed on BundleBasedDirectRunner, see tests/unit/test_sessions.py)::
 
 A late event that *extends* a fired session (e.g. @10:40 with watermark
 11:00) merges into a new window [10:00, 11:10) with the same window_start;
-it fires as that window's ON_TIME pane (pane_index 0) when the watermark
-passes 11:10 and the upsert replaces the row again. (The Python
-BundleBasedDirectRunner reports a "pipeline stall" at shutdown after this
-case, so the unit test covers only the in-window late event; Flink handles
-merging with late data natively.) A late event that *bridges* two fired
+it fires as that window's ON_TIME pane when the watermark passes 11:10 and
+the upsert replaces the row again. pane_index restarts at 0 for the merged
+window (observed), so order restatements by ``updated_at``, not by
+pane_index. (The Python BundleBasedDirectRunner then reports a "pipeline
+stall" at shutdown, so the unit tests cover only the in-window late event;
+this case is not verified on Flink here.) A late event that *bridges* two fired
 sessions gives a merged window starting at the earlier session's start: that
 row is replaced by the merged one, the later session's row (other
 window_start) stays. Readers needing strictly one row per visit take, per
