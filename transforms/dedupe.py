@@ -14,11 +14,12 @@ occurrence, to ``event timestamp + ttl_seconds`` in the WATERMARK domain.
   timestamps each event from its payload), so "alive until the watermark
   passes first-seen event time + TTL" is a statement about the data, and a
   replay after a restart reproduces the same decisions.
-* It works identically on every runner named in the brief: on FnApiRunner
-  (batch) the watermark stays at -inf until the input is exhausted, so every
-  duplicate in the batch is dropped, then the timers fire and clear state; on
-  BundleBasedDirectRunner and Flink (streaming) state is cleared as the
-  watermark advances. Processing-time timers would behave differently per
+* It needs only bag state and event-time timers, which every portable
+  runner supports: on FnApiRunner (batch) the watermark stays at -inf until
+  the input is exhausted, so every duplicate in the batch is dropped, then
+  the timers fire and clear state; on BundleBasedDirectRunner and Flink
+  (streaming) state is cleared as the watermark advances. The unit tests
+  cover the first two; Flink runs it in the project's Flink tests. Processing-time timers would behave differently per
   runner (batch runners fire them at the end or not at all) and would make
   the result depend on how fast the job runs.
 
