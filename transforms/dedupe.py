@@ -19,7 +19,7 @@ occurrence, to ``event timestamp + ttl_seconds`` in the WATERMARK domain.
   the input is exhausted, so every duplicate in the batch is dropped, then
   the timers fire and clear state; on BundleBasedDirectRunner and Flink
   (streaming) state is cleared as the watermark advances. The unit tests
-  cover the first two; Flink runs it in the project's Flink tests. Processing-time timers would behave differently per
+  cover the first two; on Flink it runs wherever the frontend job does. Processing-time timers would behave differently per
   runner (batch runners fire them at the end or not at all) and would make
   the result depend on how fast the job runs.
 
