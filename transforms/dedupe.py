@@ -19,9 +19,10 @@ occurrence, to ``event timestamp + ttl_seconds`` in the WATERMARK domain.
   the input is exhausted, so every duplicate in the batch is dropped, then
   the timers fire and clear state; on BundleBasedDirectRunner and Flink
   (streaming) state is cleared as the watermark advances. The unit tests
-  cover the first two; on Flink it runs wherever the frontend job does. Processing-time timers would behave differently per
-  runner (batch runners fire them at the end or not at all) and would make
-  the result depend on how fast the job runs.
+  cover the first two; on Flink it runs wherever the frontend job does.
+  Processing-time timers would behave differently per runner (batch
+  runners fire them at the end or not at all) and would make the result
+  depend on how fast the job runs.
 
 Guarantee: within the TTL (measured on the watermark) a duplicate is dropped
 and counted in ``duplicates_dropped``; a duplicate arriving after its state
