@@ -11,10 +11,12 @@ like Hive tables, so Athena/Spark/DuckDB can prune by source, date and hour::
                                 streaming job closes one file set per window
       -> KeyByPartition         (date, hour, shard, window id, pane) from the
                                 record's time and a stable hash of its sort key;
-                                records the schema rejects -> failed
+                                records without a usable time -> failed
       -> GroupByPartition       GroupByKey: one group = one file
       -> WriteAvroFiles         records sorted by sort key, written through
-                                Beam's FileSystems (s3:// or local)
+                                Beam's FileSystems (s3:// or local); if the
+                                file does not encode, the records the schema
+                                rejects -> failed and the rest are written
       => failed                 FailedRecord per record that was not archived
 
 Why replays never duplicate: a file's name depends only on its partition,
@@ -148,24 +150,16 @@ def _failure(record, exc, pipeline) -> FailedRecord:
 class _KeyByPartitionFn(beam.DoFn):
     FAILED = "failed"
 
-    def __init__(self, schema, shards, timestamp_fn, sort_key_fn, pipeline):
-        self._schema = schema
+    def __init__(self, shards, timestamp_fn, sort_key_fn, pipeline):
         self._shards = shards
         self._timestamp_fn = timestamp_fn
         self._sort_key_fn = sort_key_fn
         self._pipeline = pipeline
-        self._parsed = None
         self._failed = Metrics.counter("WriteToArchive", "failed")
-
-    def setup(self):
-        import fastavro
-
-        self._parsed = fastavro.parse_schema(self._schema)
 
     def process(self, record, timestamp=beam.DoFn.TimestampParam,
                 window=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
         try:
-            _check_encodes(record, self._parsed)
             moment = _record_time(record, self._timestamp_fn, timestamp)
             sort_key = str(self._sort_key_fn(record))
         except Exception as exc:  # pylint: disable=broad-except
@@ -187,6 +181,7 @@ def _check_encodes(record, parsed_schema) -> None:
     costs far less than ``fastavro.validation.validate``, which builds (and
     JSON-dumps) an error for every union branch it tries. Only a record that
     fails to encode is validated, to get the validator's field-level message.
+    It runs only for a file whose write failed (see ``_WriteAvroFileFn``).
     """
     import fastavro
     from fastavro.validation import validate
@@ -199,13 +194,17 @@ def _check_encodes(record, parsed_schema) -> None:
 
 
 class _WriteAvroFileFn(beam.DoFn):
-    def __init__(self, base_path, source, schema, shards, codec):
+    FAILED = "failed"
+
+    def __init__(self, base_path, source, schema, shards, codec, pipeline):
         self._base_path = base_path
         self._source = source
         self._schema = schema
         self._shards = shards
         self._codec = codec
+        self._pipeline = pipeline
         self._parsed = None
+        self._failed = Metrics.counter("WriteToArchive", "failed")
         self._files = Metrics.counter("WriteToArchive", "files")
         self._records = Metrics.counter("WriteToArchive", "records")
 
@@ -215,26 +214,60 @@ class _WriteAvroFileFn(beam.DoFn):
         self._parsed = fastavro.parse_schema(self._schema)
 
     def process(self, keyed, pane=beam.DoFn.PaneInfoParam):
-        import fastavro
-
         (date, hour, shard, window), values = keyed
         key = _PartitionKey(date, hour, shard, window,
                             pane.index if pane is not None and pane.index else 0)
         path = archive_path(self._base_path, self._source, key, self._shards)
-        # Same records -> same order -> same bytes. Ties on the sort key
-        # (duplicates) are broken by their canonical JSON.
-        ordered = sorted(values, key=lambda kv: (
-            kv[0], json.dumps(kv[1], sort_keys=True, default=str)))
-        buf = io.BytesIO()
-        fastavro.writer(
-            buf, self._parsed, (record for _, record in ordered), codec=self._codec,
-            sync_marker=hashlib.md5(path.encode()).digest())
-        data = buf.getvalue()
+        ordered = _deterministic_order(values)
+        records = [record for _, record in ordered]
+        try:
+            data = self._encode(path, records)
+        except Exception:  # pylint: disable=broad-except
+            # Some record does not fit the schema: find it (them), archive
+            # the rest, and send the rejects to the dead-letter output.
+            good = []
+            for record in records:
+                try:
+                    _check_encodes(record, self._parsed)
+                    good.append(record)
+                except Exception as exc:  # pylint: disable=broad-except
+                    self._failed.inc()
+                    yield beam.pvalue.TaggedOutput(
+                        self.FAILED, _failure(record, exc, self._pipeline))
+            records = good
+            if not records:
+                return
+            data = self._encode(path, records)
         with FileSystems.create(path, mime_type="application/avro") as handle:
             handle.write(data)
         self._files.inc()
-        self._records.inc(len(ordered))
+        self._records.inc(len(records))
         yield path
+
+    def _encode(self, path, records) -> bytes:
+        import fastavro
+
+        buf = io.BytesIO()
+        fastavro.writer(buf, self._parsed, records, codec=self._codec,
+                        sync_marker=hashlib.md5(path.encode()).digest())
+        return buf.getvalue()
+
+
+def _deterministic_order(values) -> list:
+    """Same records -> same order -> same bytes: by sort key, ties (duplicate
+    keys) broken by canonical JSON, which is computed only for the ties."""
+    ordered = sorted(values, key=lambda kv: kv[0])
+    out, i = [], 0
+    while i < len(ordered):
+        j = i + 1
+        while j < len(ordered) and ordered[j][0] == ordered[i][0]:
+            j += 1
+        run = ordered[i:j]
+        if len(run) > 1:
+            run = sorted(run, key=lambda kv: json.dumps(kv[1], sort_keys=True, default=str))
+        out.extend(run)
+        i = j
+    return out
 
 
 class WriteToArchive(beam.PTransform):
@@ -317,12 +350,16 @@ class WriteToArchive(beam.PTransform):
             # keys were computed from unmerged windows: archive them whole.
             records = records | "RewindowForArchive" >> beam.WindowInto(beam_window.GlobalWindows())
         keyed = records | "KeyByPartition" >> beam.ParDo(_KeyByPartitionFn(
-            self._schema, self._shards, self._timestamp_fn, self._sort_key_fn,
+            self._shards, self._timestamp_fn, self._sort_key_fn,
             self._pipeline)).with_outputs(_KeyByPartitionFn.FAILED, main="keyed")
-        _ = (
+        written = (
             keyed.keyed
             | "GroupByPartition" >> beam.GroupByKey()
             | "WriteAvroFiles" >> beam.ParDo(_WriteAvroFileFn(
-                self._base_path, self._source, self._schema, self._shards, self._codec))
+                self._base_path, self._source, self._schema, self._shards, self._codec,
+                self._pipeline)).with_outputs(_WriteAvroFileFn.FAILED, main="paths")
         )
-        return keyed[_KeyByPartitionFn.FAILED]
+        return (
+            (keyed[_KeyByPartitionFn.FAILED], written[_WriteAvroFileFn.FAILED])
+            | "FlattenArchiveFailures" >> beam.Flatten()
+        )
