@@ -240,9 +240,12 @@ install_kafka() {
   tmp="$libs.tmp.$$"
   rm -rf "$tmp"
   mkdir -p "$tmp"
-  mvn -B -q -Dstyle.color=never -f "$SERVICES_DIR/kafka/pom.xml" dependency:copy-dependencies \
-    -DincludeScope=runtime -DoutputDirectory="$tmp" >&2 ||
-    die "kafka: mvn could not resolve the Kafka jars (see output above)"
+  if ! mvn -B -q -f "$SERVICES_DIR/kafka/pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$tmp" >"$tmp.mvn.log" 2>&1; then
+    tail -n 40 "$tmp.mvn.log" >&2
+    die "kafka: mvn could not resolve the Kafka jars (full output: $tmp.mvn.log)"
+  fi
+  rm -f "$tmp.mvn.log"
   touch "$tmp/.complete"
   rm -rf "$libs"
   mv "$tmp" "$libs"
