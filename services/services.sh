@@ -41,8 +41,8 @@ PG_USER=iheard
 PG_PASSWORD=iheard
 PG_DB=analytics
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
-S3_ACCESS_KEY=test
-S3_SECRET_KEY=test
+S3_ACCESS_KEY="test"
+S3_SECRET_KEY="test"
 S3_REGION=us-east-1
 ARCHIVE_BUCKET=iheardai-archive
 
@@ -184,7 +184,7 @@ spawn() {
   # Until the forked shell has exec'd the server, its command line is ours
   # and svc_pid would call the service dead; wait for the exec.
   until svc_pid "$svc" >/dev/null; do
-    kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)) || break
+    if ! kill -0 "$pid" 2>/dev/null || ((SECONDS >= deadline)); then break; fi
     sleep 0.05
   done
 }
@@ -256,8 +256,9 @@ install_postgres() {
 }
 
 install_redis() {
-  command -v redis-server >/dev/null && command -v redis-cli >/dev/null ||
+  if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
     apt_install redis-server redis-tools
+  fi
 }
 
 install_s3() {
@@ -269,7 +270,9 @@ install_s3() {
 
 # java command line for the Kafka classes, in the array KAFKA_JAVA.
 set_kafka_java() {
-  KAFKA_JAVA=(java $KAFKA_HEAP_OPTS -XX:+UseG1GC -XX:MaxGCPauseMillis=20
+  local heap_opts
+  read -r -a heap_opts <<<"$KAFKA_HEAP_OPTS"
+  KAFKA_JAVA=(java "${heap_opts[@]}" -XX:+UseG1GC -XX:MaxGCPauseMillis=20
     -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true
     -Dkafka.logs.dir="$(svc_dir kafka)/log"
     -Dlog4j2.configurationFile="$SERVICES_DIR/kafka/log4j2.properties"
@@ -356,7 +359,7 @@ fi
 
 pg_psql_admin() {
   "$PG_BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$(svc_dir postgres)/run" -p "$PG_PORT" \
-    -U postgres -d postgres "$@"
+    -U postgres -d postgres
 }
 
 pg_select_1() {
