@@ -21,12 +21,18 @@ Write sample turns (JSON lines) for a demo or a benchmark::
 
 The chain (every step labelled as it appears in the Flink dashboard)::
 
-    ReadEvents -> ParseTurns -> DedupeTurns -> EnrichTurns (PII first)
-        |-> WriteToPostgres[agent_turns]        (or WriteToEmbeddedDb)
-        |-> ArchiveTurns (Avro, source=text_agent/date=/hour=)
-        |-> AggregateConversations -> agent_conversations (+ WriteSessionState: live)
-        '-> AggregateBillingHourly -> agent_billing_hourly (+ running cost today)
-    every failed output -> FlattenFailures -> failed_events (+ dead-letter topic)
+    ReadJsonLines | ReadFromKafka -> ParseTurns -> DedupeTurns -> EnrichTurns (PII first)
+        |-> WriteToPostgres[agent_turns]        (or WriteToEmbeddedDb[agent_turns])
+        |-> ToArchiveRecords -> ArchiveTurns (Avro, source=text_agent/date=/hour=)
+        |-> AggregateConversations -> agent_conversations (+ WriteConversationState)
+        '-> AggregateBillingHourly -> agent_billing_hourly (+ WriteCostToday)
+    every failed output -> RedactDeadLetters<i> -> FlattenFailures -> failed_events
+                           (+ dead-letter topic)
+
+Dedupe key: (session_id, turn_id), the agent_turns key, so a turn re-sent
+with a new timestamp (a new event_id) is still dropped. In streaming
+(``--streaming``) conversation and billing rows also fire early, every
+EARLY_FIRING_SECONDS, and the archive is cut into 5-minute windows.
 
 Redis keys (when ``--redis_url`` is set): ``iheard:text_agent:session:<id>``
 (latest conversation pane) and ``iheard:text_agent:cost:<tenant>:<YYYY-MM-DD>``

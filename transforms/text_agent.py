@@ -663,6 +663,15 @@ class AggregateConversations(beam.PTransform):
                                        the 10:00 row stays, superseded (readers
                                        take the row with the latest
                                        last_turn_at per session_id)
+
+    Observed on the local Flink 1.19 cluster (streaming, Kafka): turns that
+    arrive in time give one row per session with every turn (an early pane,
+    then the on-time pane). When a whole batch of turns arrives already
+    behind the watermark (e.g. a topic replayed minutes late), some merged
+    late windows did not fire again, so a row can miss turns; agent_turns
+    and agent_billing_hourly were complete. Restate such a period with a
+    bounded run (``--kafka_mode=bounded`` or ``--input``), which the upserts
+    make safe.
     """
 
     def __init__(self, gap_seconds: int, allowed_lateness_seconds: int = 0,
