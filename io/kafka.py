@@ -382,19 +382,17 @@ class _ReadFromKafkaPartitionFn(beam.DoFn):
                 _LOG.warning("closing Kafka consumer failed", exc_info=True)
             self._consumer = None
 
-    # The signature is repeated in the unbounded subclass (the decorator has to
-    # sit on its own process()).
+    # Bounded, no offset commits. Asking for a BundleFinalizerParam makes the
+    # portable Flink runner refuse a batch job (Beam issue 19526), so the
+    # variants that commit are separate classes below.
     def process(
         self,
         spec: _PartitionSpec,
-        bundle_finalizer=beam.DoFn.BundleFinalizerParam,
-        # Beam passes the tracker and the estimator as keywords: they must
-        # come last, after every positional DoFn parameter.
         tracker=beam.DoFn.RestrictionParam(_PartitionRestrictionProvider()),
         watermark_estimator=beam.DoFn.WatermarkEstimatorParam(
             ManualWatermarkEstimator.default_provider()),
     ):
-        return self._read(spec, tracker, watermark_estimator, bundle_finalizer)
+        return self._read(spec, tracker, watermark_estimator, None)
 
     def _read(self, spec, tracker, watermark_estimator, bundle_finalizer):
         from kafka import TopicPartition
@@ -508,7 +506,7 @@ class _ReadFromKafkaPartitionFn(beam.DoFn):
         return False
 
     def _register_commit(self, bundle_finalizer, tp, next_offset):
-        if not self._commit_offsets or next_offset is None:
+        if bundle_finalizer is None or not self._commit_offsets or next_offset is None:
             return
         from kafka.structs import OffsetAndMetadata
 
@@ -530,6 +528,23 @@ class _ReadFromKafkaPartitionFn(beam.DoFn):
 def _topic_partition(key):
     from kafka import TopicPartition
     return TopicPartition(*key)
+
+
+class _ReadFromKafkaPartitionCommittingFn(_ReadFromKafkaPartitionFn):
+    """Bounded, committing the group's offsets from the bundle finalizer
+    (FnApiRunner, DirectRunner; not portable Flink batch)."""
+
+    def process(
+        self,
+        spec: _PartitionSpec,
+        bundle_finalizer=beam.DoFn.BundleFinalizerParam,
+        # Beam passes the tracker and the estimator as keywords: they must
+        # come last, after every positional DoFn parameter.
+        tracker=beam.DoFn.RestrictionParam(_PartitionRestrictionProvider()),
+        watermark_estimator=beam.DoFn.WatermarkEstimatorParam(
+            ManualWatermarkEstimator.default_provider()),
+    ):
+        return self._read(spec, tracker, watermark_estimator, bundle_finalizer)
 
 
 class _ReadFromKafkaPartitionUnboundedFn(_ReadFromKafkaPartitionFn):
@@ -577,7 +592,11 @@ class ReadFromKafka(beam.PTransform):
         reads before it hands the rest back to the runner (checkpoint
         latency on Flink).
       commit_offsets: commit the group's offsets from the bundle finalizer
-        (only with a ``group_id``).
+        (only with a ``group_id``). Default: on in streaming mode, off in
+        bounded mode, because the portable Flink runner rejects batch jobs
+        that ask for bundle finalization (Beam issue 19526); pass ``True`` for
+        a bounded read on the FnApiRunner/DirectRunner that should move the
+        group (e.g. hourly catch-up runs with ``start_from="committed"``).
       stop_after_idle_seconds: streaming only; ends a partition's restriction
         once it has been caught up with no new records for this long. For tests
         and backfills; ``None`` (default) reads forever.
@@ -600,7 +619,7 @@ class ReadFromKafka(beam.PTransform):
         max_out_of_order_seconds: float = 0.0,
         max_read_time_seconds: float = DEFAULT_MAX_READ_TIME_S,
         stop_after_idle_seconds: typing.Optional[float] = None,
-        commit_offsets: bool = True,
+        commit_offsets: typing.Optional[bool] = None,
         security_protocol: str = "PLAINTEXT",
         sasl_mechanism: typing.Optional[str] = None,
         username: typing.Optional[str] = None,
@@ -620,6 +639,8 @@ class ReadFromKafka(beam.PTransform):
             raise ValueError("max_records_per_poll and poll_timeout_ms must be positive")
         if stop_after_idle_seconds is not None and mode != "streaming":
             raise ValueError("stop_after_idle_seconds applies to streaming mode only")
+        if commit_offsets is None:
+            commit_offsets = mode == "streaming"
         user, secret = kafka_credentials_from_env(username, password)
         self._client_config = kafka_client_config(
             bootstrap_servers, security_protocol, sasl_mechanism, user, secret, ssl_cafile)
@@ -640,8 +661,12 @@ class ReadFromKafka(beam.PTransform):
         )
 
     def expand(self, pbegin):
-        fn_class = (_ReadFromKafkaPartitionFn if self._bounded
-                    else _ReadFromKafkaPartitionUnboundedFn)
+        if not self._bounded:
+            fn_class = _ReadFromKafkaPartitionUnboundedFn
+        elif self._fn_args["commit_offsets"] and self._group_id:
+            fn_class = _ReadFromKafkaPartitionCommittingFn
+        else:
+            fn_class = _ReadFromKafkaPartitionFn
         return (
             pbegin
             | "Impulse" >> beam.Impulse()
