@@ -100,6 +100,18 @@ def _page_key(url) -> typing.Optional[str]:
     return url.split("#", 1)[0].split("?", 1)[0]
 
 
+# The only event fields a session summary reads (see add_event). Events are
+# cut down to these before the shuffle: an enriched event has ~45 fields,
+# and encoding/decoding them across the GroupByKey dominated this step.
+SESSION_FIELDS = ("session_id", "timestamp_ms", "user_id", "page_url", "event_stage",
+                  "conversion_stage", "engagement_score")
+
+
+def session_fields(event: dict) -> dict:
+    """The part of an event that session aggregation needs."""
+    return {k: event.get(k) for k in SESSION_FIELDS}
+
+
 def new_accumulator() -> dict:
     return {
         "count": 0, "first_ms": None, "last_ms": None, "user": None,
@@ -302,7 +314,8 @@ class AggregateSessions(beam.PTransform):
 
     def expand(self, events):
         keyed = events | "KeyBySession" >> beam.Map(
-            lambda e: (str(e["session_id"]), e)).with_output_types(typing.Tuple[str, typing.Any])
+            lambda e: (str(e["session_id"]), session_fields(e))).with_output_types(
+                typing.Tuple[str, typing.Any])
         if not self._streaming:
             return (
                 keyed
