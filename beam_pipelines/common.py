@@ -31,6 +31,7 @@ __all__ = [
     "summary",
     "count",
     "counter_values",
+    "check_runner",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -253,3 +254,26 @@ def count(pcoll: beam.PCollection, namespace: str, name: str, label: str) -> bea
         return element
 
     return pcoll | label >> beam.Map(_inc)
+
+
+def check_runner(options) -> None:
+    """Refuses a combination that would hang or fail obscurely.
+
+    Beam 2.62's DirectRunner hands streaming pipelines to the Prism runner,
+    which downloads a binary from the internet at run time: offline that
+    fails, and on a network that drops packets it hangs. A streaming job
+    belongs on Flink (``--profile=flink-local``); a bounded Kafka backfill
+    runs fine on the DirectRunner without ``--streaming``.
+    """
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    std = options.view_as(StandardOptions)
+    runner = std.runner
+    name = runner if isinstance(runner, str) or runner is None else type(runner).__name__
+    if std.streaming and name in (None, "DirectRunner", "SwitchingDirectRunner"):
+        raise ValueError(
+            "--streaming on the DirectRunner would start Beam's Prism runner, which "
+            "downloads a binary at run time; run streaming jobs on Flink "
+            "(--profile=flink-local) or drop --streaming for a bounded run "
+            "(--kafka_mode=bounded)."
+        )

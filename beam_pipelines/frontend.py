@@ -116,6 +116,7 @@ def run(argv: typing.Optional[typing.List[str]] = None, save_main_session: bool 
 
     argv = expand_argv(list(sys.argv[1:] if argv is None else argv))
     options = PipelineOptions(argv)
+    common.check_runner(options)
     opts = options.view_as(IheardOptions)
     streaming = options.view_as(StandardOptions).streaming
     if not opts.input and not opts.kafka_bootstrap:

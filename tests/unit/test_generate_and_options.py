@@ -115,3 +115,15 @@ def test_flags_win_over_environment():
     assert conns.postgres_dsn == "host=flag"
     assert conns.redis_url == "redis://flag:1/0"
     assert conns.pii_secret == b"f"
+
+
+def test_streaming_on_the_direct_runner_is_refused_with_advice():
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beam_pipelines.common import check_runner
+
+    for argv in (["--streaming"], ["--streaming", "--runner=DirectRunner"]):
+        with pytest.raises(ValueError, match="profile=flink-local"):
+            check_runner(PipelineOptions(argv))
+    check_runner(PipelineOptions(["--runner=DirectRunner"]))  # bounded: fine
+    check_runner(PipelineOptions(["--streaming", "--runner=FlinkRunner"]))
