@@ -109,6 +109,32 @@ install_jobserver() {
   touch "$marker"
 }
 
+# Flink's PrometheusReporter binds all interfaces; ours (flink/conf/prometheus)
+# is the same reporter bound to 127.0.0.1. Compiled here, next to the plugin.
+install_reporter() {
+  local src=$REPO_DIR/flink/conf/prometheus/LoopbackPrometheusReporterFactory.java
+  local stamp
+  stamp=$(sha256sum "$src" | cut -c1-16)
+  local plugin_dir=$FLINK_DIST_HOME/plugins/metrics-prometheus
+  local target=$plugin_dir/iheardai-loopback-prometheus-reporter.jar
+  local marker=$DIST_DIR/.reporter-$stamp
+  if [[ -f $marker && -f $target ]]; then return; fi
+  command -v javac >/dev/null || die "javac not found (a JDK is needed)"
+  log "building the loopback Prometheus reporter"
+  local build=$STATE/build/reporter
+  rm -rf "$build"
+  mkdir -p "$build/classes/META-INF/services"
+  javac --release 11 -nowarn -d "$build/classes" \
+    -cp "$(ls "$plugin_dir"/flink-metrics-prometheus-*.jar):$FLINK_DIST_HOME/lib/flink-dist-$FLINK_PATCH_VERSION.jar:$(ls "$FLINK_DIST_HOME"/lib/log4j-slf4j-impl-*.jar)" \
+    "$src" >&2
+  echo org.apache.flink.metrics.prometheus.LoopbackPrometheusReporterFactory \
+    >"$build/classes/META-INF/services/org.apache.flink.metrics.reporter.MetricReporterFactory"
+  jar --create --file "$build/reporter.jar" -C "$build/classes" .
+  mv "$build/reporter.jar" "$target"
+  rm -f "$DIST_DIR"/.reporter-*
+  touch "$marker"
+}
+
 render_conf() {
   mkdir -p "$CONF_DIR" "$LOG_DIR" "$PID_DIR" "$STATE/checkpoints" "$STATE/savepoints" \
     "$STATE/tmp/blobs" "$STATE/tmp/web"
@@ -122,6 +148,7 @@ render_conf() {
 
 cmd_install() {
   install_dist
+  install_reporter
   install_jobserver
   render_conf
   log "Flink $FLINK_PATCH_VERSION: $FLINK_DIST_HOME"
@@ -190,12 +217,12 @@ cmd_up() {
       die "port $REST_PORT is in use by a process this script did not start"
     fi
     log "starting JobManager"
-    "$FLINK_DIST_HOME/bin/jobmanager.sh" start -D "metrics.reporter.prom.port=$PROMETHEUS_JM_PORT" >&2
+    "$FLINK_DIST_HOME/bin/jobmanager.sh" start -D "metrics.reporter.prom.port=$PROMETHEUS_JM_PORT" >&2 {LOCK_FD}>&-
     started=1
   fi
   if [[ -z $(live_pids taskexecutor) ]]; then
     log "starting TaskManager"
-    "$FLINK_DIST_HOME/bin/taskmanager.sh" start >&2
+    "$FLINK_DIST_HOME/bin/taskmanager.sh" start >&2 {LOCK_FD}>&-
     started=1
   fi
   local deadline=$((SECONDS + UP_TIMEOUT_S)) n
@@ -274,6 +301,19 @@ export FLINK_CONF_DIR=$CONF_DIR
 export FLINK_CHECKPOINTS_DIR=$STATE/checkpoints
 EOF
 }
+
+# One cluster.sh at a time (tests and scripts may call `up` concurrently: two
+# would both see no TaskManager and start one each). The lock fd is closed for
+# the daemons (see start_daemon), so it is released when this script exits.
+take_lock() {
+  mkdir -p "$STATE"
+  exec {LOCK_FD}>"$STATE/cluster.lock"
+  flock -w 900 "$LOCK_FD" || die "another flink/cluster.sh holds $STATE/cluster.lock"
+}
+
+case ${1:-} in
+  install | up | down) take_lock ;;
+esac
 
 case ${1:-} in
   install) cmd_install ;;
