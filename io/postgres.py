@@ -181,6 +181,7 @@ class _WriteToPostgresFn(beam.DoFn):
         self._conn = None
         self._buffer = []
         self._stage = "_iheard_stage_" + spec.name
+        self._key_indexes = tuple(spec.columns.index(k) for k in spec.key)
         self._written = Metrics.counter("WriteToPostgres", "written")
         self._failed = Metrics.counter("WriteToPostgres", "failed")
         self._retries = Metrics.counter("WriteToPostgres", "retries")
@@ -244,7 +245,7 @@ class _WriteToPostgresFn(beam.DoFn):
             except Exception as exc:  # pylint: disable=broad-except
                 yield self._failure(row, ts, win, exc)
                 continue
-            key = tuple(values[self._spec.columns.index(k)] for k in self._spec.key)
+            key = tuple(values[i] for i in self._key_indexes)
             by_key.pop(key, None)
             by_key[key] = (row, ts, win, values)
         yield from self._write_isolating_bad_rows(list(by_key.values()))
