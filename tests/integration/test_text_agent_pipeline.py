@@ -163,6 +163,32 @@ def test_kafka_to_postgres_redis_s3_and_replay(services, kafka_bootstrap, s3_buc
                   .get("Contents", [])]
     assert sorted(keys_again) == sorted(keys)
 
+    # Restate the run's turns from the S3 archive under the 2025.06 book:
+    # one row per turn, originals as stored, agent_turns untouched.
+    from beam_pipelines import restate_costs
+
+    days = sorted({dt.datetime.fromtimestamp(e["timestamp_ms"] / 1000, dt.timezone.utc).date()
+                   for e in expected.values()})
+    restate_costs.run([
+        f"--archive_path={archive}", f"--postgres_dsn={services.pg_dsn}",
+        f"--s3_endpoint_url={services.s3_endpoint}",
+        f"--s3_access_key_id={services.s3_access_key}",
+        f"--s3_secret_access_key={services.s3_secret_key}",
+        f"--s3_region_name={services.s3_region}",
+        f"--from={days[0].isoformat()}", f"--to={days[-1].isoformat()}",
+        "--price_book_version=2025.06", f"--pii_secret={SECRET}",
+    ], runner=FnApiRunner())
+    import psycopg
+
+    with psycopg.connect(services.pg_dsn) as conn, conn.cursor() as cur:
+        cur.execute("select count(*), coalesce(sum(original_cost_usd), 0) "
+                    "from agent_cost_restatements where session_id = any(%s) "
+                    "and price_book_version = '2025.06'", (sessions,))
+        restated = cur.fetchone()
+    assert restated[0] == len(expected)
+    assert float(restated[1]) == pytest.approx(float(turn_cost), abs=1e-6)
+    assert _pg_totals(services.pg_dsn, tenant, sessions)[:4] == first[:4]
+
 
 # -- the same job on the real Flink cluster -----------------------------------
 # The fixture lives with the Flink tests; importing it makes it usable here.
