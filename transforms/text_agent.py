@@ -105,7 +105,7 @@ ONE_HOUR_SECONDS = 60 * 60
 # Redis hash with the running cost of a tenant's UTC day (see daily_cost_state).
 DAILY_COST_PREFIX = "iheard:text_agent:cost:"
 SESSION_STATE_PREFIX = "iheard:text_agent:session:"
-ANALYZERS = {"sentiment": "vaderSentiment", "language": "langdetect(seed=0)",
+ANALYZERS = {"sentiment": "vaderSentiment", "language": "langdetect(seed=0,trials=3)",
              "keywords": "yake", "topics": "taxonomy"}
 
 
