@@ -93,6 +93,11 @@ _UNBOUNDED_STOP = 2**63 - 1
 # SDF cannot be split while it runs), long enough to amortise the call.
 DEFAULT_MAX_READ_TIME_S = 1.0
 
+# Producer (CreateTime) timestamps within one partition are out of order by
+# up to a few hundred ms when several producers write to it; 2 s of slack
+# keeps those records on time at the cost of 2 s of window latency.
+DEFAULT_MAX_OUT_OF_ORDER_S = 2.0
+
 # How long discovery waits for topic metadata before it gives up: a topic that
 # is still being created shows no partitions for a moment.
 _METADATA_WAIT_S = 15.0
@@ -584,7 +589,8 @@ class ReadFromKafka(beam.PTransform):
         to wall clock minus this; records that arrive later with older
         timestamps are late data.
       max_out_of_order_seconds: the watermark trails the newest record
-        timestamp by this much.
+        timestamp by this much, so records a little out of order within a
+        partition (several producers, client clocks) are not late data.
       timestamp_fn: ``SourceRecord -> epoch seconds`` (or a Beam
         ``Timestamp``) for the element timestamp; default the Kafka record
         timestamp. If it raises, the Kafka timestamp is used.
@@ -616,7 +622,7 @@ class ReadFromKafka(beam.PTransform):
         idle_watermark_lag_seconds: float = 5.0,
         timestamp_fn: typing.Optional[typing.Callable[[SourceRecord], typing.Any]] = None,
         start_from: str = "committed",
-        max_out_of_order_seconds: float = 0.0,
+        max_out_of_order_seconds: float = DEFAULT_MAX_OUT_OF_ORDER_S,
         max_read_time_seconds: float = DEFAULT_MAX_READ_TIME_S,
         stop_after_idle_seconds: typing.Optional[float] = None,
         commit_offsets: typing.Optional[bool] = None,
