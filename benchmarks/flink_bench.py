@@ -1,0 +1,357 @@
+"""The streaming frontend job on the local Flink cluster: throughput, latency, memory.
+
+    python benchmarks/flink_bench.py                      # 1,000,000 events
+    python benchmarks/flink_bench.py --events=100000 --latency-events=1000
+
+Starts the services and the cluster if needed (``services/services.sh up``,
+``flink/cluster.sh up``), then:
+
+1. produces ``--events`` generated frontend events (2 % malformed, 1 %
+   duplicated) to a fresh topic of ``--partitions`` partitions (timed on its
+   own);
+2. submits ``python -m beam_pipelines.frontend --profile=flink-local
+   --streaming`` (LOOPBACK: the Python SDK worker runs inside that child
+   process) against Kafka, PostgreSQL, Redis and the S3 archive, and measures
+   the sustained rate at which the backlog drains into PostgreSQL (rows of the
+   run counted every second; events/s = events / time from the first to the
+   last row);
+3. then produces ``--latency-events`` more at ``--latency-rate`` events/s and
+   polls Redis (the per-minute KPI set of each event) and PostgreSQL for each
+   one: p50/p95 latency from the producer's send to the first poll that sees
+   it (polling every 100 ms, so figures are +-0.1 s);
+4. reads peak RSS (VmHWM) of the TaskManager JVM and of the child Python
+   process hosting the SDK worker, and, with ``--profile-seconds`` > 0 and
+   py-spy installed, samples the worker process during the drain and prints
+   the functions it spent most time in;
+5. next to it, on the same topic: raw kafka-python consume + JSON decode
+   rate, and the naive per-event consumer (decode, INSERT, COMMIT per event)
+   on ``--naive-events`` events, both from benchmarks/io_bench.py.
+
+Rows are written under session ids unique to the run; the job is cancelled and
+the topic deleted at the end. Figures vary with machine load: the 2-core
+machine here also runs Kafka, PostgreSQL, Redis, the S3 server and Flink.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import typing
+import uuid
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+import io_bench  # noqa: E402  (raw consume and naive consumer, shared with io_bench)
+
+from tests.flink.flink_rest import FlinkRest, wait_for  # noqa: E402
+
+KPI_PREFIX = "iheard:kpi:"
+
+
+def _exports(script: str) -> typing.Dict[str, str]:
+    out = subprocess.run(["bash", os.path.join(REPO, script), "env"], check=True, capture_output=True, text=True).stdout
+    env = {}
+    for line in out.splitlines():
+        if line.startswith("export ") and "=" in line:
+            key, value = line[len("export "):].split("=", 1)
+            env[key] = value.strip("'\"")
+    return env
+
+
+def _events(n: int, run_id: str, seed: int, start_ms: int) -> typing.Iterator[typing.Tuple[str, typing.Optional[dict]]]:
+    """Generated lines with the run id in every session id: (line, payload or None if malformed)."""
+    from beam_pipelines.generate import frontend_events
+
+    for line in frontend_events(n, seed=seed, start_ms=start_ms):
+        try:
+            payload = json.loads(line)
+        except ValueError:
+            yield line, None
+            continue
+        if isinstance(payload, dict) and isinstance(payload.get("session_id"), str):
+            payload["session_id"] = f"{run_id}-{payload['session_id']}"
+            yield json.dumps(payload, separators=(",", ":")), payload
+        else:
+            yield line, None
+
+
+def _produce(bootstrap: str, topic: str, lines: typing.Iterable[str]) -> int:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=512 * 1024, acks=1)
+    n = 0
+    for line in lines:
+        producer.send(topic, line.encode())
+        n += 1
+    producer.flush()
+    producer.close()
+    return n
+
+
+def _vm_hwm_kib(pid: int) -> typing.Optional[int]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _rows(conn, run_id: str) -> int:
+    return conn.execute(
+        "SELECT count(*) FROM frontend_analytics WHERE session_id LIKE %s", (run_id + "-%",)
+    ).fetchone()[0]
+
+
+def _percentile(values: typing.List[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def _pyspy_summary(path: str, top: int = 15) -> typing.List[str]:
+    """Self-time per function from py-spy's collapsed stacks ("a;b;c 12")."""
+    self_time: typing.Counter[str] = collections.Counter()
+    total = 0
+    with open(path) as f:
+        for line in f:
+            stack, _, count = line.rstrip().rpartition(" ")
+            if not stack:
+                continue
+            n = int(count)
+            total += n
+            self_time[stack.split(";")[-1]] += n
+    return [f"{100.0 * n / total:5.1f}%  {frame}" for frame, n in self_time.most_common(top)] if total else []
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--parallelism", type=int, default=2)
+    parser.add_argument("--latency-events", type=int, default=2000)
+    parser.add_argument("--latency-rate", type=float, default=200.0, help="events/s while measuring latency")
+    parser.add_argument("--naive-events", type=int, default=5000)
+    parser.add_argument("--profile-seconds", type=int, default=30, help="py-spy sampling of the worker (0: off)")
+    parser.add_argument("--drain-timeout-s", type=int, default=3600)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+
+    subprocess.run(["bash", os.path.join(REPO, "services/services.sh"), "up"], check=True)
+    subprocess.run(["bash", os.path.join(REPO, "flink/cluster.sh"), "up"], check=True)
+    env = _exports("services/services.sh")
+    flink_env = _exports("flink/cluster.sh")
+    bootstrap, dsn = env["KAFKA_BOOTSTRAP"], env["POSTGRES_DSN"]
+    rest = FlinkRest("http://127.0.0.1:" + flink_env["FLINK_MASTER"].rsplit(":", 1)[1])
+
+    import psycopg
+    import redis
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    run_id = f"fb{uuid.uuid4().hex[:8]}"
+    topic = f"flink-bench-{run_id}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, args.partitions, 1)])
+    start_ms = (int(time.time()) - 6 * 3600) * 1000
+
+    print(f"run {run_id}: {args.events} events -> topic {topic} ({args.partitions} partitions)", flush=True)
+    lines = [line for line, _ in _events(args.events, run_id, args.seed, start_ms)]
+    t = time.perf_counter()
+    _produce(bootstrap, topic, lines)
+    produce_s = time.perf_counter() - t
+    print(f"produce (kafka-python, acks=1): {args.events / produce_s:,.0f} events/s", flush=True)
+
+    workdir = tempfile.mkdtemp(prefix="flink-bench-")
+    job_name = f"iheard-bench-{run_id}"
+    child_env = dict(os.environ, **flink_env, PYTHONPATH=REPO)
+    job_args = [
+        sys.executable, "-m", "beam_pipelines.frontend", "--profile=flink-local", "--streaming",
+        f"--parallelism={args.parallelism}", f"--job_name={job_name}",
+        f"--kafka_bootstrap={bootstrap}", f"--kafka_topic={topic}", f"--kafka_group_id={topic}",
+        f"--postgres_dsn={dsn}", f"--redis_url={env['REDIS_URL']}",
+        f"--archive_path=s3://{env['ARCHIVE_BUCKET']}/flink-bench/{run_id}",
+        f"--s3_endpoint_url={env['S3_ENDPOINT_URL']}", f"--s3_access_key_id={env['SPACES_ACCESS_KEY']}",
+        f"--s3_secret_access_key={env['SPACES_SECRET_KEY']}", f"--s3_region_name={env.get('S3_REGION', 'us-east-1')}",
+    ]
+    log = open(os.path.join(workdir, "job.log"), "w")
+    submitted = time.perf_counter()
+    proc = subprocess.Popen(job_args, cwd=REPO, env=child_env, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+    jid = None
+    try:
+        jid = wait_for(lambda: rest.job_id_by_name(job_name), 300, "the Flink job")
+        wait_for(lambda: all(v["status"] == "RUNNING" for v in rest.job(jid)["vertices"]), 300, "tasks RUNNING")
+        running = time.perf_counter()
+        print(f"job {jid}: tasks running {running - submitted:.1f} s after submission", flush=True)
+        if rest.watermarks_settled_at_max(jid):
+            print("WARNING: watermark at +inf from the start (Beam 2.62 SDF race, see flink/README.md): "
+                  "windowed/stateful outputs will be empty", flush=True)
+
+        profile_path = os.path.join(workdir, "worker.collapsed")
+        profiler = None
+        if args.profile_seconds > 0 and shutil.which("py-spy"):
+            profiler = subprocess.Popen(
+                ["py-spy", "record", "--pid", str(proc.pid), "--duration", str(args.profile_seconds),
+                 "--rate", "50", "--format", "raw", "--output", profile_path, "--nonblocking", "--subprocesses"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+
+        conn = psycopg.connect(dsn, autocommit=True)
+        first_row_at = None
+        last_count, last_change = -1, time.perf_counter()
+        deadline = time.monotonic() + args.drain_timeout_s
+        while time.monotonic() < deadline:
+            count = _rows(conn, run_id)
+            now = time.perf_counter()
+            if count and first_row_at is None:
+                first_row_at = now
+            if count != last_count:
+                last_count, last_change = count, now
+            received = rest.user_metric(jid, "frontend", "received") or 0
+            if received >= args.events and count and now - last_change > 10:
+                break
+            time.sleep(1)
+        drained_at = last_change
+        valid = int(rest.user_metric(jid, "frontend", "valid") or 0)
+        dups = int(rest.user_metric(jid, "frontend", "duplicates_dropped") or 0)
+        dead = int(rest.user_metric(jid, "frontend", "dead_letters") or 0)
+        print(f"drain: {last_count:,} rows in PostgreSQL (counters: received {args.events:,}, valid {valid:,}, "
+              f"duplicates dropped {dups:,}, dead letters {dead:,})", flush=True)
+        if first_row_at is not None and drained_at > first_row_at:
+            print(f"sustained: {args.events / (drained_at - first_row_at):,.0f} events/s "
+                  f"(first to last row {drained_at - first_row_at:.1f} s; "
+                  f"{args.events / (drained_at - running):,.0f} events/s counting from tasks running)", flush=True)
+        if profiler is not None:
+            profiler.wait(timeout=args.profile_seconds + 60)
+
+        # Latency: live events at a fixed rate, each looked up in Redis and PostgreSQL.
+        from transforms.parse import event_id_for
+
+        latency_lines = list(_events(args.latency_events, run_id + "L", args.seed + 1, int(time.time() * 1000) - 60_000))
+        sent: typing.Dict[str, float] = {}
+        keys: typing.Dict[str, str] = {}
+        for line, payload in latency_lines:
+            if payload is None:
+                continue
+            try:
+                eid = event_id_for(payload)
+            except Exception:  # not a valid payload: goes to dead letters
+                continue
+            ts = payload.get("timestamp")
+            if not isinstance(ts, int):
+                continue
+            keys[eid] = f"{KPI_PREFIX}events:{payload['event_type']}:{time.strftime('%Y%m%d%H%M', time.gmtime(ts / 1000))}"
+
+        from kafka import KafkaProducer
+
+        producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
+        seen_redis: typing.Dict[str, float] = {}
+        seen_pg: typing.Dict[str, float] = {}
+        stop = threading.Event()
+
+        def poll():
+            r = redis.Redis.from_url(env["REDIS_URL"])
+            pg = psycopg.connect(dsn, autocommit=True)
+            while not stop.is_set():
+                now = time.perf_counter()
+                pending_r = [e for e in list(sent) if e not in seen_redis]
+                if pending_r:
+                    pipe = r.pipeline()
+                    for e in pending_r:
+                        pipe.sismember(keys[e], e)
+                    for e, hit in zip(pending_r, pipe.execute()):
+                        if hit:
+                            seen_redis[e] = now
+                pending_p = [e for e in list(sent) if e not in seen_pg]
+                if pending_p:
+                    for (e,) in pg.execute("SELECT event_id FROM frontend_analytics WHERE event_id = ANY(%s)",
+                                           (pending_p,)).fetchall():
+                        seen_pg[e] = now
+                time.sleep(0.1)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        interval = 1.0 / args.latency_rate
+        next_at = time.perf_counter()
+        for line, payload in latency_lines:
+            eid = event_id_for(payload) if payload is not None else None
+            while time.perf_counter() < next_at:
+                time.sleep(min(interval, next_at - time.perf_counter()))
+            producer.send(topic, line.encode())
+            producer.flush()
+            if eid in keys:
+                sent[eid] = time.perf_counter()
+            next_at += interval
+        producer.close()
+        wait_for(lambda: len(seen_pg) >= len(sent) and len(seen_redis) >= len(sent), 300,
+                 "latency events in Redis and PostgreSQL", interval_s=0.5)
+        stop.set()
+        poller.join()
+        to_redis = [seen_redis[e] - sent[e] for e in sent]
+        to_pg = [seen_pg[e] - sent[e] for e in sent]
+        print(f"latency over {len(sent)} events at {args.latency_rate:.0f}/s: "
+              f"to Redis p50 {_percentile(to_redis, 50):.2f} s p95 {_percentile(to_redis, 95):.2f} s; "
+              f"to PostgreSQL p50 {_percentile(to_pg, 50):.2f} s p95 {_percentile(to_pg, 95):.2f} s", flush=True)
+
+        tm_pids = [int(l.split()[1]) for l in subprocess.run(
+            ["bash", os.path.join(REPO, "flink/cluster.sh"), "pids"], capture_output=True, text=True, check=True
+        ).stdout.splitlines() if l.startswith("taskexecutor ")]
+        for pid in tm_pids:
+            print(f"TaskManager {pid} peak RSS {(_vm_hwm_kib(pid) or 0) / 1024:,.0f} MiB (since it started)")
+        print(f"Python SDK worker (job process {proc.pid}) peak RSS {(_vm_hwm_kib(proc.pid) or 0) / 1024:,.0f} MiB")
+        if os.path.exists(profile_path):
+            print(f"worker profile ({args.profile_seconds} s of the drain, self time, py-spy):")
+            for line in _pyspy_summary(profile_path):
+                print("   " + line)
+    finally:
+        if jid:
+            try:
+                rest.cancel(jid)
+                rest.wait_state(jid, {"CANCELED", "FAILED", "FINISHED"}, 60)
+            except Exception as e:  # keep going: the process is ended below
+                print(f"cancel failed: {e}")
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
+
+    # Beside it: the raw consumer and the seed's naive per-event consumer, same topic.
+    def decode(rec):
+        try:
+            json.loads(rec.value)
+        except ValueError:  # the generated malformed lines
+            pass
+
+    raw_s = io_bench.consume(bootstrap, topic, args.partitions, args.events, decode)
+    print(f"raw kafka-python consume + json decode: {args.events / raw_s:,.0f} events/s")
+    # io_bench's naive consumer expects io_bench's event shape: give it its own topic.
+    naive = min(args.naive_events, args.events)
+    naive_topic = topic + "-naive"
+    admin.create_topics([NewTopic(naive_topic, args.partitions, 1)])
+    io_bench.produce(bootstrap, naive_topic, io_bench.make_events(naive, run_id + "n"))
+    naive_s = io_bench.bench_naive(dsn, bootstrap, naive_topic, args.partitions, naive)
+    print(f"naive consumer (decode, INSERT, COMMIT per event): {naive / naive_s:,.0f} events/s over {naive:,} events")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM frontend_analytics WHERE event_id LIKE %s", (run_id + "n-%",))
+    admin.delete_topics([naive_topic])
+    admin.delete_topics([topic])
+    admin.close()
+    print(f"job log and profile: {workdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
