@@ -574,24 +574,29 @@ cmd_status() {
 }
 
 cmd_env() {
-  cat <<EOF
-export IHEARD_HOME=$IHEARD_HOME
-export KAFKA_BOOTSTRAP=$HOST:$KAFKA_PORT
-export POSTGRES_HOST=$HOST
-export POSTGRES_PORT=$PG_PORT
-export POSTGRES_USER=$PG_USER
-export POSTGRES_PASSWORD=$PG_PASSWORD
-export POSTGRES_DB=$PG_DB
-export POSTGRES_DSN=postgresql://$PG_USER:$PG_PASSWORD@$HOST:$PG_PORT/$PG_DB
-export REDIS_HOST=$HOST
-export REDIS_PORT=$REDIS_PORT
-export REDIS_URL=redis://$HOST:$REDIS_PORT/0
-export S3_ENDPOINT_URL=http://$HOST:$S3_PORT
-export S3_REGION=$S3_REGION
-export SPACES_ACCESS_KEY=$S3_ACCESS_KEY
-export SPACES_SECRET_KEY=$S3_SECRET_KEY
-export ARCHIVE_BUCKET=$ARCHIVE_BUCKET
-EOF
+  local name
+  local -A settings=(
+    [IHEARD_HOME]="$IHEARD_HOME"
+    [KAFKA_BOOTSTRAP]="$HOST:$KAFKA_PORT"
+    [POSTGRES_HOST]="$HOST"
+    [POSTGRES_PORT]="$PG_PORT"
+    [POSTGRES_USER]="$PG_USER"
+    [POSTGRES_PASSWORD]="$PG_PASSWORD"
+    [POSTGRES_DB]="$PG_DB"
+    [POSTGRES_DSN]="postgresql://$PG_USER:$PG_PASSWORD@$HOST:$PG_PORT/$PG_DB"
+    [REDIS_HOST]="$HOST"
+    [REDIS_PORT]="$REDIS_PORT"
+    [REDIS_URL]="redis://$HOST:$REDIS_PORT/0"
+    [S3_ENDPOINT_URL]="http://$HOST:$S3_PORT"
+    [S3_REGION]="$S3_REGION"
+    [SPACES_ACCESS_KEY]="$S3_ACCESS_KEY"
+    [SPACES_SECRET_KEY]="$S3_SECRET_KEY"
+    [ARCHIVE_BUCKET]="$ARCHIVE_BUCKET"
+  )
+  # Shell-quoted, so `eval "$(services.sh env)"` is safe for any IHEARD_HOME.
+  for name in $(printf '%s\n' "${!settings[@]}" | sort); do
+    printf 'export %s=%q\n' "$name" "${settings[$name]}"
+  done
 }
 
 cmd_reset() {

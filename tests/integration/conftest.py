@@ -13,6 +13,7 @@ Every test collected under tests/integration is marked ``integration``, so
 import dataclasses
 import os
 import pathlib
+import shlex
 import subprocess
 
 import pytest
@@ -80,12 +81,12 @@ def run_services_sh(*args, timeout_s, env=None):
 
 
 def parse_exports(text):
-    """Parses ``export NAME=value`` lines into a dict."""
+    """Parses ``export NAME=value`` lines (shell-quoted values) into a dict."""
     env = {}
     for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("export ") and "=" in line:
-            name, value = line[len("export "):].split("=", 1)
+        words = shlex.split(line)
+        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
+            name, value = words[1].split("=", 1)
             env[name] = value
     return env
 

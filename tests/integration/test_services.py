@@ -194,6 +194,16 @@ def test_env_prints_consistent_settings(services):
     assert env["ARCHIVE_BUCKET"] == "iheardai-archive"
 
 
+def test_env_quotes_values_for_the_shell(tmp_path):
+    home = str(tmp_path / "a home with spaces")
+    printed = run_services_sh("env", timeout_s=30, env={**os.environ, "IHEARD_HOME": home})
+    assert parse_exports(printed.stdout)["IHEARD_HOME"] == home
+    evaluated = subprocess.run(
+        ["bash", "-c", 'eval "$0"; printf %s "$IHEARD_HOME"', printed.stdout],
+        capture_output=True, text=True, check=True)
+    assert evaluated.stdout == home
+
+
 @pytest.fixture()
 def other_home(tmp_path):
     """An IHEARD_HOME that started nothing: what runs is not its own."""
