@@ -14,7 +14,7 @@ BEAM_VERSION = "2.62.0"
 
 REQUIRED = [
     f"apache-beam[gcp,aws]=={BEAM_VERSION}",
-    "kafka-python>=2.0.2",
+    "kafka-python>=3.0",
     "psycopg[binary]>=3.1",
     "redis>=5.0",
     "fastavro>=1.9",
