@@ -79,7 +79,7 @@ install_jobserver() {
   stamp=$(sha256sum "$pom" | cut -c1-16)
   local marker=$JOBSERVER_DIR/.installed-$stamp
   if [[ -f $marker && -f $LAUNCHER_JAR ]]; then return; fi
-  command -v "$MVN" >/dev/null || die "mvn not found"
+  command -v "${MVN%% *}" >/dev/null || die "mvn not found"
   command -v jar >/dev/null || die "the JDK's jar tool not found"
   log "resolving the Beam $BEAM_VERSION Flink job-server classpath into $JOBSERVER_DIR"
   rm -rf "$JOBSERVER_DIR"
