@@ -300,3 +300,15 @@ def test_late_turn_restates_conversation_and_billing_panes():
             ("2025-03-03T11:00:00+00:00", 2, 0),
             ("2025-03-03T11:00:00+00:00", 3, 1),
         ]), label="BillingPanes")
+
+
+def test_daily_cost_state_fields_are_per_model_and_hour():
+    from transforms.text_agent import daily_cost_state
+
+    row = {"tenant_id": "acme", "model": "gpt-4o", "hour": "2025-03-03T11:00:00+00:00",
+           "estimated_cost_usd": 0.0123, "turns": 4}
+    state = daily_cost_state(row)
+    assert state == {"_key": "acme:2025-03-03", "cost:gpt-4o:11": 0.0123, "turns:gpt-4o:11": 4}
+
+    # read_cost_today is checked against the real Redis in
+    # tests/integration/test_text_agent_pipeline.py.
