@@ -19,6 +19,7 @@
 # checkpoints/, savepoints/, tmp/. Every command is idempotent.
 #
 # Environment knobs: IHEARD_HOME, FLINK_UP_TIMEOUT_S (default 180),
+# FLINK_TASKMANAGERS (TaskManagers `up` keeps running, default 1),
 # PIP (default "python3 -m pip"), MVN (default mvn).
 set -euo pipefail
 
@@ -40,6 +41,8 @@ CONF_DIR=$STATE/conf
 LOG_DIR=$STATE/log
 PID_DIR=$STATE/run
 UP_TIMEOUT_S=${FLINK_UP_TIMEOUT_S:-180}
+# TaskManagers `up` keeps running (4 slots each).
+TASKMANAGERS=${FLINK_TASKMANAGERS:-1}
 PIP=${PIP:-python3 -m pip}
 MVN=${MVN:-mvn}
 
@@ -220,11 +223,14 @@ cmd_up() {
     "$FLINK_DIST_HOME/bin/jobmanager.sh" start -D "metrics.reporter.prom.port=$PROMETHEUS_JM_PORT" >&2 {LOCK_FD}>&-
     started=1
   fi
-  if [[ -z $(live_pids taskexecutor) ]]; then
+  local running
+  running=$(live_pids taskexecutor | wc -l)
+  while ((running < TASKMANAGERS)); do
     log "starting TaskManager"
     "$FLINK_DIST_HOME/bin/taskmanager.sh" start >&2 {LOCK_FD}>&-
     started=1
-  fi
+    running=$((running + 1))
+  done
   local deadline=$((SECONDS + UP_TIMEOUT_S)) n
   while :; do
     n=$(taskmanagers_registered)
