@@ -4,17 +4,22 @@
 (topic, partition): an ``OffsetRange`` of Kafka offsets. It runs on the
 FnApiRunner, the DirectRunner and on portable Flink, in a bounded mode (read up
 to the end offsets seen at start, then finish) and a streaming mode (read
-forever, returning to the runner every few hundred milliseconds so it can
+forever, returning to the runner about once a second so it can
 checkpoint)::
 
     Impulse
       -> DiscoverPartitions        one _PartitionSpec per (topic, partition):
                                    start offset (committed / earliest / latest)
                                    and, in bounded mode, the end offset now
-      -> DistributePartitions      Reshuffle, so partitions spread over workers
       -> ReadPartitions            SDF: OffsetRange restriction, manual
                                    watermark, emits SourceRecord timestamped at
                                    the Kafka record timestamp
+
+There is deliberately no Reshuffle between discovery and the reader: the
+runner already spreads (element, restriction) pairs over workers (Flink keys
+them for the SDF's state), and on portable Flink streaming (Beam 2.62, Flink
+1.19) a Reshuffle there held the partition elements back, so the reader never
+started; without it the job reads, fires windows and commits offsets.
 
 Delivery guarantee (source): every record in the restriction is emitted at
 least once; on Flink the checkpointed restriction is the true read position,
@@ -679,7 +684,6 @@ class ReadFromKafka(beam.PTransform):
             | "DiscoverPartitions" >> beam.ParDo(_DiscoverPartitionsFn(
                 self._client_config, self._topics, self._group_id,
                 self._bounded, self._start_from, self._consumer_config))
-            | "DistributePartitions" >> beam.Reshuffle()
             | "ReadPartitions" >> beam.ParDo(fn_class(
                 self._client_config, self._group_id, self._consumer_config,
                 self._bounded, **self._fn_args))
