@@ -105,8 +105,8 @@ ONE_HOUR_SECONDS = 60 * 60
 # Redis hash with the running cost of a tenant's UTC day (see daily_cost_state).
 DAILY_COST_PREFIX = "iheard:text_agent:cost:"
 SESSION_STATE_PREFIX = "iheard:text_agent:session:"
-ANALYZERS = {"sentiment": "vaderSentiment", "language": "langdetect(seed=0,trials=3)",
-             "keywords": "yake", "topics": "taxonomy"}
+ANALYZERS = {"sentiment": "vaderSentiment", "language": "lingua(low-accuracy,16-languages)",
+             "keywords": "rake(yake-stopwords)", "topics": "taxonomy"}
 
 
 # --------------------------------------------------------------------------

@@ -6,15 +6,35 @@ so a worker needs no download at run time:
 * sentiment: VADER (``vaderSentiment``), compound score in [-1, 1]; label
   ``positive`` if compound >= 0.05, ``negative`` if <= -0.05, else
   ``neutral`` (the thresholds VADER's authors recommend).
-* language: ``langdetect`` (a port of Google's language-detection) with
-  seed 0 (``DetectorFactory.seed = 0``) so a text always gets the same answer,
-  and 3 sampling trials instead of 7 (half the cost, same accuracy here); texts
-  with fewer than ``MIN_LETTERS_FOR_LANGUAGE`` letters, or whose best guess is
-  below ``MIN_LANGUAGE_PROBABILITY``, are ``"und"`` (undetermined) instead of
-  a guess.
-* keywords: YAKE (unsupervised, statistical), on the user message.
+* language: Lingua (``lingua-language-detector``, Rust core, n-gram models in
+  the wheel), restricted to ``LANGUAGES`` (the languages a sales assistant's
+  visitors write in; detection time grows with their number) and in
+  low-accuracy mode (trigram models only: ~80 us a text here against ~380 us
+  in high-accuracy mode and ~1.4 ms for langdetect, with the same
+  labelled-set accuracy, tests/unit/test_text_agent_core.py; high-accuracy
+  mode also spreads its confidence so thinly on short messages that most
+  fall under ``MIN_LANGUAGE_PROBABILITY``).
+  Lingua is deterministic, so a text gets the same answer on every run and
+  worker. Only the first ``LANGUAGE_MAX_CHARS`` characters are read. Texts with
+  fewer than ``MIN_LETTERS_FOR_LANGUAGE`` letters, or whose best language has a
+  confidence below ``MIN_LANGUAGE_PROBABILITY``, are ``"und"``
+  (undetermined) instead of a guess.
+* keywords: RAKE-style extraction (Rose et al., 2010) on the user message:
+  the text is cut into candidate runs at punctuation and stop words (YAKE's
+  stop-word list for the message's language, English when it has none); a
+  word scores degree / frequency; a phrase of 1 to ``MAX_KEYWORD_NGRAM``
+  consecutive words of one run scores the sum of its words. Best first, ties
+  by first position; a phrase whose words are all inside phrases already
+  chosen is skipped. It replaces YAKE's full statistical model, which cost
+  ~0.9 ms a message (more than everything else in a turn together) and adds
+  little on messages of a dozen words.
 * topics: the taxonomy in ``transforms/data/topics.yaml`` (phrases matched on
   word boundaries; see that file for the scoring).
+
+Users repeat themselves ("how much does it cost?") and the assistant repeats
+its answers, so language, sentiment and keywords are cached per analyzer by
+text (LRU, ``CACHE_SIZE`` entries each); a cache hit returns exactly what the
+computation would.
 
 Texts are analysed after PII redaction; redaction placeholders (``[EMAIL]``,
 ``<PHONE:...>``, ``tok_...``) are removed first so they are neither keywords
@@ -26,7 +46,6 @@ import dataclasses
 import functools
 import pathlib
 import re
-import threading
 import typing
 
 import yaml
@@ -40,6 +59,8 @@ __all__ = [
     "sentiment_label",
     "strip_placeholders",
     "UNDETERMINED_LANGUAGE",
+    "LANGUAGES",
+    "rake_keywords",
 ]
 
 DEFAULT_TOPICS_PATH = pathlib.Path(__file__).parent / "data" / "topics.yaml"
@@ -47,19 +68,28 @@ DEFAULT_TOPICS_PATH = pathlib.Path(__file__).parent / "data" / "topics.yaml"
 UNDETERMINED_LANGUAGE = "und"  # ISO 639-2 code for "undetermined"
 POSITIVE_THRESHOLD = 0.05
 NEGATIVE_THRESHOLD = -0.05
-# Below ~10 letters langdetect's n-gram profile is mostly noise ("ok thx").
+# Below ~10 letters no detector has evidence ("ok thx").
 MIN_LETTERS_FOR_LANGUAGE = 10
 MIN_LANGUAGE_PROBABILITY = 0.70
-# langdetect averages 7 random-sampling trials by default; 3 halve its cost
-# (it dominates content analysis) and keep the labelled-set accuracy
-# (tests/unit/test_text_agent_core.py).
-LANGDETECT_TRIALS = 3
-LANGDETECT_MAX_CHARS = 1000
+# Lingua names (``lingua.Language`` members) of the languages told apart.
+# Fewer candidates make detection faster and keep a short English text from
+# being read as one of 75 languages nobody writes to this assistant in.
+LANGUAGES = (
+    "ENGLISH", "SPANISH", "FRENCH", "GERMAN", "PORTUGUESE", "ITALIAN", "DUTCH",
+    "POLISH", "SWEDISH", "TURKISH", "RUSSIAN", "ARABIC", "HINDI", "JAPANESE",
+    "CHINESE", "KOREAN",
+)
+# A language shows in its first sentences; reading more of a long response
+# costs time linearly and does not change the verdict.
+LANGUAGE_MAX_CHARS = 300
 MAX_KEYWORDS = 5
 MAX_KEYWORD_NGRAM = 2
-# Long responses cost YAKE/langdetect time linearly and add nothing to the
+# Long responses cost VADER/topic time linearly and add nothing to the
 # verdict beyond the first few sentences.
 MAX_ANALYSED_CHARS = 2000
+# Entries per cache (language, sentiment, keywords); each holds a short
+# string key and a small value, a few MB at most.
+CACHE_SIZE = 8192
 
 # Placeholders a redactor may leave: [EMAIL], [EMAIL:ab12], <PHONE>, {{email}},
 # and HMAC tokens such as tok_3f9a... or email_3f9a....
@@ -68,6 +98,9 @@ _PLACEHOLDER = re.compile(
     r"|\b[a-z]+_[0-9a-f]{8,}\b"
 )
 _LETTER = re.compile(r"[^\W\d_]", re.UNICODE)
+# Keyword candidates: words (with inner apostrophes/hyphens) and the
+# punctuation that ends a candidate run.
+_KEYWORD_TOKEN = re.compile(r"[^\W_]+(?:['’\-][^\W_]+)*|[^\w\s]", re.UNICODE)
 
 
 def strip_placeholders(text: str) -> str:
@@ -154,6 +187,57 @@ def load_topic_taxonomy(path: typing.Optional[str] = None) -> TopicTaxonomy:
     return _taxonomy_cached(str(path or DEFAULT_TOPICS_PATH))
 
 
+def rake_keywords(text: str, stopwords: typing.AbstractSet[str],
+                  max_keywords: int = MAX_KEYWORDS,
+                  max_ngram: int = MAX_KEYWORD_NGRAM) -> typing.List[str]:
+    """Lower-cased keyword phrases of ``text``, best first (see the module
+    docstring). Runs are maximal sequences of words that are neither stop
+    words nor numbers, between punctuation marks; a word's degree is the sum
+    of the lengths (capped at ``max_ngram``) of the runs it is in."""
+    runs: typing.List[typing.List[str]] = []
+    run: typing.List[str] = []
+    for token in _KEYWORD_TOKEN.findall(text.lower()):
+        if (len(token) < 2 or token in stopwords or not _LETTER.search(token)
+                or token.replace("\u2019", "'") in stopwords):
+            if run:
+                runs.append(run)
+                run = []
+        else:
+            run.append(token)
+    if run:
+        runs.append(run)
+    frequency: typing.Dict[str, int] = {}
+    degree: typing.Dict[str, int] = {}
+    for words in runs:
+        width = min(len(words), max_ngram)
+        for word in words:
+            frequency[word] = frequency.get(word, 0) + 1
+            degree[word] = degree.get(word, 0) + width
+    # phrase -> (score, first position); dict order keeps the first position.
+    candidates: typing.Dict[str, typing.Tuple[float, int]] = {}
+    for words in runs:
+        for n in range(1, max_ngram + 1):
+            for i in range(len(words) - n + 1):
+                gram = words[i:i + n]
+                phrase = " ".join(gram)
+                if phrase not in candidates:
+                    score = sum(degree[w] / frequency[w] for w in gram)
+                    candidates[phrase] = (score, len(candidates))
+    ranked = sorted(candidates.items(), key=lambda kv: (-kv[1][0], kv[1][1]))
+    out: typing.List[str] = []
+    covered: typing.Set[str] = set()
+    for phrase, _ in ranked:
+        words = phrase.split()
+        # Nothing new ("enterprise" after "enterprise plan").
+        if all(w in covered for w in words):
+            continue
+        out.append(phrase)
+        covered.update(words)
+        if len(out) >= max_keywords:
+            break
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class ContentAnalysis:
     user_sentiment: typing.Optional[str]
@@ -166,89 +250,84 @@ class ContentAnalysis:
     keywords: typing.Tuple[str, ...]
 
 
-_LANGDETECT_LOCK = threading.Lock()
+@functools.lru_cache(maxsize=4)
+def _language_detector(languages: typing.Tuple[str, ...]):
+    """One Lingua detector per process and language set: its models are
+    loaded once (~0.1 s) and it is safe to share between threads."""
+    from lingua import Language, LanguageDetectorBuilder
+
+    members = [getattr(Language, name) for name in languages]
+    return (LanguageDetectorBuilder.from_languages(*members)
+            .with_low_accuracy_mode()
+            .with_preloaded_language_models()
+            .build())
+
+
+@functools.lru_cache(maxsize=64)
+def _stopwords(lan: str) -> typing.FrozenSet[str]:
+    """YAKE's stop-word list for ``lan`` (English when it ships none)."""
+    import yake
+
+    try:
+        words = yake.KeywordExtractor(lan=lan).stopword_set
+    except Exception:  # no list for this language
+        words = yake.KeywordExtractor(lan="en").stopword_set
+    return frozenset(w.lower() for w in words)
 
 
 class ContentAnalyzer:
-    """Holds the loaded models; build once per worker (``DoFn.setup``)."""
+    """Holds the loaded models and the caches; build once per worker
+    (``DoFn.setup``)."""
 
     def __init__(self, taxonomy: typing.Optional[TopicTaxonomy] = None,
-                 max_keywords: int = MAX_KEYWORDS):
+                 max_keywords: int = MAX_KEYWORDS,
+                 languages: typing.Sequence[str] = LANGUAGES,
+                 cache_size: int = CACHE_SIZE):
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-        from langdetect import DetectorFactory
 
         self.taxonomy = taxonomy or load_topic_taxonomy()
         self.max_keywords = max_keywords
         self._vader = SentimentIntensityAnalyzer()
-        # langdetect draws random n-gram samples; a fixed seed makes a text's
-        # language the same on every run and worker.
-        DetectorFactory.seed = 0
-        self._keyword_extractors: typing.Dict[str, typing.Any] = {}
-        self._langdetect_factory = None
+        self._detector = _language_detector(tuple(languages))
+        self._codes = {}
+        from lingua import Language
 
-    def _language_factory(self):
-        """This analyzer's own langdetect factory (profiles load once, ~0.5 s)."""
-        if self._langdetect_factory is None:
-            from langdetect.detector_factory import PROFILES_DIRECTORY, DetectorFactory
-
-            with _LANGDETECT_LOCK:
-                factory = DetectorFactory()
-                factory.load_profile(PROFILES_DIRECTORY)
-                factory.set_seed(0)
-                self._langdetect_factory = factory
-        return self._langdetect_factory
+        for name in languages:
+            member = getattr(Language, name)
+            self._codes[member] = member.iso_code_639_1.name.lower()
+        # Bound per instance so two analyzers never share (or lock) a cache.
+        self._sentiment_cached = functools.lru_cache(maxsize=cache_size)(self._sentiment)
+        self._language_cached = functools.lru_cache(maxsize=cache_size)(self._language)
+        self._keywords_cached = functools.lru_cache(maxsize=cache_size)(self._keywords)
 
     # -- single analyses -------------------------------------------------
     def sentiment(self, text: str) -> typing.Tuple[str, float]:
-        compound = round(float(self._vader.polarity_scores(text or "")["compound"]), 4)
+        return self._sentiment_cached(text or "")
+
+    def _sentiment(self, text: str) -> typing.Tuple[str, float]:
+        compound = round(float(self._vader.polarity_scores(text)["compound"]), 4)
         return sentiment_label(compound), compound
 
     def language(self, text: str) -> str:
-        from langdetect.lang_detect_exception import LangDetectException
+        return self._language_cached(strip_placeholders(text)[:LANGUAGE_MAX_CHARS])
 
-        cleaned = strip_placeholders(text)[:LANGDETECT_MAX_CHARS]
+    def _language(self, cleaned: str) -> str:
         if len(_LETTER.findall(cleaned)) < MIN_LETTERS_FOR_LANGUAGE:
             return UNDETERMINED_LANGUAGE
-        try:
-            detector = self._language_factory().create()
-            detector.n_trial = LANGDETECT_TRIALS
-            detector.append(cleaned)
-            best = detector.get_probabilities()
-        except LangDetectException:
+        values = self._detector.compute_language_confidence_values(cleaned)
+        if not values or values[0].value < MIN_LANGUAGE_PROBABILITY:
             return UNDETERMINED_LANGUAGE
-        if not best or best[0].prob < MIN_LANGUAGE_PROBABILITY:
-            return UNDETERMINED_LANGUAGE
-        return best[0].lang
+        return self._codes.get(values[0].language, UNDETERMINED_LANGUAGE)
 
     def keywords(self, text: str, language: str = "en") -> typing.List[str]:
         cleaned = strip_placeholders(text)[:MAX_ANALYSED_CHARS].strip()
-        if len(_LETTER.findall(cleaned)) < 3:
-            return []
         lan = language[:2] if language and language != UNDETERMINED_LANGUAGE else "en"
-        extractor = self._keyword_extractors.get(lan)
-        if extractor is None:
-            import yake
+        return list(self._keywords_cached(cleaned, lan))
 
-            try:
-                extractor = yake.KeywordExtractor(lan=lan, n=MAX_KEYWORD_NGRAM,
-                                                  top=self.max_keywords * 2)
-            except Exception:  # no stop-word list for this language
-                extractor = yake.KeywordExtractor(lan="en", n=MAX_KEYWORD_NGRAM,
-                                                  top=self.max_keywords * 2)
-            self._keyword_extractors[lan] = extractor
-        out: typing.List[str] = []
-        seen = set()
-        for phrase, _score in extractor.extract_keywords(cleaned):
-            key = phrase.lower()
-            # A word already inside a chosen phrase adds nothing
-            # ("enterprise" after "enterprise plan").
-            if key in seen or any(key in chosen.split() for chosen in out):
-                continue
-            seen.add(key)
-            out.append(key)
-            if len(out) >= self.max_keywords:
-                break
-        return out
+    def _keywords(self, cleaned: str, lan: str) -> typing.Tuple[str, ...]:
+        if len(_LETTER.findall(cleaned)) < 3:
+            return ()
+        return tuple(rake_keywords(cleaned, _stopwords(lan), self.max_keywords))
 
     # -- everything a turn needs ----------------------------------------
     def analyse(self, user_message: typing.Optional[str], response_text: str) -> ContentAnalysis:
@@ -260,10 +339,11 @@ class ContentAnalyzer:
         else:
             user_label, user_compound = None, None
         resp_label, resp_compound = self.sentiment(response[:MAX_ANALYSED_CHARS])
-        language = self.language(user) if has_user else UNDETERMINED_LANGUAGE
-        response_language = self.language(response)
+        language = (self._language_cached(user[:LANGUAGE_MAX_CHARS]) if has_user
+                    else UNDETERMINED_LANGUAGE)
+        response_language = self._language_cached(response[:LANGUAGE_MAX_CHARS])
         topics = self.taxonomy.detect(user[:MAX_ANALYSED_CHARS], response[:MAX_ANALYSED_CHARS])
-        keywords = self.keywords(user, language) if has_user else []
+        keywords = self.keywords(user, language) if has_user else ()
         return ContentAnalysis(
             user_sentiment=user_label,
             user_sentiment_compound=user_compound,

@@ -9,7 +9,12 @@ from pydantic import ValidationError
 
 from schemas.text_agent import TextAgentTurn
 from transforms.parse import format_validation_error, parse_record
-from transforms.text_agent_content import ContentAnalyzer, load_topic_taxonomy
+from transforms.text_agent_content import (
+    LANGUAGE_MAX_CHARS,
+    ContentAnalyzer,
+    load_topic_taxonomy,
+    rake_keywords,
+)
 from transforms.text_agent_pricing import (
     load_model_families,
     load_price_book,
@@ -277,7 +282,8 @@ def test_language_accuracy_on_labelled_set(analyzer):
 
 def test_language_is_deterministic_and_short_text_undetermined(analyzer):
     text = "Necesito ayuda con la integración"
-    assert len({analyzer.language(text) for _ in range(5)}) == 1
+    # Fresh uncached analyzers, so each answer is computed, not remembered.
+    assert {ContentAnalyzer(cache_size=0).language(text) for _ in range(3)} == {"es"}
     assert analyzer.language("ok thx") == "und"
     assert analyzer.language("[EMAIL:0123456789] [PHONE:abcdef0123]") == "und"
 
@@ -303,3 +309,49 @@ def test_topics_weight_response_and_keywords_skip_placeholders(analyzer):
     assert "pricing" in result.topics
     assert result.keywords and not any("email:" in k or "0a1b2c" in k for k in result.keywords)
     assert result.language == "en"
+
+
+def test_language_reads_a_bounded_prefix(analyzer):
+    english = "Can I schedule a product demo with your sales team next week? "
+    spanish = "Me gustaría programar una demostración con su equipo de ventas. " * 80
+    assert len(english) < LANGUAGE_MAX_CHARS < len(english + spanish)
+    # Only the first LANGUAGE_MAX_CHARS characters count: mostly Spanish
+    # after an English opening is still read from the opening onwards.
+    assert analyzer.language(english + spanish) == analyzer.language(
+        (english + spanish)[:LANGUAGE_MAX_CHARS])
+    assert analyzer.language(spanish + english) == "es"
+
+
+def test_rake_keywords_hand_computed():
+    # Stop words {the, for}; "40" is no word. Runs: [enterprise plan pricing]
+    # and [seats]; width = min(run length, 2): 2 and 1.
+    #   degree/frequency: enterprise 2/1, plan 2/1, pricing 2/1, seats 1/1
+    #   "enterprise plan" 2+2 = 4 (first), "plan pricing" 4 (second),
+    #   enterprise 2, plan 2, pricing 2 (all words already chosen -> skipped),
+    #   seats 1
+    text = "The enterprise plan pricing, for 40 seats."
+    assert rake_keywords(text, frozenset({"the", "for"})) == [
+        "enterprise plan", "plan pricing", "seats"]
+    assert rake_keywords(text, frozenset({"the", "for"}), max_keywords=1) == ["enterprise plan"]
+    # A repeated word is worth less per use: enterprise appears in two runs
+    # (degree 2 + 2, frequency 2 -> 2), support once in a run of 2 -> 2,
+    # demo alone -> 1.
+    assert rake_keywords("Enterprise support; enterprise demo. Demo", frozenset()) == [
+        "enterprise support", "enterprise demo"]
+
+
+def test_keywords_use_the_language_stop_words(analyzer):
+    assert analyzer.keywords("How much does the enterprise plan cost per month?", "en") == [
+        "enterprise plan", "plan cost", "month"]
+    spanish = analyzer.keywords("¿Cuánto cuesta el plan empresarial al mes?", "es")
+    assert "plan empresarial" in spanish and not any(k in ("el", "al") for k in spanish)
+    assert analyzer.keywords("ok", "en") == []
+
+
+def test_cached_analysis_equals_computed_analysis():
+    cached, uncached = ContentAnalyzer(), ContentAnalyzer(cache_size=0)
+    texts = [t for t, _ in SENTIMENT_SET + LANGUAGE_SET] + [t for t, _ in TOPIC_SET]
+    pairs = list(zip(texts, reversed(texts)))
+    first = [cached.analyse(u, r) for u, r in pairs]
+    again = [cached.analyse(u, r) for u, r in pairs]  # every text a cache hit now
+    assert first == again == [uncached.analyse(u, r) for u, r in pairs]
