@@ -17,9 +17,10 @@ checkpoint)::
 
 There is deliberately no Reshuffle between discovery and the reader: the
 runner already spreads (element, restriction) pairs over workers (Flink keys
-them for the SDF's state), and on portable Flink streaming (Beam 2.62, Flink
-1.19) a Reshuffle there held the partition elements back, so the reader never
-started; without it the job reads, fires windows and commits offsets.
+them for the SDF's state). In a run on portable Flink streaming (Beam 2.62,
+Flink 1.19) with a Reshuffle there, the partition elements never reached the
+reader; the same job without it read every record, fired its windows and
+committed the group offsets after checkpoints.
 
 Delivery guarantee (source): every record in the restriction is emitted at
 least once; on Flink the checkpointed restriction is the true read position,
