@@ -80,6 +80,8 @@ __all__ = [
     "FlinkUberJarRunner",
     "JobProgress",
     "SubmitError",
+    "blocking_failure",
+    "root_exception",
     "main",
 ]
 
@@ -95,9 +97,11 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 REST_TIMEOUT_S = 30
 UPLOAD_TIMEOUT_S = 600
 POLL_INTERVAL_S = 1.0
+GET_ATTEMPTS = 4
+GET_RETRY_DELAY_S = 2.0
 
 _TERMINAL_STATES = frozenset({"FINISHED", "FAILED", "CANCELED", "SUSPENDED"})
-_FAILED_STATES = frozenset({"FAILED", "CANCELED", "SUSPENDED", "FAILING", "CANCELLING", "RESTARTING"})
+_FAILED_STATES = frozenset({"FAILED", "CANCELED", "SUSPENDED", "FAILING", "CANCELLING"})
 _TASK_OK_STATES = frozenset({"RUNNING", "FINISHED"})
 
 
@@ -184,30 +188,50 @@ def jar_id_from_upload(response: typing.Mapping[str, typing.Any]) -> str:
     return str(response["filename"]).rstrip("/").split("/")[-1]
 
 
-def root_exception(exceptions: typing.Mapping[str, typing.Any], max_lines: int = 12) -> typing.Optional[str]:
-    """The first lines of the newest failure in a ``GET /jobs/<id>/exceptions`` answer, if any.
-
-    Flink 1.19 answers with ``exceptionHistory.entries`` (newest first, each
-    with ``stacktrace``) and the older ``root-exception`` field; a Beam
-    Python error sits deep in the Java stack trace, so the lines that name it
-    (``Traceback``, ``...Error:``) are kept alongside the head.
-    """
-    text = None
-    entries = (exceptions.get("exceptionHistory") or {}).get("entries") or []
-    if entries:
-        text = entries[0].get("stacktrace") or entries[0].get("exceptionName")
-    if not text:
-        text = exceptions.get("root-exception")
-    if not text:
-        return None
+def _shorten(text: str, max_lines: int) -> str:
+    # A Beam Python error sits deep in the Java stack trace, so the lines that
+    # name exceptions (``...Error:``, ``Caused by``) are kept after the head.
     lines = [line.rstrip() for line in str(text).splitlines() if line.strip()]
     head = lines[:max_lines]
-    python_lines = [
+    named = [
         line
         for line in lines[max_lines:]
         if ("Error" in line or "Exception" in line) and not line.lstrip().startswith("at ")
     ]
-    return "\n".join(head + python_lines[-max_lines:])
+    return "\n".join(head + named[-max_lines:])
+
+
+def _failure_texts(exceptions: typing.Mapping[str, typing.Any]) -> typing.List[str]:
+    """Stack traces in a ``GET /jobs/<id>/exceptions`` answer, newest first.
+
+    Flink 1.19 answers with ``exceptionHistory.entries`` (newest first) and
+    the older ``root-exception`` field.
+    """
+    entries = (exceptions.get("exceptionHistory") or {}).get("entries") or []
+    texts = [str(e.get("stacktrace") or e.get("exceptionName")) for e in entries if e.get("stacktrace") or e.get("exceptionName")]
+    if not texts and exceptions.get("root-exception"):
+        texts = [str(exceptions["root-exception"])]
+    return texts
+
+
+# Flink restarts a job whose slots are not there yet (e.g. while a stopped
+# job's slots are being released); the job runs once they are. Not a failure
+# of the submitted code, so waiting goes on until the timeout.
+_TRANSIENT_FAILURES = ("NoResourceAvailableException",)
+
+
+def root_exception(exceptions: typing.Mapping[str, typing.Any], max_lines: int = 12) -> typing.Optional[str]:
+    """The first lines of the newest failure recorded for a job, if any."""
+    texts = _failure_texts(exceptions)
+    return _shorten(texts[0], max_lines) if texts else None
+
+
+def blocking_failure(exceptions: typing.Mapping[str, typing.Any], max_lines: int = 12) -> typing.Optional[str]:
+    """The newest recorded failure that is not a transient shortage of slots, if any."""
+    for text in _failure_texts(exceptions):
+        if not any(marker in text for marker in _TRANSIENT_FAILURES):
+            return _shorten(text, max_lines)
+    return None
 
 
 def savepoint_outcome(status: typing.Mapping[str, typing.Any]) -> typing.Optional[str]:
@@ -307,10 +331,20 @@ class FlinkRestClient:
     def _call(self, method: str, path: str, expected: typing.Collection[int] = (200,), **kwargs):
         url = f"{self.base_url}/v1/{path.lstrip('/')}"
         kwargs.setdefault("timeout", self.timeout_s)
-        try:
-            response = self._session.request(method, url, **kwargs)
-        except requests.RequestException as exc:
-            raise SubmitError(f"{method} {url}: {exc}") from exc
+        # Reads are retried through a short outage (a JobManager failing over,
+        # a port-forward reconnecting); writes are not, they may have happened.
+        attempts = GET_ATTEMPTS if method == "GET" else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                response = self._session.request(method, url, **kwargs)
+                break
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if attempt == attempts:
+                    raise SubmitError(f"{method} {url}: {exc}") from exc
+                _LOG.warning("%s %s failed (%s); retrying", method, url, exc)
+                time.sleep(GET_RETRY_DELAY_S)
+            except requests.RequestException as exc:
+                raise SubmitError(f"{method} {url}: {exc}") from exc
         if response.status_code not in expected:
             raise SubmitError(f"{method} {url} answered {response.status_code}: {response.text[:2000]}")
         return response.json() if response.content else {}
@@ -380,6 +414,11 @@ class _RunSettings:
     savepoint_path: typing.Optional[str] = None
     allow_non_restored_state: bool = False
     submitted_job_ids: typing.List[str] = dataclasses.field(default_factory=list)
+    # Set when the upload/run calls are over and the uploaded jar is deleted.
+    # Flink may report a job (even a failed one) before /jars/<id>/run
+    # answers; exiting then would leave the 100 MB upload on the cluster.
+    run_call_started: threading.Event = dataclasses.field(default_factory=threading.Event)
+    run_call_done: threading.Event = dataclasses.field(default_factory=threading.Event)
 
 
 # Beam instantiates a runner named by --runner with no arguments, so the
@@ -403,6 +442,7 @@ class _LoopbackOnlyServer:
 
 def _make_runner_classes():
     """Defines the Beam subclasses lazily, so importing this module stays cheap."""
+    import grpc
     from apache_beam.options import pipeline_options
     from apache_beam.runners.portability import flink_runner
     from apache_beam.runners.portability import flink_uber_jar_job_server as uber
@@ -416,26 +456,21 @@ def _make_runner_classes():
         state polling and cancel use; apache-beam is pinned to that version.
         """
 
-        def _start_artifact_service(self, jar, requested_port):
-            # Beam binds its artifact staging server (which writes the staged
-            # files into the jar) on every interface; it only ever serves
-            # this process, so keep it on loopback.
-            real_server = uber.abstract_job_service.grpc.server
-
-            def loopback_server(*args, **kwargs):
-                return _LoopbackOnlyServer(real_server(*args, **kwargs))
-
-            uber.abstract_job_service.grpc.server = loopback_server
-            try:
-                return super()._start_artifact_service(jar, requested_port)
-            finally:
-                uber.abstract_job_service.grpc.server = real_server
-
         def run(self):
+            _NEXT_RUN.run_call_started.set()
+            try:
+                self._upload_and_run()
+            finally:
+                _NEXT_RUN.run_call_done.set()
+
+        def _upload_and_run(self):
             # Writes the pipeline proto and options into the copied jar.
             self._stop_artifact_service()
             client = FlinkRestClient(self._master_url)
-            self._flink_jar_id = client.upload_jar(self._jar)
+            try:
+                self._flink_jar_id = client.upload_jar(self._jar)
+            finally:
+                os.unlink(self._jar)
             self._jar_uploaded = True
             body = run_request_body(
                 job_id=_NEXT_RUN.job_id,
@@ -445,7 +480,6 @@ def _make_runner_classes():
             try:
                 self._flink_job_id = client.run_jar(self._flink_jar_id, body)
             finally:
-                os.unlink(self._jar)
                 # Flink has copied the jar into its blob store with the job; the
                 # upload itself is only clutter (about 100 MB per submission).
                 self.delete_jar()
@@ -482,6 +516,22 @@ def _make_runner_classes():
 
         def create_job_service_handle(self, job_service, options):
             return portable_runner.JobServiceHandle(job_service, options, retain_unknown_options=True)
+
+        def run_pipeline(self, pipeline, options):
+            # Beam binds the servers it starts here (the artifact staging
+            # server that writes staged files into the jar, and the LOOPBACK
+            # worker pool) on every interface. Both only serve this host, so
+            # keep them on loopback while the pipeline is submitted.
+            real_server = grpc.server
+
+            def loopback_server(*args, **kwargs):
+                return _LoopbackOnlyServer(real_server(*args, **kwargs))
+
+            grpc.server = loopback_server
+            try:
+                return super().run_pipeline(pipeline, options)
+            finally:
+                grpc.server = real_server
 
     return FlinkUberJarRunner
 
@@ -542,13 +592,15 @@ def wait_for_job(
     """Polls ``job_id`` until it reaches ``wait_for`` ('running' or 'finished').
 
     'running' is reached when the job is FINISHED, or RUNNING with every task
-    running for ``settle_s`` seconds. Raises SubmitError on a recorded
-    failure, on the pipeline thread failing before Flink knows the job, or on
-    timeout.
+    running for ``settle_s`` seconds. Raises SubmitError when the job fails or
+    Flink records a failure other than missing slots (a job Flink restarts
+    because of its code does not count as running), when the pipeline thread
+    fails before Flink knows the job, or on timeout.
     """
     deadline = time.monotonic() + timeout_s
     running_since: typing.Optional[float] = None
     progress: typing.Optional[JobProgress] = None
+    last_transient: typing.Optional[str] = None
     while True:
         job = client.job(job_id)
         if job is None:
@@ -559,12 +611,15 @@ def wait_for_job(
             progress = JobProgress.from_job(job)
             if progress.state == "FINISHED":
                 return progress
-            failure = root_exception(client.exceptions(job_id))
+            exceptions = client.exceptions(job_id)
+            failure = blocking_failure(exceptions)
             if progress.failed or failure:
+                failure = failure or root_exception(exceptions)
                 raise SubmitError(
                     f"job {job_id} is {progress.state}"
                     + (f"; root exception:\n{failure}" if failure else "")
                 )
+            last_transient = root_exception(exceptions)
             if wait_for == "running" and progress.all_running:
                 running_since = running_since or time.monotonic()
                 if time.monotonic() - running_since >= settle_s:
@@ -573,7 +628,10 @@ def wait_for_job(
                 running_since = None
         if time.monotonic() > deadline:
             state = progress.state if progress else "not yet known to Flink"
-            raise SubmitError(f"timed out after {timeout_s:.0f} s waiting for job {job_id} ({state})")
+            raise SubmitError(
+                f"timed out after {timeout_s:.0f} s waiting for job {job_id} ({state})"
+                + (f"; last exception:\n{last_transient}" if last_transient else "")
+            )
         time.sleep(POLL_INTERVAL_S)
 
 
@@ -615,10 +673,36 @@ def submit(args: argparse.Namespace, pipeline_args: typing.Sequence[str]) -> dic
     _NEXT_RUN.job_id = job_id
     _NEXT_RUN.savepoint_path = args.from_savepoint
     _NEXT_RUN.allow_non_restored_state = args.allow_non_restored_state
+    _NEXT_RUN.run_call_started.clear()
+    _NEXT_RUN.run_call_done.clear()
     _LOG.info("submitting %s as Flink job %s to %s", args.pipeline, job_id, client.base_url)
     thread = _PipelineThread(function, argv)
     thread.start()
+    try:
+        return _wait_after_submission(args, client, job_id, thread)
+    finally:
+        _await_run_call(thread, timeout_s=REST_TIMEOUT_S + UPLOAD_TIMEOUT_S)
 
+
+def _await_run_call(thread: _PipelineThread, timeout_s: float) -> None:
+    """Lets the pipeline thread finish its REST calls (and delete the upload) before we exit.
+
+    Nothing to wait for when the upload never started (e.g. the pipeline
+    failed to build).
+    """
+    if not _NEXT_RUN.run_call_started.is_set():
+        return
+    deadline = time.monotonic() + timeout_s
+    while thread.is_alive() and not _NEXT_RUN.run_call_done.wait(0.2):
+        if time.monotonic() > deadline:
+            _LOG.warning("gave up waiting for the jar run call to return")
+            return
+
+
+def _wait_after_submission(
+    args: argparse.Namespace, client: FlinkRestClient, job_id: str, thread: _PipelineThread
+) -> dict:
+    """The waiting half of ``submit``: see the module docstring for what counts as success."""
     report = {"job_id": job_id, "flink_master": client.base_url, "restored_from": args.from_savepoint}
     if args.wait_for == "none":
         deadline = time.monotonic() + args.timeout_s

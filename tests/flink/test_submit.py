@@ -170,12 +170,20 @@ def worker_pool(tmp_path_factory):
 
 @pytest.fixture
 def cleanup_jobs(flink_rest):
-    job_ids: typing.List[str] = []
-    yield job_ids
-    for job_id in job_ids:
-        state = requests.get(f"{flink_rest}/jobs/{job_id}", timeout=10)
-        if state.ok and state.json()["state"] not in ("FINISHED", "FAILED", "CANCELED"):
-            requests.patch(f"{flink_rest}/jobs/{job_id}", params={"mode": "cancel"}, timeout=10)
+    """Job ids and job names whose jobs are cancelled at teardown if still running.
+
+    Names cover jobs whose id a failed CLI call never reported.
+    """
+    ids_or_names: typing.List[str] = []
+    yield ids_or_names
+    try:
+        jobs = requests.get(f"{flink_rest}/jobs/overview", timeout=10).json()["jobs"]
+    except requests.RequestException:
+        return  # no cluster, no jobs left behind
+    for job in jobs:
+        mine = job["jid"] in ids_or_names or job["name"] in ids_or_names
+        if mine and job["state"] not in ("FINISHED", "FAILED", "CANCELED"):
+            requests.patch(f"{flink_rest}/jobs/{job['jid']}", params={"mode": "cancel"}, timeout=10)
 
 
 def _cli(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess:
@@ -234,6 +242,8 @@ def _last_json(stdout: str) -> dict:
 
 def test_batch_pipeline_runs_to_finished(flink_rest, job_server_jar, worker_pool, cleanup_jobs):
     job_name = _unique("iheard-submit-test-batch")
+    cleanup_jobs.append(job_name)
+    jars_before = {jar["id"] for jar in requests.get(f"{flink_rest}/jars", timeout=10).json()["files"]}
     done = _cli(
         *_submit_args(
             flink_rest,
@@ -259,7 +269,7 @@ def test_batch_pipeline_runs_to_finished(flink_rest, job_server_jar, worker_pool
     assert _user_counter(flink_rest, report["job_id"], "keys_seen") == 3
     # The uploaded jar is removed once Flink has the job.
     jars = requests.get(f"{flink_rest}/jars", timeout=10).json()["files"]
-    assert not [jar for jar in jars if jar["name"] == "beam-pipeline.jar"]
+    assert not [jar for jar in jars if jar["id"] not in jars_before and jar["name"] == "beam-pipeline.jar"]
 
 
 def test_failing_pipeline_exits_nonzero_with_root_exception(
@@ -291,13 +301,16 @@ def test_restore_from_a_missing_savepoint_fails_with_the_reason(
     flink_rest, job_server_jar, worker_pool, cleanup_jobs, tmp_path
 ):
     missing = f"file:{tmp_path}/no-such-savepoint"
+    job_name = _unique("iheard-submit-test-bad-restore")
+    cleanup_jobs.append(job_name)
+    jars_before = {jar["id"] for jar in requests.get(f"{flink_rest}/jars", timeout=10).json()["files"]}
     done = _cli(
         *_submit_args(
             flink_rest,
             job_server_jar,
             worker_pool,
             "run_ticking_pipeline",
-            f"--job_name={_unique('iheard-submit-test-bad-restore')}",
+            f"--job_name={job_name}",
             f"--from_savepoint={missing}",
             "--cancel_on_failure",
             "--timeout_s=240",
@@ -307,6 +320,10 @@ def test_restore_from_a_missing_savepoint_fails_with_the_reason(
         )
     )
     assert done.returncode == 1, done.stdout + done.stderr[-4000:]
+    # The job fails while Flink's run call may still be answering; the
+    # upload must be deleted all the same.
+    jars = requests.get(f"{flink_rest}/jars", timeout=10).json()["files"]
+    assert not [jar for jar in jars if jar["id"] not in jars_before and jar["name"] == "beam-pipeline.jar"]
     reason = done.stderr[done.stderr.index("runners.submit: job "):]
     assert "Cannot find checkpoint or savepoint" in reason and missing in reason, reason[:4000]
 
@@ -316,6 +333,7 @@ def test_streaming_stop_with_savepoint_and_resubmit_from_it(
 ):
     streaming_args = ["--", "--streaming", "--parallelism=1", "--checkpointing_interval=2000"]
     job_name = _unique("iheard-submit-test-stream")
+    cleanup_jobs.append(job_name)
     first = _cli(
         *_submit_args(
             flink_rest,

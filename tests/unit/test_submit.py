@@ -105,6 +105,20 @@ def test_root_exception_prefers_history_and_keeps_python_error():
     assert submit.root_exception({"exceptionHistory": {"entries": []}, "root-exception": None}) is None
 
 
+def test_blocking_failure_skips_missing_slots_only():
+    no_slots = {"stacktrace": "java.util.concurrent.CompletionException: org.apache.flink.runtime.jobmanager."
+                "scheduler.NoResourceAvailableException: Could not acquire the minimum required resources."}
+    python_error = {"stacktrace": "java.lang.RuntimeException: Error received from SDK harness\nValueError: boom"}
+    only_slots = {"exceptionHistory": {"entries": [no_slots, no_slots]}}
+    assert submit.blocking_failure(only_slots) is None
+    assert "NoResourceAvailableException" in submit.root_exception(only_slots)
+    # A code failure counts even when a slot shortage was recorded after it.
+    mixed = {"exceptionHistory": {"entries": [no_slots, python_error]}}
+    assert "ValueError: boom" in submit.blocking_failure(mixed)
+    assert submit.blocking_failure({"exceptionHistory": {"entries": []}}) is None
+    assert submit.blocking_failure({"root-exception": "java.io.IOException: disk"}) == "java.io.IOException: disk"
+
+
 def test_savepoint_outcome():
     assert submit.savepoint_outcome({"status": {"id": "IN_PROGRESS"}}) is None
     done = {"status": {"id": "COMPLETED"}, "operation": {"location": "file:/sp/savepoint-1"}}
@@ -126,8 +140,10 @@ def test_job_progress():
     assert not deploying.all_running and not deploying.failed
     running = submit.JobProgress.from_job(_job("RUNNING", "RUNNING", "FINISHED"))
     assert running.all_running and not running.terminal
+    # Restarting alone is not failed: the recorded exception decides (blocking_failure).
     restarting = submit.JobProgress.from_job(_job("RESTARTING", "CANCELED"))
-    assert restarting.failed and not restarting.terminal
+    assert not restarting.failed and not restarting.terminal and not restarting.all_running
+    assert submit.JobProgress.from_job(_job("FAILING", "FAILED")).failed
     finished = submit.JobProgress.from_job(_job("FINISHED", "FINISHED"))
     assert finished.terminal and not finished.failed
     assert not submit.JobProgress.from_job(_job("RUNNING")).all_running
@@ -203,7 +219,9 @@ def test_parse_args_needs_a_master(monkeypatch):
         submit.parse_args(["list"])
 
 
-def test_main_reports_unreachable_cluster(capsys):
+def test_main_reports_unreachable_cluster(capsys, monkeypatch):
+    monkeypatch.setattr(submit, "GET_ATTEMPTS", 2)
+    monkeypatch.setattr(submit, "GET_RETRY_DELAY_S", 0.01)
     assert submit.main(["list", "--flink_master=http://127.0.0.1:9"]) == 1
     assert "runners.submit:" in capsys.readouterr().err
 
