@@ -242,7 +242,9 @@ def _archived_events(env, prefix):
             continue
         body = s3.get_object(Bucket=env["ARCHIVE_BUCKET"], Key=obj["Key"])["Body"].read()
         for rec in fastavro.reader(io.BytesIO(body)):
-            out.append((rec["session_id"], rec["event_type"], int(rec["timestamp_ms"])))
+            ts = rec["timestamp_ms"]  # a timestamp-millis logical type: fastavro gives a datetime
+            ts_ms = round(ts.timestamp() * 1000) if hasattr(ts, "timestamp") else int(ts)
+            out.append((rec["session_id"], rec["event_type"], ts_ms))
     return out
 
 
