@@ -88,7 +88,7 @@ def bench_content(lines, repeat):
         steps = {
             "sentiment x2": lambda a: [(a.sentiment(u), a.sentiment(r)) for u, r in pairs],
             "language x2": lambda a: [(a.language(u), a.language(r)) for u, r in pairs],
-            "topics": lambda a: [a.taxonomy.detect(u, r) for u, r in pairs],
+            "topics": lambda a: [a.topics(u, r) for u, r in pairs],
             "keywords": lambda a: [a.keywords(u) for u, _ in pairs],
             "all (analyse)": lambda a: [a.analyse(u, r) for u, r in pairs],
         }

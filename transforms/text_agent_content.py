@@ -32,9 +32,9 @@ so a worker needs no download at run time:
   word boundaries; see that file for the scoring).
 
 Users repeat themselves ("how much does it cost?") and the assistant repeats
-its answers, so language, sentiment and keywords are cached per analyzer by
-text (LRU, ``CACHE_SIZE`` entries each); a cache hit returns exactly what the
-computation would.
+its answers, so language, sentiment, keywords and topic phrase counts are
+cached per analyzer by text (LRU, ``CACHE_SIZE`` entries each); a cache hit
+returns exactly what the computation would.
 
 Texts are analysed after PII redaction; redaction placeholders (``[EMAIL]``,
 ``<PHONE:...>``, ``tok_...``) are removed first so they are neither keywords
@@ -87,7 +87,7 @@ MAX_KEYWORD_NGRAM = 2
 # Long responses cost VADER/topic time linearly and add nothing to the
 # verdict beyond the first few sentences.
 MAX_ANALYSED_CHARS = 2000
-# Entries per cache (language, sentiment, keywords); each holds a short
+# Entries per cache (language, sentiment, keywords, topic phrases); each holds a short
 # string key and a small value, a few MB at most.
 CACHE_SIZE = 8192
 
@@ -147,25 +147,43 @@ class TopicTaxonomy:
         self.topics: typing.Tuple[Topic, ...] = tuple(topics)
         self.by_name = {t.name: t for t in topics}
 
+    def phrase_counts(self, text: str) -> typing.Dict[str, int]:
+        """Topic -> number of its distinct phrases in ``text`` (topics with
+        none left out)."""
+        lowered = (text or "").lower()
+        if not lowered:
+            return {}
+        out = {}
+        for topic in self.topics:
+            found = topic.pattern.findall(lowered)
+            if found:
+                out[topic.name] = len(set(found))
+        return out
+
     def scores(self, user_text: str, response_text: str = "") -> typing.Dict[str, float]:
         """Topic -> distinct phrases in the user text + response_weight x
         distinct phrases in the response."""
-        user = (user_text or "").lower()
-        response = (response_text or "").lower()
-        out = {}
+        return self.combine(self.phrase_counts(user_text), self.phrase_counts(response_text))
+
+    def combine(self, user_counts: typing.Mapping[str, int],
+                response_counts: typing.Mapping[str, int]) -> typing.Dict[str, float]:
+        """``scores`` from the two texts' ``phrase_counts``."""
+        out: typing.Dict[str, float] = {}
         for topic in self.topics:
-            in_user = len(set(topic.pattern.findall(user))) if user else 0
-            in_response = len(set(topic.pattern.findall(response))) if response else 0
-            score = in_user + self.response_weight * in_response
+            score = (user_counts.get(topic.name, 0)
+                     + self.response_weight * response_counts.get(topic.name, 0))
             if score > 0:
                 out[topic.name] = score
         return out
 
-    def detect(self, user_text: str, response_text: str = "") -> typing.List[str]:
+    def rank(self, scored: typing.Mapping[str, float]) -> typing.List[str]:
         """Topics scoring >= min_score, best first (ties by name)."""
-        scored = self.scores(user_text, response_text)
         kept = [(s, n) for n, s in scored.items() if s >= self.min_score]
         return [n for s, n in sorted(kept, key=lambda sn: (-sn[0], sn[1]))]
+
+    def detect(self, user_text: str, response_text: str = "") -> typing.List[str]:
+        """Topics scoring >= min_score, best first (ties by name)."""
+        return self.rank(self.scores(user_text, response_text))
 
     def business_value(self, topic: str) -> str:
         t = self.by_name.get(topic)
@@ -299,6 +317,8 @@ class ContentAnalyzer:
         self._sentiment_cached = functools.lru_cache(maxsize=cache_size)(self._sentiment)
         self._language_cached = functools.lru_cache(maxsize=cache_size)(self._language)
         self._keywords_cached = functools.lru_cache(maxsize=cache_size)(self._keywords)
+        self._topic_counts_cached = functools.lru_cache(maxsize=cache_size)(
+            self.taxonomy.phrase_counts)
 
     # -- single analyses -------------------------------------------------
     def sentiment(self, text: str) -> typing.Tuple[str, float]:
@@ -329,6 +349,13 @@ class ContentAnalyzer:
             return ()
         return tuple(rake_keywords(cleaned, _stopwords(lan), self.max_keywords))
 
+    def topics(self, user_text: str, response_text: str = "") -> typing.List[str]:
+        """``taxonomy.detect(user_text, response_text)``, from per-text
+        phrase counts so a repeated message or answer is matched once."""
+        return self.taxonomy.rank(self.taxonomy.combine(
+            self._topic_counts_cached(user_text or ""),
+            self._topic_counts_cached(response_text or "")))
+
     # -- everything a turn needs ----------------------------------------
     def analyse(self, user_message: typing.Optional[str], response_text: str) -> ContentAnalysis:
         user = strip_placeholders(user_message or "")
@@ -342,7 +369,7 @@ class ContentAnalyzer:
         language = (self._language_cached(user[:LANGUAGE_MAX_CHARS]) if has_user
                     else UNDETERMINED_LANGUAGE)
         response_language = self._language_cached(response[:LANGUAGE_MAX_CHARS])
-        topics = self.taxonomy.detect(user[:MAX_ANALYSED_CHARS], response[:MAX_ANALYSED_CHARS])
+        topics = self.topics(user[:MAX_ANALYSED_CHARS], response[:MAX_ANALYSED_CHARS])
         keywords = self.keywords(user, language) if has_user else ()
         return ContentAnalysis(
             user_sentiment=user_label,

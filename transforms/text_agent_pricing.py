@@ -96,6 +96,9 @@ class PriceBookVersion:
         return best
 
 
+MAX_CACHED_PRICES = 10_000
+
+
 class PriceBook:
     """All versions of the price book, ordered by ``effective_from``."""
 
@@ -104,6 +107,9 @@ class PriceBook:
             raise ValueError("a price book needs at least one version")
         self.versions = sorted(versions, key=lambda v: v.effective_from)
         self._by_name = {v.version: v for v in self.versions}
+        # (version, model name as sent) -> price: the longest-prefix search
+        # runs once per model a worker sees, not once per turn.
+        self._prices: typing.Dict[typing.Tuple[str, str], typing.Optional[ModelPrice]] = {}
         if len(self._by_name) != len(self.versions):
             raise ValueError("price book versions must have distinct names")
 
@@ -145,7 +151,13 @@ class PriceBook:
         tokens_in = max(int(tokens_in or 0), 0)
         tokens_out = max(int(tokens_out or 0), 0)
         cached = min(max(int(cached_tokens_in or 0), 0), tokens_in)
-        price = book.price_for(model_name)
+        key = (book.version, model_name)
+        try:
+            price = self._prices[key]
+        except KeyError:
+            if len(self._prices) >= MAX_CACHED_PRICES:  # model names come from producers
+                self._prices.clear()
+            price = self._prices[key] = book.price_for(model_name)
         if price is None:
             return CostEstimate(None, book.version, None, cached)
         cached_rate = (

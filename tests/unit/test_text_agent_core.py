@@ -355,3 +355,17 @@ def test_cached_analysis_equals_computed_analysis():
     first = [cached.analyse(u, r) for u, r in pairs]
     again = [cached.analyse(u, r) for u, r in pairs]  # every text a cache hit now
     assert first == again == [uncached.analyse(u, r) for u, r in pairs]
+    taxonomy = load_topic_taxonomy()
+    assert [a.topics for a in first] == [tuple(taxonomy.detect(u, r)) for u, r in pairs]
+
+
+def test_price_lookup_cache_gives_the_searched_price():
+    book = load_price_book()
+    ts = 1_741_000_000_000
+    for _ in range(2):  # the second round is answered from the cache
+        assert book.estimate("gpt-4o", 1000, 100, timestamp_ms=ts) == book.estimate(
+            "gpt-4o", 1000, 100, timestamp_ms=ts)
+        assert book.estimate("no-such-model", 1000, 100, timestamp_ms=ts).cost_usd is None
+    version = book.version_at(ts)
+    assert book.estimate("gpt-4o", 1000, 100, timestamp_ms=ts).price_key == \
+        version.price_for("gpt-4o").key
