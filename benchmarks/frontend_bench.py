@@ -4,7 +4,8 @@
 
 Generates the events to a gzip JSONL file first (not timed), then runs
 ``python -m beam_pipelines.frontend`` on it in a child process with embedded
-outputs, and prints wall time, events/s and the child's peak RSS (from
+outputs, and prints wall time, events/s, CPU time (events per CPU-second is the
+figure to compare on a shared machine) and the child's peak RSS (from
 ``getrusage(RUSAGE_CHILDREN)``, so it covers the whole runner process). Run
 ``benchmarks/chain_bench.py`` for the pure transform chain without Beam.
 """
@@ -49,7 +50,9 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - t0
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak_kib = usage.ru_maxrss
+    cpu_s = usage.ru_utime + usage.ru_stime
     if proc.returncode != 0:
         print(proc.stdout[-3000:], proc.stderr[-5000:], sep="\n")
         print(f"pipeline failed with exit code {proc.returncode}")
@@ -57,7 +60,9 @@ def main(argv=None) -> int:
     summary = [line for line in proc.stdout.splitlines() if line.strip()]
     print("\n".join(summary[-8:]))
     print(f"DirectRunner frontend pipeline: {args.events} events in {wall:.1f} s "
-          f"= {args.events / wall:,.0f} events/s; peak RSS {peak_kib / 1024 / 1024:.2f} GiB")
+          f"= {args.events / wall:,.0f} events/s wall; {cpu_s:.1f} CPU-s "
+          f"= {args.events / cpu_s:,.0f} events per CPU-second; "
+          f"peak RSS {peak_kib / 1024 / 1024:.2f} GiB")
     return 0
 
 
