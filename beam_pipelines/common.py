@@ -120,6 +120,8 @@ def write_dead_letters(
     if conns.dead_letter_topic and conns.kafka_bootstrap:
         from iheard_io.kafka import WriteToKafka
 
+        # A dead letter Kafka refuses is still stored in failed_events below;
+        # the refusal itself is only logged.
         _ = (
             all_failed
             | "DeadLetterAsDict" >> beam.Map(lambda f: f._asdict())
@@ -128,6 +130,7 @@ def write_dead_letters(
                 conns.dead_letter_topic,
                 producer_config=dict(conns.kafka_security),
             )
+            | "LogUnpublishedDeadLetters" >> beam.Map(_log_unwritable)
         )
     unwritable = write_rows(
         all_failed | "ToFailedEventRows" >> beam.Map(failure_row),
