@@ -36,7 +36,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SECRET = b"benchmark-secret-0123456789"
-CACHE_SIZE = 8192  # transforms.text_agent_content.CACHE_SIZE
 
 
 _LAST_CPU = {"seconds": 0.0}
@@ -67,7 +66,7 @@ def _rate(n, seconds):
 def bench_content(lines, repeat):
     from schemas.text_agent import TextAgentTurn
     from transforms.parse import parse_record
-    from transforms.text_agent_content import ContentAnalyzer
+    from transforms.text_agent_content import CACHE_SIZE, ContentAnalyzer
 
     turns = []
     for line in lines:
@@ -122,7 +121,7 @@ def bench_pure(lines, repeat):
     from transforms.pii import PiiRedactor
     from transforms.text_agent import TurnEnricher, redact_turn
 
-    from transforms.text_agent_content import ContentAnalyzer
+    from transforms.text_agent_content import CACHE_SIZE, ContentAnalyzer
 
     redactor = PiiRedactor(SECRET)
     for cached in (False, True):

@@ -60,6 +60,7 @@ __all__ = [
     "strip_placeholders",
     "UNDETERMINED_LANGUAGE",
     "LANGUAGES",
+    "CACHE_SIZE",
     "rake_keywords",
 ]
 
@@ -80,16 +81,18 @@ LANGUAGES = (
     "CHINESE", "KOREAN",
 )
 # A language shows in its first sentences; reading more of a long response
-# costs time linearly and does not change the verdict.
+# costs time linearly and rarely changes the verdict.
 LANGUAGE_MAX_CHARS = 300
 MAX_KEYWORDS = 5
 MAX_KEYWORD_NGRAM = 2
 # Long responses cost VADER/topic time linearly and add nothing to the
 # verdict beyond the first few sentences.
 MAX_ANALYSED_CHARS = 2000
-# Entries per cache (language, sentiment, keywords, topic phrases); each holds a short
-# string key and a small value, a few MB at most.
-CACHE_SIZE = 8192
+# Entries per cache (language, sentiment, keywords, topic phrases). Keys are
+# texts of at most MAX_ANALYSED_CHARS characters, so a full cache keeps at
+# most ~8 MB of ASCII keys (4096 x 2000), well under 1 MB for chat-length
+# messages; enough to hold a busy worker's repeated questions and answers.
+CACHE_SIZE = 4096
 
 # Placeholders a redactor may leave: [EMAIL], [EMAIL:ab12], <PHONE>, {{email}},
 # and HMAC tokens such as tok_3f9a... or email_3f9a....
