@@ -122,11 +122,18 @@ def test_flink_configuration_matches_the_local_cluster():
         "restart-strategy.fixed-delay.attempts",
         "restart-strategy.fixed-delay.delay",
         "jobmanager.execution.failover-strategy",
-        "metrics.reporter.prom.factory.class",
         "taskmanager.numberOfTaskSlots",
         "taskmanager.memory.managed.fraction",
+        "taskmanager.memory.jvm-metaspace.size",
+        "taskmanager.memory.task.off-heap.size",
     ):
         assert str(remote[key]) == str(local[key]), key
+    # Locally a loopback-bound variant of the reporter; in pods Flink's own,
+    # which listens on the pod's address where Prometheus can reach it.
+    assert local["metrics.reporter.prom.factory.class"].endswith("PrometheusReporterFactory")
+    assert remote["metrics.reporter.prom.factory.class"] == (
+        "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
+    )
     for key in ("state.checkpoints.dir", "state.savepoints.dir", "high-availability.storageDir"):
         assert remote[key].startswith("s3://"), key
     assert remote["metrics.reporter.prom.port"] == "9249"
