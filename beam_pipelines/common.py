@@ -153,9 +153,12 @@ def prepare_sinks(conns: Connections) -> None:
 
         ensure_schema(conns.postgres_dsn)
     else:
-        from iheard_io.embedded import ensure_embedded_schema
+        from iheard_io.embedded import close_embedded, ensure_embedded_schema
 
         ensure_embedded_schema(conns.embedded_db)
+        # DuckDB locks the file per process: release it for the workers,
+        # which may run in another process (e.g. a Flink worker pool).
+        close_embedded(conns.embedded_db)
     if "://" not in conns.archive_path:
         import os
 
