@@ -105,7 +105,8 @@ ONE_HOUR_SECONDS = 60 * 60
 # Redis hash with the running cost of a tenant's UTC day (see daily_cost_state).
 DAILY_COST_PREFIX = "iheard:text_agent:cost:"
 SESSION_STATE_PREFIX = "iheard:text_agent:session:"
-ANALYZERS = {"sentiment": "vaderSentiment", "language": "lingua(low-accuracy,16-languages)",
+ANALYZERS = {"sentiment": "vaderSentiment",
+             "language": "lingua(16 languages, low-accuracy then high-accuracy if unsure)",
              "keywords": "rake(yake-stopwords)", "topics": "taxonomy"}
 
 
