@@ -16,7 +16,7 @@ import typing
 import apache_beam as beam
 from apache_beam.transforms import window
 
-from beam_pipelines.options import Connections, IheardOptions
+from beam_pipelines.options import Connections, IheardOptions, resolve_connections
 from schemas.tables import failure_row
 from transforms.deadletter import RedactDeadLetters
 
@@ -32,6 +32,7 @@ __all__ = [
     "count",
     "counter_values",
     "check_runner",
+    "run_job",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -283,3 +284,22 @@ def check_runner(options) -> None:
             "(--profile=flink-local) or drop --streaming for a bounded run "
             "(--kafka_mode=bounded)."
         )
+
+
+def run_job(options, opts: IheardOptions, default_topic: str, build, pipeline_name: str, runner=None):
+    """Runs one pipeline module's job: resolves connections, creates the
+    tables, reads the source, applies ``build(pipeline, records, conns, opts,
+    streaming)``, waits, and prints the summary. Returns the PipelineResult."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    check_runner(options)
+    streaming = bool(options.view_as(StandardOptions).streaming)
+    conns = resolve_connections(opts)
+    prepare_sinks(conns)
+    pipeline = beam.Pipeline(runner=runner, options=options)
+    records = read_source(pipeline, conns, opts, default_topic, streaming)
+    build(pipeline, records, conns, opts, streaming)
+    result = pipeline.run()
+    result.wait_until_finish()
+    print(summary(result, conns, pipeline_name), flush=True)
+    return result

@@ -26,17 +26,16 @@ The chain (every step labelled as it appears in the Flink dashboard)::
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 import typing
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipelines import common
-from beam_pipelines.options import Connections, IheardOptions, resolve_connections
+from beam_pipelines.options import Connections, IheardOptions
 
 __all__ = ["build_pipeline", "run", "FRONTEND_TOPIC", "SAMPLE_INPUT"]
 
@@ -116,23 +115,11 @@ def run(argv: typing.Optional[typing.List[str]] = None, save_main_session: bool 
 
     argv = expand_argv(list(sys.argv[1:] if argv is None else argv))
     options = PipelineOptions(argv)
-    common.check_runner(options)
     opts = options.view_as(IheardOptions)
-    streaming = options.view_as(StandardOptions).streaming
     if not opts.input and not opts.kafka_bootstrap:
         _LOG.info("no --input or --kafka_bootstrap: using the bundled sample %s", SAMPLE_INPUT)
         opts.input = SAMPLE_INPUT
-    conns = resolve_connections(opts)
-    common.prepare_sinks(conns)
-
-    pipeline = beam.Pipeline(options=options)
-    records = common.read_source(pipeline, conns, opts, FRONTEND_TOPIC, streaming)
-    build_pipeline(pipeline, records, conns, opts, streaming)
-    result = pipeline.run()
-    result.wait_until_finish()
-    print(common.summary(result, conns, PIPELINE), flush=True)
-    return result
-
+    return common.run_job(options, opts, FRONTEND_TOPIC, build_pipeline, PIPELINE)
 
 if __name__ == "__main__":
     logging.getLogger().setLevel(logging.INFO)

@@ -57,11 +57,15 @@ ARCHIVE_SOURCE = "text_agent"
 class RestateOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--from", dest="from_", required=True,
+        # Not argparse-required: Beam parses every registered options class
+        # for every pipeline in the process, so a required flag here would
+        # break the other pipelines' option parsing once this module is
+        # imported. run() checks them instead.
+        parser.add_argument("--from", dest="from_",
                             help="Start of the range (inclusive): YYYY-MM-DD or ISO-8601.")
-        parser.add_argument("--to", dest="to", required=True,
+        parser.add_argument("--to", dest="to",
                             help="End of the range (exclusive; a bare date includes that day).")
-        parser.add_argument("--price_book_version", required=True,
+        parser.add_argument("--price_book_version",
                             help="Price-book version to restate under (e.g. 2025.06).")
         parser.add_argument("--price_book",
                             help="Price-book YAML (default: the bundled transforms/data/price_book.yaml).")
@@ -195,6 +199,11 @@ def run(argv: typing.Optional[typing.List[str]] = None, runner=None):
     options = PipelineOptions(argv)
     opts = options.view_as(IheardOptions)
     ropts = options.view_as(RestateOptions)
+    missing = [flag for flag, value in (("--from", ropts.from_), ("--to", ropts.to),
+                                        ("--price_book_version", ropts.price_book_version))
+               if not value]
+    if missing:
+        raise SystemExit(f"restate_costs: missing required option(s): {', '.join(missing)}")
     start, end = parse_bound(ropts.from_, False), parse_bound(ropts.to, True)
     if end <= start:
         raise ValueError(f"--to ({end.isoformat()}) must be after --from ({start.isoformat()})")
@@ -213,14 +222,16 @@ def run(argv: typing.Optional[typing.List[str]] = None, runner=None):
              | "ToJsonLines" >> beam.Map(_to_json_line)
              | "WriteJsonLines" >> beam.io.WriteToText(
                  ropts.output_file, shard_name_template="", num_shards=1))
-    totals = (rows
-              | "Amounts" >> beam.Map(lambda r: (1, r["original_cost_usd"] or 0.0,
-                                                 r["restated_cost_usd"] or 0.0))
-              | "Totals" >> beam.CombineGlobally(_sum_columns)
-              | "PrintTotals" >> beam.Map(lambda t: print(
-                  f"[restate_costs] turns={t[0]} original_usd={t[1]:.6f} "
-                  f"restated_usd={t[2]:.6f} difference_usd={t[2] - t[1]:+.6f} "
-                  f"version={ropts.price_book_version}", flush=True)))
+    _ = (
+        rows
+        | "Amounts" >> beam.Map(lambda r: (1, r["original_cost_usd"] or 0.0,
+                                           r["restated_cost_usd"] or 0.0))
+        | "Totals" >> beam.CombineGlobally(_sum_columns)
+        | "PrintTotals" >> beam.Map(lambda t: print(
+            f"[restate_costs] turns={t[0]} original_usd={t[1]:.6f} "
+            f"restated_usd={t[2]:.6f} difference_usd={t[2] - t[1]:+.6f} "
+            f"version={ropts.price_book_version}", flush=True))
+    )
     result = pipeline.run()
     result.wait_until_finish()
     return result

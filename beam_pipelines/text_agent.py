@@ -50,10 +50,10 @@ import sys
 import typing
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipelines import common
-from beam_pipelines.options import Connections, IheardOptions, resolve_connections
+from beam_pipelines.options import Connections, IheardOptions
 
 __all__ = ["build_pipeline", "run", "sample_turns", "TEXT_AGENT_TOPIC", "turn_key"]
 
@@ -322,23 +322,12 @@ def run(argv: typing.Optional[typing.List[str]] = None, runner=None):
     argv = expand_argv(rest)
     options = PipelineOptions(argv)
     opts = options.view_as(IheardOptions)
-    streaming = bool(options.view_as(StandardOptions).streaming)
     if not opts.input and not opts.kafka_bootstrap:
         sample = os.path.join(opts.output_dir or "output", "text_agent_sample.jsonl.gz")
         _write_lines(sample_turns(), sample)
         _LOG.info("no --input or --kafka_bootstrap: using generated sample turns %s", sample)
         opts.input = sample
-    conns = resolve_connections(opts)
-    common.prepare_sinks(conns)
-
-    pipeline = beam.Pipeline(runner=runner, options=options)
-    records = common.read_source(pipeline, conns, opts, TEXT_AGENT_TOPIC, streaming)
-    build_pipeline(pipeline, records, conns, opts, streaming=streaming)
-    result = pipeline.run()
-    result.wait_until_finish()
-    print(common.summary(result, conns, PIPELINE), flush=True)
-    return result
-
+    return common.run_job(options, opts, TEXT_AGENT_TOPIC, build_pipeline, PIPELINE, runner=runner)
 
 if __name__ == "__main__":
     logging.getLogger().setLevel(logging.INFO)

@@ -48,7 +48,6 @@ Cached input tokens: the first of ``cached_tokens_in``, ``tokens_in_cached``,
 from __future__ import annotations
 
 import collections
-import dataclasses
 import datetime as dt
 import json
 import typing
