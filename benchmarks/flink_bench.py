@@ -218,7 +218,11 @@ def main(argv=None) -> int:
             if count != last_count:
                 last_count, last_change = count, now
             received = rest.user_metric(jid, "frontend", "received") or 0
-            if received >= args.events and count and now - last_change > 10:
+            # Done when every event that passed de-duplication is a row (rows
+            # arrive in bursts with pauses of 10 s and more between them);
+            # a minute without a new row ends the wait too.
+            kept = rest.user_metric(jid, "frontend", "dedupe_kept") or 0
+            if received >= args.events and count and (count >= kept or now - last_change > 60):
                 break
             time.sleep(1)
         drained_at = last_change
