@@ -11,10 +11,13 @@ Prints, in one run:
    batch (rows/s);
 4. the seed architecture's consumer: a kafka-python loop doing one INSERT and
    one COMMIT per event (rows/s);
+5. the whole frontend pipeline on the DirectRunner, Kafka (bounded) ->
+   PostgreSQL + Redis + S3 archive, on ``--pipeline-events`` generated
+   frontend events (events/s; 0 skips it);
 
 and the ratios between them. Start the services first::
 
-    bash services/services.sh up kafka postgres
+    bash services/services.sh up
     python benchmarks/io_bench.py                      # 20,000 events
     python benchmarks/io_bench.py --events 50000 --naive-events 5000
 
@@ -186,6 +189,43 @@ def bench_naive(dsn: str, bootstrap: str, topic: str, partitions: int, limit: in
         return consume(bootstrap, topic, partitions, limit, handle)
 
 
+def bench_frontend_pipeline(args, run_id: str) -> tuple:
+    """The frontend job, Kafka -> PostgreSQL + Redis + S3, on the DirectRunner.
+    Returns (events, seconds); its rows are deleted afterwards."""
+    import psycopg
+    from kafka.admin import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    from beam_pipelines import frontend, generate
+
+    topic = f"io-bench-frontend-{run_id}"
+    admin = KafkaAdminClient(bootstrap_servers=args.kafka)
+    admin.create_topics([NewTopic(topic, 8, 1)])
+    lines = [line.replace('"sess_', f'"sess_{run_id}_') for line in
+             generate.frontend_events(args.pipeline_events, seed=11)]
+    try:
+        generate._produce(lines, args.kafka, topic)
+        t0 = time.perf_counter()
+        frontend.run([
+            f"--kafka_bootstrap={args.kafka}", f"--kafka_topic={topic}", "--kafka_mode=bounded",
+            "--kafka_start_from=earliest", f"--postgres_dsn={args.dsn}",
+            f"--redis_url={args.redis}", f"--archive_path=s3://{args.s3_bucket}/io-bench-{run_id}",
+            f"--s3_endpoint_url={args.s3_endpoint}", "--s3_access_key_id=test",
+            "--s3_secret_access_key=test", "--s3_region_name=us-east-1",
+            "--pii_secret=io-bench-secret-0123456789", "--runner=DirectRunner",
+        ])
+        seconds = time.perf_counter() - t0
+    finally:
+        with psycopg.connect(args.dsn) as conn:
+            pattern = f"sess_{run_id}_%"
+            conn.execute("DELETE FROM frontend_analytics WHERE session_id LIKE %s", (pattern,))
+            conn.execute("DELETE FROM frontend_sessions WHERE session_id LIKE %s", (pattern,))
+            conn.execute("DELETE FROM failed_events WHERE source_topic = %s", (topic,))
+        admin.delete_topics([topic])
+        admin.close()
+    return len(lines), seconds
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kafka", default="127.0.0.1:19092")
@@ -195,6 +235,11 @@ def main(argv=None) -> int:
                         help="events for the one-INSERT-per-event consumer (slow)")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--pipeline-events", type=int, default=20_000,
+                        help="generated frontend events for the whole-pipeline run (0 skips it)")
+    parser.add_argument("--redis", default="redis://127.0.0.1:16380/0")
+    parser.add_argument("--s3-endpoint", default="http://127.0.0.1:19000")
+    parser.add_argument("--s3-bucket", default="iheardai-archive")
     args = parser.parse_args(argv)
 
     import psycopg
@@ -228,6 +273,8 @@ def main(argv=None) -> int:
         with psycopg.connect(args.dsn) as conn:
             conn.execute("DELETE FROM frontend_analytics WHERE event_id LIKE %s", (run_id + "-%",))
         naive_s = bench_naive(args.dsn, args.kafka, topic, args.partitions, naive_n)
+        pipeline_n, pipeline_s = (bench_frontend_pipeline(args, run_id.replace("-", "_"))
+                                  if args.pipeline_events > 0 else (0, None))
     finally:
         with psycopg.connect(args.dsn) as conn:
             conn.execute("DELETE FROM frontend_analytics WHERE event_id LIKE %s", (run_id + "-%",))
@@ -246,7 +293,8 @@ def main(argv=None) -> int:
         ("same pipeline from memory (FnApiRunner baseline)", n, baseline_s),
         (f"WriteToPostgres DoFn, COPY+upsert, batch {args.batch_size}", n, copy_s),
         ("naive consumer: INSERT + COMMIT per event", naive_n, naive_s),
-    ]:
+    ] + ([("frontend pipeline Kafka->PG+Redis+S3, DirectRunner", pipeline_n, pipeline_s)]
+         if pipeline_s else []):
         print(f"{label:<52}{count:>9}{secs:>9.2f}{count / secs:>11,.0f}")
     print()
     print(f"COPY+upsert / naive per-event insert: {copy_rate / naive_rate:6.1f}x")
@@ -254,6 +302,9 @@ def main(argv=None) -> int:
     print(f"raw consume+decode / ReadFromKafka:   {raw_rate / beam_rate:6.1f}x "
           "(includes Beam pipeline start-up)")
     print(f"ReadFromKafka time / in-memory baseline time: {beam_s / baseline_s:6.2f}")
+    if pipeline_s:
+        print(f"frontend pipeline / naive per-event insert: "
+              f"{(pipeline_n / pipeline_s) / naive_rate:6.1f}x")
     return 0
 
 
