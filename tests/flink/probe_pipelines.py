@@ -55,9 +55,12 @@ def expected_word_counts() -> typing.Dict[str, int]:
 class StreamSpec(typing.NamedTuple):
     """The streaming probe's input: event i has event time base_s + i * spacing_s."""
 
+    # 24 calls a second apart: the job runs ~25 s, long enough for the test
+    # to see a finite watermark while it runs (after the last event the
+    # watermark rightly goes to +inf).
     events: int = 240
-    per_call: int = 20
-    pause_s: float = 0.5
+    per_call: int = 10
+    pause_s: float = 1.0
     spacing_s: float = 0.5
     # A multiple of the window size, so windows hold whole groups of events.
     base_s: int = 1_700_000_000
