@@ -33,6 +33,7 @@ __all__ = [
     "counter_values",
     "check_runner",
     "run_job",
+    "exit_with_help_if_asked",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -303,3 +304,19 @@ def run_job(options, opts: IheardOptions, default_topic: str, build, pipeline_na
     result.wait_until_finish()
     print(summary(result, conns, pipeline_name), flush=True)
     return result
+
+
+def exit_with_help_if_asked(argv, prog: str, description: str, *option_classes) -> None:
+    """``--help``/``-h``: prints the project's options (and the Beam ones most
+    used with them), then exits. Beam's own parser would list only ``-h``."""
+    if "--help" not in argv and "-h" not in argv:
+        return
+    import argparse
+
+    from apache_beam.options.pipeline_options import S3Options, StandardOptions
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    for options_class in (IheardOptions, *option_classes, StandardOptions, S3Options):
+        options_class._add_argparse_args(parser)
+    parser.print_help()
+    raise SystemExit(0)

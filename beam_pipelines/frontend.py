@@ -113,7 +113,9 @@ def run(argv: typing.Optional[typing.List[str]] = None, save_main_session: bool 
     """Parses ``argv``, builds and runs the pipeline; returns the PipelineResult."""
     from runners.profiles import expand_argv
 
-    argv = expand_argv(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    common.exit_with_help_if_asked(argv, "python -m beam_pipelines.frontend", __doc__.splitlines()[0])
+    argv = expand_argv(argv)
     options = PipelineOptions(argv)
     opts = options.view_as(IheardOptions)
     if not opts.input and not opts.kafka_bootstrap:

@@ -319,6 +319,8 @@ def run(argv: typing.Optional[typing.List[str]] = None, runner=None):
         print(f"wrote {n} lines to {known.output}", flush=True)
         return None
 
+    common.exit_with_help_if_asked(rest, "python -m beam_pipelines.text_agent",
+                                   __doc__.splitlines()[0])
     argv = expand_argv(rest)
     options = PipelineOptions(argv)
     opts = options.view_as(IheardOptions)

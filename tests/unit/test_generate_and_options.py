@@ -127,3 +127,16 @@ def test_streaming_on_the_direct_runner_is_refused_with_advice():
             check_runner(PipelineOptions(argv))
     check_runner(PipelineOptions(["--runner=DirectRunner"]))  # bounded: fine
     check_runner(PipelineOptions(["--streaming", "--runner=FlinkRunner"]))
+
+
+def test_help_lists_the_project_options(capsys):
+    from beam_pipelines import frontend
+
+    with pytest.raises(SystemExit) as exit_info:
+        frontend.run(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--input", "--kafka_bootstrap", "--postgres_dsn", "--redis_url",
+                 "--archive_path", "--pii_secret", "--session_gap_seconds", "--runner",
+                 "--s3_endpoint_url"):
+        assert flag in out
