@@ -82,9 +82,10 @@ def _upsert_sql(spec: TableSpec, source: str) -> str:
     updates = ", ".join(
         f'"{c}" = excluded."{c}"' for c in spec.columns if c not in spec.key
     )
+    condition = f" WHERE {spec.update_condition}" if spec.update_condition else ""
     return (
         f'INSERT INTO "{spec.name}" ({columns}) SELECT {columns} FROM {source} '
-        f"ON CONFLICT ({keys}) DO UPDATE SET {updates}"
+        f"ON CONFLICT ({keys}) DO UPDATE SET {updates}{condition}"
     )
 
 

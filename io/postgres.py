@@ -133,6 +133,8 @@ def upsert_sql(spec: TableSpec, source: str) -> str:
     if updates:
         action = "DO UPDATE SET " + ", ".join(
             f"{_quote(c)} = EXCLUDED.{_quote(c)}" for c in updates)
+        if spec.update_condition:
+            action += f" WHERE {spec.update_condition}"
     else:
         action = "DO NOTHING"
     return (f"INSERT INTO {_quote(spec.name)} ({cols}) SELECT {cols} FROM {source} "

@@ -38,6 +38,10 @@ class TableSpec:
     key: typing.Tuple[str, ...]
     json_columns: typing.FrozenSet[str] = frozenset()
     timestamp_columns: typing.FrozenSet[str] = frozenset()
+    # SQL condition on ``excluded`` (the incoming row) and the stored row
+    # (named by the table) under which an upsert may replace a stored row;
+    # None: always. Lets a stale restatement arriving late lose to a newer one.
+    update_condition: typing.Optional[str] = None
 
     def __post_init__(self):
         missing = [k for k in self.key if k not in self.columns]
@@ -80,6 +84,10 @@ FRONTEND_SESSIONS = _register(
             "max_engagement_score", "pane_index", "updated_at",
         ),
         key=("session_id", "window_start"),
+        # Session panes accumulate: a pane never has fewer events than an
+        # earlier pane of the same window, so a pane replayed or delivered
+        # out of order must not overwrite a fuller one.
+        update_condition="excluded.event_count >= frontend_sessions.event_count",
         timestamp_columns=frozenset(
             {"window_start", "window_end", "first_event_at", "last_event_at",
              "updated_at"}

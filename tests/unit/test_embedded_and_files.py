@@ -87,3 +87,26 @@ def test_embedded_sink_is_idempotent_under_replay(tmp_path):
 def test_embedded_sink_rejects_unknown_table():
     with pytest.raises(ValueError):
         WriteToEmbeddedDb("/tmp/x.duckdb", "no_such_table")
+
+
+def test_a_stale_session_pane_does_not_overwrite_a_fuller_one(tmp_path):
+    from iheard_io.embedded import _database, upsert_rows
+    from iheard_io.postgres import upsert_sql
+    from schemas.tables import TABLES
+
+    spec = TABLES["frontend_sessions"]
+    assert upsert_sql(spec, "src").endswith(
+        "WHERE excluded.event_count >= frontend_sessions.event_count")
+    path = str(tmp_path / "s.duckdb")
+    cursor = _database(path).cursor()
+
+    def pane(count, updated):
+        return {"session_id": "A", "window_start": 1_767_225_600_000,
+                "window_end": 1_767_227_400_000, "event_count": count, "updated_at": updated}
+
+    upsert_rows(cursor, spec, [pane(4, 1_767_230_000_000)])
+    upsert_rows(cursor, spec, [pane(3, 1_767_230_500_000)])  # older pane, delivered late
+    assert cursor.execute("select event_count from frontend_sessions").fetchall() == [(4,)]
+    upsert_rows(cursor, spec, [pane(5, 1_767_231_000_000)])  # a fuller restatement wins
+    assert cursor.execute("select event_count from frontend_sessions").fetchall() == [(5,)]
+    close_embedded(path)
