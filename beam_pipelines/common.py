@@ -16,7 +16,12 @@ import typing
 import apache_beam as beam
 from apache_beam.transforms import window
 
-from beam_pipelines.options import Connections, IheardOptions, resolve_connections
+from beam_pipelines.options import (
+    Connections,
+    IheardOptions,
+    apply_spaces_credentials,
+    resolve_connections,
+)
 from schemas.tables import failure_row
 from transforms.deadletter import RedactDeadLetters
 
@@ -295,6 +300,7 @@ def run_job(options, opts: IheardOptions, default_topic: str, build, pipeline_na
 
     check_runner(options)
     streaming = bool(options.view_as(StandardOptions).streaming)
+    apply_spaces_credentials(options)
     conns = resolve_connections(opts)
     prepare_sinks(conns)
     pipeline = beam.Pipeline(runner=runner, options=options)

@@ -17,7 +17,13 @@ import typing
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-__all__ = ["IheardOptions", "Connections", "resolve_connections", "DEV_PII_SECRET"]
+__all__ = [
+    "IheardOptions",
+    "Connections",
+    "resolve_connections",
+    "apply_spaces_credentials",
+    "DEV_PII_SECRET",
+]
 
 _LOG = logging.getLogger(__name__)
 
@@ -197,3 +203,25 @@ def resolve_connections(opts: IheardOptions, env=None) -> Connections:
         pii_secret=secret.encode("utf-8"),
         kafka_security=security,
     )
+
+
+# Beam's S3 options <- the design document's DigitalOcean Spaces variables.
+_SPACES_ENV = (
+    ("s3_access_key_id", "SPACES_ACCESS_KEY"),
+    ("s3_secret_access_key", "SPACES_SECRET_KEY"),
+    ("s3_endpoint_url", "SPACES_ENDPOINT"),
+    ("s3_region_name", "SPACES_REGION"),
+)
+
+
+def apply_spaces_credentials(options: PipelineOptions, env=None) -> None:
+    """Fills Beam's ``--s3_*`` options that were not given from the Spaces
+    environment variables (Spaces speaks the S3 API), so an ``s3://`` archive
+    works with the same variables the rest of the platform uses."""
+    from apache_beam.options.pipeline_options import S3Options
+
+    env = os.environ if env is None else env
+    s3 = options.view_as(S3Options)
+    for option, variable in _SPACES_ENV:
+        if not getattr(s3, option, None) and env.get(variable):
+            setattr(s3, option, env[variable])

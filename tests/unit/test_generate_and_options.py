@@ -140,3 +140,19 @@ def test_help_lists_the_project_options(capsys):
                  "--archive_path", "--pii_secret", "--session_gap_seconds", "--runner",
                  "--s3_endpoint_url"):
         assert flag in out
+
+
+def test_spaces_variables_fill_the_s3_options_not_given():
+    from apache_beam.options.pipeline_options import PipelineOptions, S3Options
+
+    from beam_pipelines.options import apply_spaces_credentials
+
+    options = PipelineOptions(["--s3_access_key_id=flag-key"])
+    apply_spaces_credentials(options, env={
+        "SPACES_ACCESS_KEY": "env-key", "SPACES_SECRET_KEY": "env-secret",
+        "SPACES_ENDPOINT": "https://nyc3.digitaloceanspaces.com"})
+    s3 = options.view_as(S3Options)
+    assert s3.s3_access_key_id == "flag-key"  # the flag wins
+    assert s3.s3_secret_access_key == "env-secret"
+    assert s3.s3_endpoint_url == "https://nyc3.digitaloceanspaces.com"
+    assert options.get_all_options()["s3_secret_access_key"] == "env-secret"  # reaches workers
