@@ -16,11 +16,12 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import random
 import sys
 import typing
 
-__all__ = ["frontend_events", "main"]
+__all__ = ["frontend_events", "write_lines", "main"]
 
 USER_AGENTS = [
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
@@ -173,7 +174,9 @@ def frontend_events(
                 emitted += 1
 
 
-def _write(lines: typing.Iterable[str], output: str) -> int:
+def write_lines(lines: typing.Iterable[str], output: str) -> int:
+    """Writes ``lines`` to ``output`` (gzip when it ends in .gz); returns the count."""
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     opener = gzip.open if output.endswith(".gz") else open
     n = 0
     with opener(output, "wt", encoding="utf-8") as handle:
@@ -219,7 +222,7 @@ def main(argv=None) -> int:
         n = _produce(lines, args.kafka_bootstrap, args.topic)
         print(f"produced {n} events to {args.topic}", file=sys.stderr)
     elif args.output and args.output != "-":
-        n = _write(lines, args.output)
+        n = write_lines(lines, args.output)
         print(f"wrote {n} events to {args.output}", file=sys.stderr)
     else:
         for line in lines:

@@ -41,7 +41,6 @@ Redis keys (when ``--redis_url`` is set): ``iheard:text_agent:session:<id>``
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import logging
 import os
@@ -53,6 +52,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipelines import common
+from beam_pipelines.generate import write_lines
 from beam_pipelines.options import Connections, IheardOptions
 
 __all__ = ["build_pipeline", "run", "sample_turns", "TEXT_AGENT_TOPIC", "turn_key"]
@@ -292,17 +292,6 @@ def sample_turns(n_sessions: int = 200, seed: int = 7, start_ms: int = 1_741_000
     return lines
 
 
-def _write_lines(lines: typing.Iterable[str], path: str) -> int:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    opener = gzip.open if path.endswith(".gz") else open
-    n = 0
-    with opener(path, "wt", encoding="utf-8") as handle:
-        for line in lines:
-            handle.write(line + "\n")
-            n += 1
-    return n
-
-
 def run(argv: typing.Optional[typing.List[str]] = None, runner=None):
     """Parses ``argv``, builds and runs the pipeline; returns the PipelineResult.
     ``runner`` (a runner instance) overrides ``--runner`` (tests name theirs)."""
@@ -315,7 +304,7 @@ def run(argv: typing.Optional[typing.List[str]] = None, runner=None):
     pre.add_argument("--seed", type=int, default=7)
     known, rest = pre.parse_known_args(argv)
     if known.generate:
-        n = _write_lines(sample_turns(known.generate, seed=known.seed), known.output)
+        n = write_lines(sample_turns(known.generate, seed=known.seed), known.output)
         print(f"wrote {n} lines to {known.output}", flush=True)
         return None
 
@@ -326,7 +315,7 @@ def run(argv: typing.Optional[typing.List[str]] = None, runner=None):
     opts = options.view_as(IheardOptions)
     if not opts.input and not opts.kafka_bootstrap:
         sample = os.path.join(opts.output_dir or "output", "text_agent_sample.jsonl.gz")
-        _write_lines(sample_turns(), sample)
+        write_lines(sample_turns(), sample)
         _LOG.info("no --input or --kafka_bootstrap: using generated sample turns %s", sample)
         opts.input = sample
     return common.run_job(options, opts, TEXT_AGENT_TOPIC, build_pipeline, PIPELINE, runner=runner)

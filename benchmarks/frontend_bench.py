@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     events_path = os.path.join(workdir, f"events-{args.events}.jsonl.gz")
     if not os.path.exists(events_path):
         t0 = time.perf_counter()
-        generate._write(generate.frontend_events(args.events, seed=42), events_path)
+        generate.write_lines(generate.frontend_events(args.events, seed=42), events_path)
         print(f"generated {args.events} events in {time.perf_counter() - t0:.1f} s -> {events_path}")
 
     out = os.path.join(workdir, "out")

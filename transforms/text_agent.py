@@ -422,14 +422,15 @@ def summarise_conversation(entries: typing.Mapping[str, tuple]) -> dict:
     }
 
 
-class _ConversationCombineFn(beam.CombineFn):
-    """Accumulator: ``{turn_id: conversation_entry}`` (duplicates collapse)."""
+class _EntriesByIdCombineFn(beam.CombineFn):
+    """Accumulator: ``{id: entry}`` from ``(id, entry)`` inputs, so a turn
+    delivered twice (retry, replay) is counted once."""
 
     def create_accumulator(self):
         return {}
 
-    def add_input(self, acc, turn):
-        acc[turn[0]] = turn[1]
+    def add_input(self, acc, keyed_entry):
+        acc[keyed_entry[0]] = keyed_entry[1]
         return acc
 
     def merge_accumulators(self, accs):
@@ -437,6 +438,13 @@ class _ConversationCombineFn(beam.CombineFn):
         for acc in accs:
             out.update(acc)
         return out
+
+    def extract_output(self, acc):
+        return acc
+
+
+class _ConversationCombineFn(_EntriesByIdCombineFn):
+    """``{turn_id: conversation_entry}`` -> the conversation summary."""
 
     def extract_output(self, acc):
         return summarise_conversation(acc)
@@ -499,24 +507,8 @@ def billing_row(tenant_id: str, model: str, hour_start_ms: int,
     }
 
 
-class _UsageCombineFn(beam.CombineFn):
-    """Accumulator: ``{session_id + turn_id: billing_entry}`` (duplicates collapse)."""
-
-    def create_accumulator(self):
-        return {}
-
-    def add_input(self, acc, turn):
-        acc[turn[0]] = turn[1]
-        return acc
-
-    def merge_accumulators(self, accs):
-        out = {}
-        for acc in accs:
-            out.update(acc)
-        return out
-
-    def extract_output(self, acc):
-        return acc
+class _UsageCombineFn(_EntriesByIdCombineFn):
+    """``{session_id + turn_id: billing_entry}``, returned as is."""
 
 
 class _BillingRowFn(beam.DoFn):
