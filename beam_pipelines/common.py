@@ -39,6 +39,7 @@ __all__ = [
     "check_runner",
     "run_job",
     "exit_with_help_if_asked",
+    "configure_cli_logging",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -326,3 +327,10 @@ def exit_with_help_if_asked(argv, prog: str, description: str, *option_classes) 
         options_class._add_argparse_args(parser)
     parser.print_help()
     raise SystemExit(0)
+
+
+def configure_cli_logging() -> None:
+    """INFO for the project's own messages; Beam's per-step INFO chatter (type
+    hint conversions, state cache sizes ...) only from WARNING up."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)

@@ -124,5 +124,5 @@ def run(argv: typing.Optional[typing.List[str]] = None, save_main_session: bool 
     return common.run_job(options, opts, FRONTEND_TOPIC, build_pipeline, PIPELINE)
 
 if __name__ == "__main__":
-    logging.getLogger().setLevel(logging.INFO)
+    common.configure_cli_logging()
     run()

@@ -238,5 +238,5 @@ def run(argv: typing.Optional[typing.List[str]] = None, runner=None):
 
 
 if __name__ == "__main__":
-    logging.getLogger().setLevel(logging.INFO)
+    common.configure_cli_logging()
     run()

@@ -321,5 +321,5 @@ def run(argv: typing.Optional[typing.List[str]] = None, runner=None):
     return common.run_job(options, opts, TEXT_AGENT_TOPIC, build_pipeline, PIPELINE, runner=runner)
 
 if __name__ == "__main__":
-    logging.getLogger().setLevel(logging.INFO)
+    common.configure_cli_logging()
     run()
