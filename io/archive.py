@@ -60,7 +60,7 @@ from apache_beam.utils.timestamp import Duration
 from apache_beam.utils.timestamp import Timestamp
 
 from schemas.records import FailedRecord
-from schemas.records import utc_now_iso
+from schemas.records import failed_from_event
 from schemas.tables import to_utc_datetime
 
 __all__ = ["WriteToArchive", "archive_path", "window_id"]
@@ -132,19 +132,7 @@ def _record_time(record, timestamp_fn, element_ts) -> dt.datetime:
 
 
 def _failure(record, exc, pipeline) -> FailedRecord:
-    source = record.get("_source") if isinstance(record, dict) else None
-    source = source if isinstance(source, dict) else {}
-    return FailedRecord(
-        raw=json.dumps(record, sort_keys=True, default=str),
-        error_class=type(exc).__name__,
-        error_message=str(exc)[:4000],
-        stage=STAGE,
-        pipeline=pipeline,
-        source_topic=str(source.get("topic") or ""),
-        source_partition=int(source["partition"]) if source.get("partition") is not None else -1,
-        source_offset=int(source["offset"]) if source.get("offset") is not None else -1,
-        received_at=utc_now_iso(),
-    )
+    return failed_from_event(record, exc, STAGE, pipeline)
 
 
 class _KeyByPartitionFn(beam.DoFn):

@@ -23,7 +23,6 @@ failed output with the database's reason.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -34,7 +33,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
-from schemas.records import FailedRecord, utc_now_iso
+from schemas.records import FailedRecord, failed_from_event
 from schemas.tables import TABLES, TableSpec, ddl_statements, row_values
 
 __all__ = ["WriteToEmbeddedDb", "ensure_embedded_schema", "upsert_rows"]
@@ -172,18 +171,8 @@ class _WriteToDuckDbFn(beam.DoFn):
 
 
 def _failed_row(row, exc, table, pipeline) -> FailedRecord:
-    source = row.get("_source") or {}
-    return FailedRecord(
-        raw=json.dumps(row, default=str, sort_keys=True),
-        error_class=type(exc).__name__,
-        error_message=f"{table}: {exc}"[:4000],
-        stage="sink:embedded",
-        pipeline=pipeline,
-        source_topic=str(source.get("topic", "")),
-        source_partition=int(source.get("partition", -1)),
-        source_offset=int(source.get("offset", -1)),
-        received_at=utc_now_iso(),
-    )
+    failed = failed_from_event(row, exc, "sink:embedded", pipeline)
+    return failed._replace(error_message=f"{table}: {exc}"[:4000])
 
 
 class WriteToEmbeddedDb(beam.PTransform):

@@ -51,7 +51,6 @@ POSTGRES_SSLMODE), read once when the transform is constructed.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -61,8 +60,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.utils.windowed_value import WindowedValue
 
-from schemas.records import FailedRecord
-from schemas.records import utc_now_iso
+from schemas.records import failed_from_event
 from schemas.tables import TABLES
 from schemas.tables import TableSpec
 from schemas.tables import ddl_statements
@@ -162,10 +160,6 @@ def _is_data_error(exc: BaseException) -> bool:
     if isinstance(exc, psycopg.ProgrammingError) and getattr(exc, "sqlstate", None) is None:
         return True
     return isinstance(exc, (TypeError, ValueError, UnicodeError))
-
-
-def _row_json(row) -> str:
-    return json.dumps(row, sort_keys=True, default=str)
 
 
 class _WriteToPostgresFn(beam.DoFn):
@@ -308,19 +302,7 @@ class _WriteToPostgresFn(beam.DoFn):
 
     def _failure(self, row, ts, win, exc):
         self._failed.inc()
-        source = row.get("_source") if isinstance(row, dict) else None
-        source = source if isinstance(source, dict) else {}
-        failed = FailedRecord(
-            raw=_row_json(row),
-            error_class=type(exc).__name__,
-            error_message=str(exc)[:4000],
-            stage=STAGE,
-            pipeline=self._pipeline,
-            source_topic=str(source.get("topic", "") or ""),
-            source_partition=int(source.get("partition", -1) if source.get("partition") is not None else -1),
-            source_offset=int(source.get("offset", -1) if source.get("offset") is not None else -1),
-            received_at=utc_now_iso(),
-        )
+        failed = failed_from_event(row, exc, STAGE, self._pipeline)
         return beam.pvalue.TaggedOutput(self.FAILED, WindowedValue(failed, ts, [win]))
 
 

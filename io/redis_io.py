@@ -60,8 +60,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.utils.windowed_value import WindowedValue
 
-from schemas.records import FailedRecord
-from schemas.records import utc_now_iso
+from schemas.records import failed_from_event
 from schemas.tables import to_utc_datetime
 
 __all__ = [
@@ -249,19 +248,7 @@ class _RedisBatchFn(beam.DoFn):
 
     def _failure(self, element, ts, win, exc):
         self._failed.inc()
-        source = element.get("_source") if isinstance(element, dict) else None
-        source = source if isinstance(source, dict) else {}
-        failed = FailedRecord(
-            raw=json.dumps(element, sort_keys=True, default=str),
-            error_class=type(exc).__name__,
-            error_message=str(exc)[:4000],
-            stage=STAGE,
-            pipeline=self._pipeline,
-            source_topic=str(source.get("topic") or ""),
-            source_partition=int(source["partition"]) if source.get("partition") is not None else -1,
-            source_offset=int(source["offset"]) if source.get("offset") is not None else -1,
-            received_at=utc_now_iso(),
-        )
+        failed = failed_from_event(element, exc, STAGE, self._pipeline)
         return beam.pvalue.TaggedOutput(self.FAILED, WindowedValue(failed, ts, [win]))
 
 

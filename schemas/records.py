@@ -11,6 +11,7 @@ data emits it on its ``failed`` output, and every dead-letter sink
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import typing
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "FailedRecord",
     "PIPELINE_VERSION",
     "failed_from_source",
+    "failed_from_event",
     "utc_now_iso",
 ]
 
@@ -70,5 +72,35 @@ def failed_from_source(
         source_topic=record.topic,
         source_partition=record.partition,
         source_offset=record.offset,
+        received_at=utc_now_iso(),
+    )
+
+
+def _int_or(value, default: int = -1) -> int:
+    try:
+        return int(value) if value is not None else default
+    except (TypeError, ValueError):
+        return default
+
+
+def failed_from_event(event, exc: BaseException, stage: str, pipeline: str) -> FailedRecord:
+    """The dead letter for an already-parsed event or row dict that failed at
+    ``stage`` (redact, enrich, a sink ...): the dict as JSON plus where it
+    came from (its ``_source``, when it has one)."""
+    source = event.get("_source") if isinstance(event, dict) else None
+    source = source if isinstance(source, dict) else {}
+    try:
+        raw = json.dumps(event, default=str, sort_keys=True, ensure_ascii=False)
+    except (TypeError, ValueError):
+        raw = repr(event)
+    return FailedRecord(
+        raw=raw,
+        error_class=type(exc).__name__,
+        error_message=str(exc)[:4000],
+        stage=stage,
+        pipeline=pipeline,
+        source_topic=str(source.get("topic") or ""),
+        source_partition=_int_or(source.get("partition")),
+        source_offset=_int_or(source.get("offset")),
         received_at=utc_now_iso(),
     )

@@ -77,7 +77,7 @@ import yaml
 from apache_beam.metrics import Metrics
 
 from schemas.records import PIPELINE_VERSION
-from transforms.parse import failed_from_event
+from schemas.records import failed_from_event
 
 __all__ = [
     "EnrichmentConfig",

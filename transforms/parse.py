@@ -42,11 +42,8 @@ from pydantic import ValidationError
 
 from schemas.events import normalize_timestamp_ms
 from schemas.records import (
-    PIPELINE_VERSION,
-    FailedRecord,
     SourceRecord,
     failed_from_source,
-    utc_now_iso,
 )
 
 __all__ = [
@@ -55,7 +52,6 @@ __all__ = [
     "DecodeError",
     "event_id_for",
     "format_validation_error",
-    "failed_from_event",
 ]
 
 
@@ -214,30 +210,6 @@ def parse_record(
         else {"topic": None, "partition": None, "offset": None}
     )
     return record
-
-
-def failed_from_event(event, exc: BaseException, stage: str, pipeline: str) -> FailedRecord:
-    """The dead letter for an already-parsed event dict that failed at ``stage``
-    (redact, enrich, ...): the event as JSON plus where it came from."""
-    source = (event.get("_source") or {}) if isinstance(event, dict) else {}
-    try:
-        raw = json.dumps(event, default=str, sort_keys=True, ensure_ascii=False)
-    except (TypeError, ValueError):
-        raw = repr(event)
-    partition = source.get("partition")
-    offset = source.get("offset")
-    return FailedRecord(
-        raw=raw,
-        error_class=type(exc).__name__,
-        error_message=str(exc)[:4000],
-        stage=stage,
-        pipeline=pipeline,
-        source_topic=source.get("topic") or "",
-        source_partition=partition if partition is not None else -1,
-        source_offset=offset if offset is not None else -1,
-        pipeline_version=PIPELINE_VERSION,
-        received_at=utc_now_iso(),
-    )
 
 
 class _ParseFn(beam.DoFn):

@@ -86,7 +86,7 @@ import phonenumbers
 from apache_beam.metrics import Metrics
 from phonenumbers import Leniency, PhoneNumberFormat, PhoneNumberMatcher
 
-from transforms.parse import failed_from_event
+from schemas.records import failed_from_event
 
 __all__ = [
     "PiiRedactor",

@@ -57,8 +57,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger as beam_trigger
 from apache_beam.transforms import window as beam_window
 
-from schemas.records import PIPELINE_VERSION, utc_now_iso
-from transforms.parse import failed_from_event
+from schemas.records import PIPELINE_VERSION, failed_from_event, utc_now_iso
 from transforms.deadletter import REDACTION_WITHHELD, RedactDeadLetters  # noqa: F401 (re-exported)
 from transforms.pii import PII_KINDS, PiiRedactor
 from transforms.text_agent_content import ContentAnalyzer, load_topic_taxonomy
