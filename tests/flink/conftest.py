@@ -123,7 +123,9 @@ class BackgroundPipelines:
         module: str,
         args: typing.Callable[[str], typing.Sequence[str]],
         job_prefix: str,
-        attempts: int = 3,
+        # The race hits about half of the starts seen here; five attempts
+        # make five in a row (~3 %) the only way to fail.
+        attempts: int = 5,
         settle_timeout_s: float = 90,
     ) -> typing.Tuple[subprocess.Popen, str, str]:
         """Starts a streaming job; resubmits it while its watermark starts at +inf.

@@ -55,11 +55,13 @@ def expected_word_counts() -> typing.Dict[str, int]:
 class StreamSpec(typing.NamedTuple):
     """The streaming probe's input: event i has event time base_s + i * spacing_s."""
 
-    # 24 calls a second apart: the job runs ~25 s, long enough for the test
-    # to see a finite watermark while it runs (after the last event the
-    # watermark rightly goes to +inf).
+    # 60 calls a second apart: the job runs ~60 s, long enough for the test
+    # to see a finite watermark while it runs even when the tasks take a while
+    # to start (after the last event the watermark rightly goes to +inf, which
+    # the start-up check would take for the Beam 2.62 race; at ~25 s that
+    # happened in a CI run).
     events: int = 240
-    per_call: int = 10
+    per_call: int = 4
     pause_s: float = 1.0
     spacing_s: float = 0.5
     # A multiple of the window size, so windows hold whole groups of events.
