@@ -15,6 +15,9 @@ BEAM_VERSION = "2.62.0"
 REQUIRED = [
     f"apache-beam[gcp,aws]=={BEAM_VERSION}",
     "kafka-python>=3.0",
+    # C CRC32C for kafka-python: its pure-Python fallback was the largest
+    # user-space cost of the Kafka source (benchmarks/flink_bench.py profile).
+    "crc32c>=2.3",
     "psycopg[binary]>=3.1",
     "redis>=5.0",
     "fastavro>=1.9",

@@ -76,6 +76,9 @@ def read_source(
         from iheard_io.kafka import ReadFromKafka
 
         mode = opts.kafka_mode or ("streaming" if streaming else "bounded")
+        tuning = {}
+        if opts.kafka_max_read_seconds is not None and mode == "streaming":
+            tuning["max_read_time_seconds"] = opts.kafka_max_read_seconds
         return pipeline | "ReadFromKafka" >> ReadFromKafka(
             bootstrap_servers=conns.kafka_bootstrap,
             topics=[opts.kafka_topic or default_topic],
@@ -83,6 +86,7 @@ def read_source(
             group_id=opts.kafka_group_id,
             start_from=opts.kafka_start_from,
             consumer_config=dict(conns.kafka_security),
+            **tuning,
         )
     raise ValueError(
         "no source: pass --input=FILE.jsonl[.gz] or --kafka_bootstrap=HOST:PORT"

@@ -69,6 +69,14 @@ class IheardOptions(PipelineOptions):
         )
         src.add_argument("--kafka_sasl_mechanism", default="PLAIN")
         src.add_argument(
+            "--kafka_max_read_seconds",
+            type=float,
+            default=None,
+            help="Streaming: how long one read call of a partition lasts before "
+            "its records go downstream (their latency floor on Flink) and the "
+            "runner may checkpoint. Default: the source's (1 s).",
+        )
+        src.add_argument(
             "--kafka_format",
             default="json",
             choices=["json", "avro"],

@@ -58,6 +58,28 @@ from tests.flink.flink_rest import FlinkRest, wait_for  # noqa: E402
 KPI_PREFIX = "iheard:kpi:"
 
 
+def _vertex_load(rest: FlinkRest, jid: str) -> typing.Dict[str, typing.Tuple[float, float]]:
+    """Per vertex name: (records in per second, back-pressured ms per second), summed
+    resp. maxed over subtasks. (Flink reports busy and idle time as NaN for the
+    tasks that run Beam stages; back pressure on a vertex points at the first
+    vertex after it that is not back-pressured as the bottleneck.)"""
+    out = {}
+    for v in rest.job(jid)["vertices"]:
+        rows = rest.get(f"/jobs/{jid}/vertices/{v['id']}/subtasks/metrics"
+                        "?get=numRecordsInPerSecond,backPressuredTimeMsPerSecond&agg=sum,max")
+        vals = {r["id"]: r for r in rows}
+
+        def num(metric, agg):
+            try:
+                value = float(vals.get(metric, {}).get(agg))
+            except (TypeError, ValueError):
+                return 0.0
+            return 0.0 if value != value else value  # NaN -> 0
+
+        out[v["name"]] = (num("numRecordsInPerSecond", "sum"), num("backPressuredTimeMsPerSecond", "max"))
+    return out
+
+
 def _exports(script: str) -> typing.Dict[str, str]:
     out = subprocess.run(["bash", os.path.join(REPO, script), "env"], check=True, capture_output=True, text=True).stdout
     env = {}
@@ -109,6 +131,21 @@ def _vm_hwm_kib(pid: int) -> typing.Optional[int]:
     return None
 
 
+def _distinct_valid_ids(lines: typing.Iterable[str]) -> int:
+    """How many rows frontend_analytics must end up with: distinct event ids of
+    the lines the pipeline's own parser accepts (the rest are dead letters)."""
+    from schemas.events import FrontendEvent
+    from transforms.parse import parse_record
+
+    ids = set()
+    for line in lines:
+        try:
+            ids.add(parse_record(line, FrontendEvent)["event_id"])
+        except ValueError:
+            continue
+    return len(ids)
+
+
 def _rows(conn, run_id: str) -> int:
     return conn.execute(
         "SELECT count(*) FROM frontend_analytics WHERE session_id LIKE %s", (run_id + "-%",)
@@ -145,6 +182,8 @@ def main(argv=None) -> int:
     parser.add_argument("--profile-seconds", type=int, default=30, help="py-spy sampling of the worker (0: off)")
     parser.add_argument("--drain-timeout-s", type=int, default=3600)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--job-arg", action="append", default=[], metavar="FLAG",
+                        help="extra pipeline flag for the job (repeatable), e.g. --job-arg=--max_bundle_size=5000")
     args = parser.parse_args(argv)
 
     subprocess.run(["bash", os.path.join(REPO, "services/services.sh"), "up"], check=True)
@@ -166,6 +205,7 @@ def main(argv=None) -> int:
 
     print(f"run {run_id}: {args.events} events -> topic {topic} ({args.partitions} partitions)", flush=True)
     lines = [line for line, _ in _events(args.events, run_id, args.seed, start_ms)]
+    expected_rows = _distinct_valid_ids(lines)
     t = time.perf_counter()
     _produce(bootstrap, topic, lines)
     produce_s = time.perf_counter() - t
@@ -182,6 +222,7 @@ def main(argv=None) -> int:
         f"--archive_path=s3://{env['ARCHIVE_BUCKET']}/flink-bench/{run_id}",
         f"--s3_endpoint_url={env['S3_ENDPOINT_URL']}", f"--s3_access_key_id={env['SPACES_ACCESS_KEY']}",
         f"--s3_secret_access_key={env['SPACES_SECRET_KEY']}", f"--s3_region_name={env.get('S3_REGION', 'us-east-1')}",
+        *args.job_arg,
     ]
     log = open(os.path.join(workdir, "job.log"), "w")
     submitted = time.perf_counter()
@@ -194,8 +235,8 @@ def main(argv=None) -> int:
         running = time.perf_counter()
         print(f"job {jid}: tasks running {running - submitted:.1f} s after submission", flush=True)
         if rest.watermarks_settled_at_max(jid):
-            print("WARNING: watermark at +inf from the start (Beam 2.62 SDF race, see flink/README.md): "
-                  "windowed/stateful outputs will be empty", flush=True)
+            print("WARNING: every watermark at +inf from the start (the Beam 2.62 start-up race, see "
+                  "flink/README.md; was --finish_bundle_before_checkpointing dropped?)", flush=True)
 
         profile_path = os.path.join(workdir, "worker.collapsed")
         profiler = None
@@ -207,6 +248,7 @@ def main(argv=None) -> int:
             )
 
         conn = psycopg.connect(dsn, autocommit=True)
+        load_samples: typing.Dict[str, typing.List[typing.Tuple[float, float]]] = collections.defaultdict(list)
         first_row_at = None
         last_count, last_change = -1, time.perf_counter()
         deadline = time.monotonic() + args.drain_timeout_s
@@ -218,23 +260,35 @@ def main(argv=None) -> int:
             if count != last_count:
                 last_count, last_change = count, now
             received = rest.user_metric(jid, "frontend", "received") or 0
-            # Done when every event that passed de-duplication is a row (rows
-            # arrive in bursts with pauses of 10 s and more between them);
-            # a minute without a new row ends the wait too.
-            kept = rest.user_metric(jid, "frontend", "dedupe_kept") or 0
-            if received >= args.events and count and (count >= kept or now - last_change > 60):
+            # Done when every distinct valid event is a row (rows arrive in
+            # bursts; Beam counters lag behind, so they cannot decide this);
+            # two minutes without a new row end the wait too.
+            if count >= expected_rows or (count and now - last_change > 120):
                 break
+            if count < expected_rows:
+                try:
+                    for name, sample in _vertex_load(rest, jid).items():
+                        load_samples[name].append(sample)
+                except Exception:  # a sample is optional; REST may be busy
+                    pass
             time.sleep(1)
         drained_at = last_change
         valid = int(rest.user_metric(jid, "frontend", "valid") or 0)
         dups = int(rest.user_metric(jid, "frontend", "duplicates_dropped") or 0)
         dead = int(rest.user_metric(jid, "frontend", "dead_letters") or 0)
-        print(f"drain: {last_count:,} rows in PostgreSQL (counters: received {args.events:,}, valid {valid:,}, "
+        print(f"drain: {last_count:,} of {expected_rows:,} expected rows in PostgreSQL (counters: received {args.events:,}, valid {valid:,}, "
               f"duplicates dropped {dups:,}, dead letters {dead:,})", flush=True)
         if first_row_at is not None and drained_at > first_row_at:
             print(f"sustained: {args.events / (drained_at - first_row_at):,.0f} events/s "
                   f"(first to last row {drained_at - first_row_at:.1f} s; "
                   f"{args.events / (drained_at - running):,.0f} events/s counting from tasks running)", flush=True)
+        if load_samples:
+            print("vertices while reading the backlog (mean of per-second samples): "
+                  "records in/s, back-pressured ms/s (busiest subtask)")
+            for name, samples in load_samples.items():
+                rate = statistics.mean(r for r, _ in samples)
+                bp = statistics.mean(p for _, p in samples)
+                print(f"   {rate:8.0f} {bp:6.0f}  {name[:100]}")
         if profiler is not None:
             profiler.wait(timeout=args.profile_seconds + 60)
 

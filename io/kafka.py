@@ -647,8 +647,8 @@ class ReadFromKafka(beam.PTransform):
             topics = [topics]
         if not topics:
             raise ValueError("topics must name at least one topic")
-        if max_records_per_poll <= 0 or poll_timeout_ms <= 0:
-            raise ValueError("max_records_per_poll and poll_timeout_ms must be positive")
+        if max_records_per_poll <= 0 or poll_timeout_ms <= 0 or not max_read_time_seconds > 0:
+            raise ValueError("max_records_per_poll, poll_timeout_ms and max_read_time_seconds must be positive")
         if stop_after_idle_seconds is not None and mode != "streaming":
             raise ValueError("stop_after_idle_seconds applies to streaming mode only")
         if commit_offsets is None:

@@ -61,6 +61,13 @@ CHECKPOINTING_INTERVAL_MS = 10_000
 # full; sinks flush per bundle, so this bounds produce-to-sink latency.
 MAX_BUNDLE_TIME_MS = 1_000
 MAX_BUNDLE_SIZE = 1_000
+# Finish open bundles before a checkpoint barrier instead of buffering their
+# outputs into the checkpoint. Without it Beam 2.62's Flink runner can, at
+# start-up, send Impulse's +inf watermark past the stage that discovers the
+# Kafka partitions while that stage's outputs sit in the checkpoint buffer:
+# the source never gets its partitions and every watermark downstream is +inf
+# (flink/README.md, "Watermark of a Python SDF's output").
+FINISH_BUNDLE_BEFORE_CHECKPOINTING = "--finish_bundle_before_checkpointing"
 LOCAL_PARALLELISM = 2
 EXTERNAL_WORKER_POOL = "localhost:50000"
 
@@ -89,6 +96,7 @@ def profile_flags(name: str, environ: typing.Optional[typing.Mapping[str, str]] 
         f"--checkpointing_interval={CHECKPOINTING_INTERVAL_MS}",
         f"--max_bundle_time_mills={MAX_BUNDLE_TIME_MS}",
         f"--max_bundle_size={MAX_BUNDLE_SIZE}",
+        FINISH_BUNDLE_BEFORE_CHECKPOINTING,
     ]
     if name == "flink-local":
         return flink_common + [

@@ -75,6 +75,8 @@ import typing
 
 import requests
 
+from runners.profiles import FINISH_BUNDLE_BEFORE_CHECKPOINTING
+
 __all__ = [
     "FlinkRestClient",
     "FlinkUberJarRunner",
@@ -309,6 +311,8 @@ def pipeline_argv(
         "--flink_submit_uber_jar",
         f"--flink_job_server_jar={jar}",
         f"--environment_type={environment_type}",
+        # Correctness, not tuning: see runners/profiles.py.
+        FINISH_BUNDLE_BEFORE_CHECKPOINTING,
     ]
     if environment_config:
         imposed.append(f"--environment_config={environment_config}")

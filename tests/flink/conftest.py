@@ -11,7 +11,6 @@ the processes.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import pathlib
 import shlex
@@ -123,35 +122,28 @@ class BackgroundPipelines:
         module: str,
         args: typing.Callable[[str], typing.Sequence[str]],
         job_prefix: str,
-        # The race hits about half of the starts seen here; five attempts
-        # make five in a row (~3 %) the only way to fail.
-        attempts: int = 5,
         settle_timeout_s: float = 90,
     ) -> typing.Tuple[subprocess.Popen, str, str]:
-        """Starts a streaming job; resubmits it while its watermark starts at +inf.
+        """Starts a streaming job and checks its start-up watermark.
 
-        Works around the Beam 2.62 splittable-DoFn watermark race (see
-        flink/README.md): when, once every task reports a watermark, all of
-        them are +inf, the job would drop all windowed/stateful data, so it is
-        cancelled and submitted again. ``args(job_name)`` gives the module's
-        arguments per attempt. Returns (process, job id, job name).
+        Fails when, once every task reports a watermark, all of them are +inf:
+        the Beam 2.62 start-up race that ``--finish_bundle_before_checkpointing``
+        (every Flink profile) closes; see flink/README.md. ``args(job_name)``
+        gives the module's arguments. Returns (process, job id, job name).
         """
         rest = self.cluster.rest
-        for attempt in range(1, attempts + 1):
-            job_name = unique_job_name(job_prefix)
-            proc = self.start(module, args(job_name), job_name)
-            jid = self.wait_job_id(proc, job_name)
-            rest.wait_state(jid, {"RUNNING"}, 120)
-            # The job server stages ~150 MB of jars before the tasks run.
-            wait_for(lambda: all(v["status"] == "RUNNING" for v in rest.job(jid)["vertices"]), 180, f"tasks of {job_name} RUNNING")
-            settled = wait_for(lambda: rest.watermarks_settled_at_max(jid) is not None and "settled", settle_timeout_s, f"watermarks of {job_name}")
-            if settled and not rest.watermarks_settled_at_max(jid):
-                return proc, jid, job_name
-            logging.getLogger(__name__).warning(
-                "attempt %d: %s started with every watermark at +inf (Beam 2.62 SDF race); resubmitting", attempt, job_name
-            )
-            self.stop(proc, job_name)
-        raise AssertionError(f"{job_prefix}: watermark at +inf right after start in {attempts} attempts")
+        job_name = unique_job_name(job_prefix)
+        proc = self.start(module, args(job_name), job_name)
+        jid = self.wait_job_id(proc, job_name)
+        rest.wait_state(jid, {"RUNNING"}, 120)
+        # The job server stages ~150 MB of jars before the tasks run.
+        wait_for(lambda: all(v["status"] == "RUNNING" for v in rest.job(jid)["vertices"]), 180, f"tasks of {job_name} RUNNING")
+        wait_for(lambda: rest.watermarks_settled_at_max(jid) is not None, settle_timeout_s, f"watermarks of {job_name}")
+        assert not rest.watermarks_settled_at_max(jid), (
+            f"{job_name}: every watermark is +inf right after start-up (the Beam 2.62 race "
+            f"--finish_bundle_before_checkpointing should prevent)\n{rest.describe(jid)}"
+        )
+        return proc, jid, job_name
 
     def stop(self, proc: subprocess.Popen, name: str) -> None:
         rest = self.cluster.rest

@@ -268,8 +268,8 @@ def _frontend_args(env, topic, archive_prefix, group_id, checkpointing_interval_
 
 def _start_frontend(background_pipelines, env, topic, archive_prefix, job_prefix):
     return background_pipelines.start_streaming(
-        # A group per attempt: a resubmitted job must not start from offsets
-        # the abandoned attempt committed.
+        # A consumer group per job (named after it): no job starts from
+        # offsets another one committed.
         "beam_pipelines.frontend", lambda name: _frontend_args(env, topic, archive_prefix, name), job_prefix
     )
 

@@ -156,3 +156,26 @@ def test_spaces_variables_fill_the_s3_options_not_given():
     assert s3.s3_secret_access_key == "env-secret"
     assert s3.s3_endpoint_url == "https://nyc3.digitaloceanspaces.com"
     assert options.get_all_options()["s3_secret_access_key"] == "env-secret"  # reaches workers
+
+
+@pytest.mark.parametrize("mode, expected", [("streaming", 0.25), ("bounded", "default")])
+def test_kafka_max_read_seconds_reaches_the_streaming_source_only(mode, expected):
+    import apache_beam as beam
+
+    from beam_pipelines import common
+    from iheard_io.kafka import DEFAULT_MAX_READ_TIME_S
+
+    opts = IheardOptions(["--kafka_bootstrap=127.0.0.1:1", "--kafka_max_read_seconds=0.25", f"--kafka_mode={mode}"])
+    conns = resolve_connections(opts, env={})
+    records = common.read_source(beam.Pipeline(), conns, opts, "frontend_user_interaction", streaming=False)
+    read_fn = records.producer.transform.fn
+    assert read_fn._bounded == (mode == "bounded")
+    # Bounded reads are not given the limit (one call reads to the stop offset).
+    assert read_fn._max_read_time_s == (DEFAULT_MAX_READ_TIME_S if expected == "default" else expected)
+
+
+def test_kafka_source_rejects_a_non_positive_read_time():
+    from iheard_io.kafka import ReadFromKafka
+
+    with pytest.raises(ValueError, match="max_read_time_seconds"):
+        ReadFromKafka("127.0.0.1:1", "t", mode="streaming", max_read_time_seconds=0)

@@ -179,10 +179,11 @@ def test_pipeline_argv_appends_imposed_flags_last():
         "--flink_submit_uber_jar",
         "--flink_job_server_jar=/jars/js.jar",
         "--environment_type=EXTERNAL",
+        "--finish_bundle_before_checkpointing",
         "--environment_config=localhost:50000",
         "--job_name=iheard-frontend",
     ]
-    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+    from apache_beam.options.pipeline_options import FlinkRunnerOptions, PipelineOptions, StandardOptions
 
     # argparse keeps the last value: the imposed runner wins.
     assert PipelineOptions(argv).view_as(StandardOptions).runner == "runners.submit.FlinkUberJarRunner"
