@@ -326,8 +326,10 @@ class _ReadFromKafkaPartitionFn(beam.DoFn):
     Each ``process()`` call assigns the partition to the instance's consumer
     and seeks to the restriction start (unless the consumer is already there,
     which keeps its prefetched records). Streaming: it polls for at most
-    ``max_read_time_s``, then defers the remainder, so the runner can
-    checkpoint between calls. Bounded: it reads until the consumer position
+    ``max_read_time_s``, or only until it has emitted records and reached the
+    partition's high watermark (so a live stream's records go downstream at
+    once while a backlog is read in large calls), then defers the remainder,
+    so the runner can checkpoint between calls. Bounded: it reads until the consumer position
     reaches the stop, then claims the stop offset to finish (a Kafka error
     defers the remainder instead, to retry later).
 
@@ -474,6 +476,12 @@ class _ReadFromKafkaPartitionFn(beam.DoFn):
                 tracker.try_claim(stop)
                 self._register_commit(bundle_finalizer, tp, next_offset)
                 return
+            if not self._bounded and self._caught_up(tp, next_offset):
+                # Streaming and nothing more on the broker: hand these records
+                # downstream now (on Flink they leave this stage when the call
+                # returns) rather than polling on until max_read_time_s. With a
+                # backlog the call keeps reading, so bundles stay large.
+                break
 
         self._register_commit(bundle_finalizer, tp, next_offset)
         tracker.defer_remainder(Duration(seconds=0 if self._bounded else self._poll_timeout_ms / 1000.0))
@@ -498,12 +506,17 @@ class _ReadFromKafkaPartitionFn(beam.DoFn):
         if current is None or candidate > current:
             estimator.set_watermark(candidate)
 
+    def _caught_up(self, tp, position) -> bool:
+        """Whether ``position`` is at the partition's high watermark as of the
+        last fetch (unknown before the first fetch: taken as caught up)."""
+        with self._lock:
+            highwater = self._consumer.highwater(tp)
+        return highwater is None or position >= highwater
+
     def _on_idle(self, key, estimator, tracker, stop, position) -> bool:
         """Caught up (no records): moves the watermark; returns True when the
         restriction was ended by ``stop_after_idle_s``."""
-        with self._lock:
-            caught_up = position >= (self._consumer.highwater(_topic_partition(key)) or position)
-        if not caught_up:
+        if not self._caught_up(_topic_partition(key), position):
             return False
         now = time.time()
         if not self._bounded:

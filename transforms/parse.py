@@ -45,6 +45,7 @@ from schemas.records import (
     SourceRecord,
     failed_from_source,
 )
+from transforms.beam_compat import relax_gc
 
 __all__ = [
     "ParseEvents",
@@ -220,6 +221,10 @@ class _ParseFn(beam.DoFn):
         self._received = Metrics.counter(pipeline, "received")
         self._valid = Metrics.counter(pipeline, "valid")
         self._failed = Metrics.counter(pipeline, "failed")
+
+    def setup(self):
+        # First step of every pipeline: tunes the worker process it runs in.
+        relax_gc()
 
     def process(self, record: SourceRecord):
         self._received.inc()
