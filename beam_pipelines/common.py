@@ -94,15 +94,18 @@ def read_source(
 
 
 def write_rows(
-    rows: beam.PCollection, table: str, conns: Connections, pipeline: str
+    rows: beam.PCollection, table: str, conns: Connections, pipeline: str,
+    streaming: bool = False,
 ) -> beam.PCollection:
     """Upserts dict rows into ``table``; returns the rejected rows as
-    ``FailedRecord``s (for the dead-letter sink)."""
+    ``FailedRecord``s (for the dead-letter sink). ``streaming``: write from
+    the stage that makes the rows, without the sink's Reshuffle (see
+    iheard_io.postgres)."""
     if conns.postgres_dsn:
         from iheard_io.postgres import WriteToPostgres
 
         return rows | f"WriteToPostgres[{table}]" >> WriteToPostgres(
-            conns.postgres_dsn, table, pipeline=pipeline
+            conns.postgres_dsn, table, pipeline=pipeline, reshuffle=not streaming
         )
     from iheard_io.embedded import WriteToEmbeddedDb
 

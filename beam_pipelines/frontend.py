@@ -97,8 +97,8 @@ def build_pipeline(
         parsed[ParseEvents.FAILED],
         redacted[RedactPii.FAILED],
         enriched[EnrichFrontendEvents.FAILED],
-        common.write_rows(events, "frontend_analytics", conns, PIPELINE),
-        common.write_rows(sessions, "frontend_sessions", conns, PIPELINE),
+        common.write_rows(events, "frontend_analytics", conns, PIPELINE, streaming),
+        common.write_rows(sessions, "frontend_sessions", conns, PIPELINE, streaming),
         common.archive_records(
             events, conns, PIPELINE, load_schema("frontend_enriched_v1"), streaming
         ),

@@ -149,9 +149,9 @@ def build_pipeline(
     failures = [
         parsed[ParseEvents.FAILED],
         enriched[EnrichTurns.FAILED],
-        common.write_rows(turns, "agent_turns", conns, PIPELINE),
-        common.write_rows(conversations, "agent_conversations", conns, PIPELINE),
-        common.write_rows(billing, "agent_billing_hourly", conns, PIPELINE),
+        common.write_rows(turns, "agent_turns", conns, PIPELINE, streaming),
+        common.write_rows(conversations, "agent_conversations", conns, PIPELINE, streaming),
+        common.write_rows(billing, "agent_billing_hourly", conns, PIPELINE, streaming),
         archived_failures,
     ]
     if conns.redis_url:

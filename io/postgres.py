@@ -4,11 +4,18 @@
 ``schemas.tables.TABLES``::
 
     rows
-      -> Reshuffle          materialises the rows before the write, so a
-                            retried write bundle sees exactly the same rows
-                            (upstream steps stamp times such as updated_at),
-                            and so the number of writers is not tied to the
-                            number of Kafka partitions upstream (fusion break)
+      -> Reshuffle          (``reshuffle=True``, the default) materialises
+                            the rows before the write, so a retried write
+                            bundle sees exactly the same rows on runners
+                            that replay from a materialised shuffle (upstream
+                            steps stamp times such as updated_at), and so the
+                            number of writers is not tied to the number of
+                            Kafka partitions upstream (fusion break). On
+                            Flink streaming a shuffle is not materialised (a
+                            restore replays from the source), so the
+                            streaming pipelines pass ``reshuffle=False`` and
+                            write from the stage that makes the rows: one
+                            encode, network hop and decode less per row
       -> UpsertRows         _WriteToPostgresFn: one connection per DoFn
                             instance; rows buffered and flushed every
                             ``batch_size`` rows and at the end of each bundle
@@ -322,6 +329,7 @@ class WriteToPostgres(beam.PTransform):
         pipeline: str = "",
         create_schema: bool = True,
         retry_backoff_seconds: float = DEFAULT_BACKOFF_S,
+        reshuffle: bool = True,
     ):
         super().__init__()
         if table not in TABLES:
@@ -337,11 +345,13 @@ class WriteToPostgres(beam.PTransform):
         self._pipeline = pipeline
         self._create_schema = create_schema
         self._backoff_s = retry_backoff_seconds
+        self._reshuffle = reshuffle
 
     def expand(self, rows):
+        if self._reshuffle:
+            rows = rows | "Reshuffle" >> beam.Reshuffle()
         results = (
             rows
-            | "Reshuffle" >> beam.Reshuffle()
             | "UpsertRows" >> beam.ParDo(_WriteToPostgresFn(
                 self._dsn, self._spec, self._batch_size, self._max_retries,
                 self._backoff_s, self._pipeline, self._create_schema,
