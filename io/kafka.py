@@ -508,10 +508,12 @@ class _ReadFromKafkaPartitionFn(beam.DoFn):
 
     def _caught_up(self, tp, position) -> bool:
         """Whether ``position`` is at the partition's high watermark as of the
-        last fetch (unknown before the first fetch: taken as caught up)."""
+        last fetch. Unknown (no fetch response yet) counts as not caught up:
+        an empty poll before the first fetch returns must not move the
+        watermark to wall clock over a backlog of older records."""
         with self._lock:
             highwater = self._consumer.highwater(tp)
-        return highwater is None or position >= highwater
+        return highwater is not None and position >= highwater
 
     def _on_idle(self, key, estimator, tracker, stop, position) -> bool:
         """Caught up (no records): moves the watermark; returns True when the

@@ -227,8 +227,9 @@ class _Finalizer:
 
 def test_streaming_reader_watermark_and_deferral(kafka_bootstrap):
     """The SDF itself, driven like a runner does: it claims what it emitted,
-    defers the rest, moves the watermark to the newest record time, and on
-    an idle partition to wall clock minus the idle lag."""
+    returns once caught up and defers the rest, moves the watermark to the
+    newest record time, and on an idle partition to wall clock minus the idle
+    lag (never before it knows the partition's end: no jump over a backlog)."""
     topic = make_topic(kafka_bootstrap, partitions=1)
     produce(kafka_bootstrap, topic, [
         (0, None, f"v{i}".encode(), BASE_TS_MS + i * 1000) for i in range(10)])
@@ -249,9 +250,10 @@ def test_streaming_reader_watermark_and_deferral(kafka_bootstrap):
         assert [v.value.offset for v in out] == list(range(10))
         assert [v.timestamp for v in out] == [
             Timestamp(micros=(BASE_TS_MS + i * 1000) * 1000) for i in range(10)]
-        # Caught up and idle within the 0.5 s: watermark is wall clock - 30 s.
-        watermark = estimator.current_watermark()
-        assert Timestamp.now() - 40 < watermark < Timestamp.now() - 20
+        # The call returned as soon as it had caught up (no idle polling), and
+        # the empty polls before the first fetch answered did not move the
+        # watermark to wall clock: it is the newest record's time.
+        assert estimator.current_watermark() == Timestamp(micros=(BASE_TS_MS + 9000) * 1000)
         # Deferred, not finished: this call owns [0, 10), the runner resumes
         # the residual [10, inf) later.
         residual, _delay = tracker.deferred_status()
@@ -264,12 +266,21 @@ def test_streaming_reader_watermark_and_deferral(kafka_bootstrap):
             callback()
         assert committed_offsets(kafka_bootstrap, topic, group, 1) == [10]
 
-        # Resume from the residual: new records, and the watermark never goes
-        # back although they are older than it.
-        produce(kafka_bootstrap, topic, [(0, None, b"late", BASE_TS_MS)])
+        # Resume with nothing new: caught up and idle for the whole 0.5 s,
+        # the watermark moves to wall clock - 30 s.
         tracker2 = ThreadsafeRestrictionTracker(OffsetRestrictionTracker(residual))
-        out2 = list(fn.process(spec, _Finalizer(), RestrictionTrackerView(tracker2), estimator))
-        assert [(v.value.offset, v.value.value) for v in out2] == [(10, b"late")]
+        assert list(fn.process(spec, _Finalizer(), RestrictionTrackerView(tracker2), estimator)) == []
+        watermark = estimator.current_watermark()
+        assert Timestamp.now() - 40 < watermark < Timestamp.now() - 20
+        residual2, _delay = tracker2.deferred_status()
+        assert residual2 == OffsetRange(10, 2**63 - 1)
+
+        # Resume again: new records, and the watermark never goes back
+        # although they are older than it.
+        produce(kafka_bootstrap, topic, [(0, None, b"late", BASE_TS_MS)])
+        tracker3 = ThreadsafeRestrictionTracker(OffsetRestrictionTracker(residual2))
+        out3 = list(fn.process(spec, _Finalizer(), RestrictionTrackerView(tracker3), estimator))
+        assert [(v.value.offset, v.value.value) for v in out3] == [(10, b"late")]
         assert estimator.current_watermark() >= watermark
     finally:
         fn.teardown()
