@@ -329,9 +329,9 @@ class _ReadFromKafkaPartitionFn(beam.DoFn):
     ``max_read_time_s``, or only until it has emitted records and reached the
     partition's high watermark (so a live stream's records go downstream at
     once while a backlog is read in large calls), then defers the remainder,
-    so the runner can checkpoint between calls. Bounded: it reads until the consumer position
-    reaches the stop, then claims the stop offset to finish (a Kafka error
-    defers the remainder instead, to retry later).
+    so the runner can checkpoint between calls. Bounded: it reads until the
+    consumer position reaches the stop, then claims the stop offset to finish
+    (a Kafka error defers the remainder instead, to retry later).
 
     Offsets can have gaps (compaction, transaction markers), so completion is
     decided by the consumer position reaching the stop, and the restriction is

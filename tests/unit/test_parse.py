@@ -205,3 +205,20 @@ def test_canonical_form_is_orjsons_and_big_ints_fall_back():
     # beyond 64 bits orjson refuses; the stdlib form is used, deterministically
     assert _canonical_json({"v": 2**70}) == b'{"v":1180591620717411303424}'
     assert event_id_for({"v": 2**70}) == event_id_for({"v": 2**70})
+
+
+def test_parse_setup_relaxes_the_worker_gc_and_never_lowers_it():
+    import gc
+
+    from transforms.beam_compat import WORKER_GC_THRESHOLD0, relax_gc
+
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, saved[1], saved[2])
+        _ParseFn(FrontendEvent, "frontend").setup()
+        assert gc.get_threshold() == (WORKER_GC_THRESHOLD0, saved[1], saved[2])
+        gc.set_threshold(WORKER_GC_THRESHOLD0 * 2, saved[1], saved[2])
+        assert relax_gc() == WORKER_GC_THRESHOLD0 * 2
+        assert gc.get_threshold()[0] == WORKER_GC_THRESHOLD0 * 2
+    finally:
+        gc.set_threshold(*saved)
