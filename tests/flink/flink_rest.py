@@ -98,8 +98,8 @@ class FlinkRest:
 
         In a healthy unbounded job the stages after the source carry a finite
         watermark; all of them at +inf right after start-up is the Beam 2.62
-        splittable-DoFn race described in flink/README.md (everything windowed
-        or stateful would then be dropped as late).
+        start-up race described in flink/README.md (the source never got its
+        partitions; --finish_bundle_before_checkpointing prevents it).
         """
         values = []
         for vertex in self.job(jid)["vertices"]:
