@@ -54,6 +54,7 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import io_bench  # noqa: E402  (raw consume and naive consumer, shared with io_bench)
 
 from tests.flink.flink_rest import FlinkRest, wait_for  # noqa: E402
+from tests.support import end_process, script_env  # noqa: E402
 
 KPI_PREFIX = "iheard:kpi:"
 
@@ -78,16 +79,6 @@ def _vertex_load(rest: FlinkRest, jid: str) -> typing.Dict[str, typing.Tuple[flo
 
         out[v["name"]] = (num("numRecordsInPerSecond", "sum"), num("backPressuredTimeMsPerSecond", "max"))
     return out
-
-
-def _exports(script: str) -> typing.Dict[str, str]:
-    out = subprocess.run(["bash", os.path.join(REPO, script), "env"], check=True, capture_output=True, text=True).stdout
-    env = {}
-    for line in out.splitlines():
-        if line.startswith("export ") and "=" in line:
-            key, value = line[len("export "):].split("=", 1)
-            env[key] = value.strip("'\"")
-    return env
 
 
 def _events(n: int, run_id: str, seed: int, start_ms: int) -> typing.Iterator[typing.Tuple[str, typing.Optional[dict]]]:
@@ -188,8 +179,8 @@ def main(argv=None) -> int:
 
     subprocess.run(["bash", os.path.join(REPO, "services/services.sh"), "up"], check=True)
     subprocess.run(["bash", os.path.join(REPO, "flink/cluster.sh"), "up"], check=True)
-    env = _exports("services/services.sh")
-    flink_env = _exports("flink/cluster.sh")
+    env = script_env(os.path.join(REPO, "services/services.sh"))
+    flink_env = script_env(os.path.join(REPO, "flink/cluster.sh"))
     bootstrap, dsn = env["KAFKA_BOOTSTRAP"], env["POSTGRES_DSN"]
     rest = FlinkRest("http://127.0.0.1:" + flink_env["FLINK_MASTER"].rsplit(":", 1)[1])
 
@@ -259,18 +250,16 @@ def main(argv=None) -> int:
                 first_row_at = now
             if count != last_count:
                 last_count, last_change = count, now
-            received = rest.user_metric(jid, "frontend", "received") or 0
             # Done when every distinct valid event is a row (rows arrive in
             # bursts; Beam counters lag behind, so they cannot decide this);
             # two minutes without a new row end the wait too.
             if count >= expected_rows or (count and now - last_change > 120):
                 break
-            if count < expected_rows:
-                try:
-                    for name, sample in _vertex_load(rest, jid).items():
-                        load_samples[name].append(sample)
-                except Exception:  # a sample is optional; REST may be busy
-                    pass
+            try:
+                for name, sample in _vertex_load(rest, jid).items():
+                    load_samples[name].append(sample)
+            except Exception:  # a sample is optional; REST may be busy
+                pass
             time.sleep(1)
         drained_at = last_change
         valid = int(rest.user_metric(jid, "frontend", "valid") or 0)
@@ -377,16 +366,10 @@ def main(argv=None) -> int:
     finally:
         if jid:
             try:
-                rest.cancel(jid)
-                rest.wait_state(jid, {"CANCELED", "FAILED", "FINISHED"}, 60)
+                rest.cancel_and_wait(jid)
             except Exception as e:  # keep going: the process is ended below
                 print(f"cancel failed: {e}")
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        end_process(proc)
         log.close()
 
     # Beside it: the raw consumer and the seed's naive per-event consumer, same topic.

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-import shlex
 import subprocess
 import sys
 import typing
@@ -22,6 +21,7 @@ import uuid
 import pytest
 
 from tests.flink.flink_rest import FlinkRest, wait_for
+from tests.support import end_process, script_env
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 CLUSTER_SH = REPO_ROOT / "flink" / "cluster.sh"
@@ -55,15 +55,6 @@ class FlinkCluster:
         return env
 
 
-def _parse_exports(text: str) -> typing.Dict[str, str]:
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("export "):
-            key, _, value = line[len("export "):].partition("=")
-            out[key] = shlex.split(value)[0] if value else ""
-    return out
-
-
 @pytest.fixture(scope="session")
 def flink_cluster() -> FlinkCluster:
     up = subprocess.run(
@@ -71,9 +62,7 @@ def flink_cluster() -> FlinkCluster:
     )
     if up.returncode != 0:
         pytest.fail(f"flink/cluster.sh up failed ({up.returncode}):\n{up.stdout}\n{up.stderr[-4000:]}")
-    env = _parse_exports(
-        subprocess.run(["bash", str(CLUSTER_SH), "env"], check=True, capture_output=True, text=True).stdout
-    )
+    env = script_env(str(CLUSTER_SH))
     rest = FlinkRest("http://127.0.0.1:" + env["FLINK_MASTER"].rsplit(":", 1)[1])
     wait_for(lambda: rest.get("/overview")["taskmanagers"] >= 1, 60, "a TaskManager")
     return FlinkCluster(rest=rest, env=env)
@@ -150,17 +139,10 @@ class BackgroundPipelines:
         try:
             jid = rest.job_id_by_name(name)
             if jid:
-                rest.cancel(jid)
-                rest.wait_state(jid, {"CANCELED", "FAILED", "FINISHED"}, 60)
+                rest.cancel_and_wait(jid)
         except Exception:  # the cluster may be gone; the process is ended below anyway
             pass
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=30)
+        end_process(proc)
 
     def stop_all(self) -> None:
         for proc, name, _ in self._started:

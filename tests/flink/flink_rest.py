@@ -87,6 +87,11 @@ class FlinkRest:
         if self.state(jid) not in TERMINAL_STATES:
             self._request("PATCH", f"/jobs/{jid}?mode=cancel")
 
+    def cancel_and_wait(self, jid: str, timeout_s: float = 60) -> str:
+        """Cancels ``jid`` (unless it already ended) and waits until it has; returns its state."""
+        self.cancel(jid)
+        return self.wait_state(jid, TERMINAL_STATES, timeout_s)
+
     def checkpoint_counts(self, jid: str) -> dict:
         return self.get(f"/jobs/{jid}/checkpoints")["counts"]
 

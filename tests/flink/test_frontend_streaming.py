@@ -56,7 +56,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import pathlib
 import subprocess
 import time
 import uuid
@@ -65,6 +64,7 @@ import pytest
 
 from tests.flink.conftest import REPO_ROOT
 from tests.flink.flink_rest import prometheus_samples, wait_for
+from tests.support import script_env
 
 pytestmark = [pytest.mark.flink, pytest.mark.integration, pytest.mark.slow]
 
@@ -86,13 +86,7 @@ def services_env():
     up = subprocess.run(["bash", str(SERVICES_SH), "up"], capture_output=True, text=True, timeout=900)
     if up.returncode != 0:
         pytest.fail(f"services/services.sh up failed:\n{up.stdout}\n{up.stderr[-3000:]}")
-    printed = subprocess.run(["bash", str(SERVICES_SH), "env"], capture_output=True, text=True, check=True)
-    env = {}
-    for line in printed.stdout.splitlines():
-        if line.startswith("export ") and "=" in line:
-            key, value = line[len("export "):].split("=", 1)
-            env[key] = value.strip("'\"")
-    return env
+    return script_env(str(SERVICES_SH))
 
 
 # -------------------------------------------------------------------- events

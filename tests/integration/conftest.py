@@ -13,10 +13,11 @@ Every test collected under tests/integration is marked ``integration``, so
 import dataclasses
 import os
 import pathlib
-import shlex
 import subprocess
 
 import pytest
+
+from tests.support import parse_exports
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 SERVICES_SH = REPO_ROOT / "services" / "services.sh"
@@ -78,17 +79,6 @@ def run_services_sh(*args, timeout_s, env=None):
         stdin=subprocess.DEVNULL,
         check=False,
     )
-
-
-def parse_exports(text):
-    """Parses ``export NAME=value`` lines (shell-quoted values) into a dict."""
-    env = {}
-    for line in text.splitlines():
-        words = shlex.split(line)
-        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
-            name, value = words[1].split("=", 1)
-            env[name] = value
-    return env
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ from kafka.admin import ConfigResource
 from kafka.admin import ConfigResourceType
 from kafka.admin import KafkaAdminClient
 
-from tests.integration.conftest import parse_exports
+from tests.support import parse_exports
 from tests.integration.conftest import run_services_sh
 
 pytestmark = pytest.mark.timeout(300)

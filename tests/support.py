@@ -1,0 +1,45 @@
+"""Helpers shared by the test layers and the benchmarks.
+
+``services/services.sh env`` and ``flink/cluster.sh env`` print shell-quoted
+``export NAME=value`` lines; ``parse_exports`` reads them the way the shell
+would, ``script_env`` runs a script's ``env`` command and reads its output.
+``end_process`` ends a child process (a LOOPBACK pipeline submitter, say):
+terminate, then kill if it does not exit.
+"""
+from __future__ import annotations
+
+import shlex
+import subprocess
+import typing
+
+__all__ = ["parse_exports", "script_env", "end_process"]
+
+
+def parse_exports(text: str) -> typing.Dict[str, str]:
+    """Parses ``export NAME=value`` lines (shell-quoted values) into a dict."""
+    env = {}
+    for line in text.splitlines():
+        words = shlex.split(line)
+        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
+            name, value = words[1].split("=", 1)
+            env[name] = value
+    return env
+
+
+def script_env(script: str) -> typing.Dict[str, str]:
+    """The settings ``bash <script> env`` prints."""
+    printed = subprocess.run(["bash", script, "env"], check=True, capture_output=True, text=True)
+    return parse_exports(printed.stdout)
+
+
+def end_process(proc: subprocess.Popen, timeout_s: float = 30) -> None:
+    """Terminates ``proc`` if it still runs; kills it when it has not exited
+    within ``timeout_s``."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout_s)
