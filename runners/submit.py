@@ -210,7 +210,7 @@ def _failure_texts(exceptions: typing.Mapping[str, typing.Any]) -> typing.List[s
     the older ``root-exception`` field.
     """
     entries = (exceptions.get("exceptionHistory") or {}).get("entries") or []
-    texts = [str(e.get("stacktrace") or e.get("exceptionName")) for e in entries if e.get("stacktrace") or e.get("exceptionName")]
+    texts = [str(text) for text in (e.get("stacktrace") or e.get("exceptionName") for e in entries) if text]
     if not texts and exceptions.get("root-exception"):
         texts = [str(exceptions["root-exception"])]
     return texts

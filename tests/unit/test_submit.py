@@ -183,7 +183,7 @@ def test_pipeline_argv_appends_imposed_flags_last():
         "--environment_config=localhost:50000",
         "--job_name=iheard-frontend",
     ]
-    from apache_beam.options.pipeline_options import FlinkRunnerOptions, PipelineOptions, StandardOptions
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
     # argparse keeps the last value: the imposed runner wins.
     assert PipelineOptions(argv).view_as(StandardOptions).runner == "runners.submit.FlinkUberJarRunner"
