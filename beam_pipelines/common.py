@@ -20,6 +20,7 @@ from beam_pipelines.options import (
     Connections,
     IheardOptions,
     apply_spaces_credentials,
+    batched_hot_path,
     resolve_connections,
 )
 from schemas.tables import failure_row
@@ -66,8 +67,10 @@ def read_source(
     opts: IheardOptions,
     default_topic: str,
     streaming: bool,
+    batched: bool = False,
 ) -> beam.PCollection:
-    """``PCollection[SourceRecord]`` from ``--input`` or Kafka."""
+    """``PCollection[SourceRecord]`` from ``--input`` or Kafka (with
+    ``batched``: ``PCollection[list[SourceRecord]]``, one list per poll)."""
     if conns.input:
         from iheard_io.files import ReadFromJsonLines
 
@@ -86,6 +89,7 @@ def read_source(
             group_id=opts.kafka_group_id,
             start_from=opts.kafka_start_from,
             consumer_config=dict(conns.kafka_security),
+            batched=batched,
             **tuning,
         )
     raise ValueError(
@@ -95,20 +99,25 @@ def read_source(
 
 def write_rows(
     rows: beam.PCollection, table: str, conns: Connections, pipeline: str,
-    streaming: bool = False,
+    streaming: bool = False, batched: bool = False,
 ) -> beam.PCollection:
     """Upserts dict rows into ``table``; returns the rejected rows as
     ``FailedRecord``s (for the dead-letter sink). ``streaming``: write from
     the stage that makes the rows, without the sink's Reshuffle (see
-    iheard_io.postgres)."""
+    iheard_io.postgres). ``batched``: elements are lists of rows."""
     if conns.postgres_dsn:
         from iheard_io.postgres import WriteToPostgres
 
         return rows | f"WriteToPostgres[{table}]" >> WriteToPostgres(
-            conns.postgres_dsn, table, pipeline=pipeline, reshuffle=not streaming
+            conns.postgres_dsn, table, pipeline=pipeline, reshuffle=not streaming,
+            batched=batched,
         )
     from iheard_io.embedded import WriteToEmbeddedDb
 
+    if batched:
+        from transforms.batches import ExplodeBatches
+
+        rows = rows | f"ExplodeRows[{table}]" >> ExplodeBatches()
     return rows | f"WriteToEmbeddedDb[{table}]" >> WriteToEmbeddedDb(
         conns.embedded_db, table, pipeline=pipeline
     )
@@ -181,7 +190,8 @@ def prepare_sinks(conns: Connections) -> None:
 
 
 def archive_records(
-    records: beam.PCollection, conns: Connections, pipeline: str, schema, streaming: bool
+    records: beam.PCollection, conns: Connections, pipeline: str, schema, streaming: bool,
+    batched: bool = False,
 ) -> beam.PCollection:
     """Archives ``records`` as Avro under ``conns.archive_path``; returns the
     records that could not be archived as ``FailedRecord``s.
@@ -198,6 +208,7 @@ def archive_records(
         schema=schema,
         window_seconds=ARCHIVE_WINDOW_SECONDS if streaming else None,
         pipeline=pipeline,
+        batched=batched,
     )
 
 
@@ -206,12 +217,15 @@ def write_live_state(
     sessions: beam.PCollection,
     conns: Connections,
     pipeline: str,
+    batched: bool = False,
 ) -> typing.List[beam.PCollection]:
-    """Live KPIs from events and hot session state from session panes (Redis)."""
+    """Live KPIs from events (lists of events with ``batched``) and hot
+    session state from session panes (Redis)."""
     from iheard_io.redis_io import WriteLiveKpis, WriteSessionState
 
     return [
-        events | "WriteLiveKpis" >> WriteLiveKpis(conns.redis_url, pipeline=pipeline),
+        events | "WriteLiveKpis" >> WriteLiveKpis(
+            conns.redis_url, pipeline=pipeline, batched=batched),
         sessions | "WriteSessionState" >> WriteSessionState(
             conns.redis_url, key_prefix=f"iheard:{pipeline}:session:", pipeline=pipeline
         ),
@@ -303,7 +317,7 @@ def check_runner(options) -> None:
 def run_job(options, opts: IheardOptions, default_topic: str, build, pipeline_name: str, runner=None):
     """Runs one pipeline module's job: resolves connections, creates the
     tables, reads the source, applies ``build(pipeline, records, conns, opts,
-    streaming)``, waits, and prints the summary. Returns the PipelineResult."""
+    streaming, batched=...)``, waits, and prints the summary. Returns the PipelineResult."""
     from apache_beam.options.pipeline_options import StandardOptions
 
     check_runner(options)
@@ -312,8 +326,9 @@ def run_job(options, opts: IheardOptions, default_topic: str, build, pipeline_na
     conns = resolve_connections(opts)
     prepare_sinks(conns)
     pipeline = beam.Pipeline(runner=runner, options=options)
-    records = read_source(pipeline, conns, opts, default_topic, streaming)
-    build(pipeline, records, conns, opts, streaming)
+    batched = batched_hot_path(opts, streaming)
+    records = read_source(pipeline, conns, opts, default_topic, streaming, batched=batched)
+    build(pipeline, records, conns, opts, streaming, batched=batched)
     result = pipeline.run()
     result.wait_until_finish()
     print(summary(result, conns, pipeline_name), flush=True)

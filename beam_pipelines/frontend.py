@@ -57,8 +57,10 @@ def build_pipeline(
     conns: Connections,
     opts: IheardOptions,
     streaming: bool = False,
+    batched: bool = False,
 ) -> typing.Dict[str, beam.PCollection]:
-    """Applies the frontend chain to ``records`` (``PCollection[SourceRecord]``).
+    """Applies the frontend chain to ``records`` (``PCollection[SourceRecord]``,
+    or with ``batched`` lists of them: see transforms/batches.py).
 
     Taking the source as a PCollection lets tests feed ``Create``/``TestStream``.
     Returns the main intermediate collections (for tests and benchmarks).
@@ -69,22 +71,27 @@ def build_pipeline(
     from transforms.frontend_enrich import EnrichFrontendEvents, EnrichmentConfig
     from transforms.parse import ParseEvents
     from transforms.pii import RedactPii
+    from transforms.batches import ExplodeBatches
     from transforms.sessions import AggregateSessions
 
     parsed = records | "ParseEvents" >> ParseEvents(
-        FrontendEvent, PIPELINE, decoder=common.kafka_decoder(opts, load_schema("envelope_v1"))
+        FrontendEvent, PIPELINE, decoder=common.kafka_decoder(opts, load_schema("envelope_v1")),
+        batched=batched,
     )
     redacted = parsed[ParseEvents.VALID] | "RedactPii" >> RedactPii(
-        conns.pii_secret, PII_TEXT_FIELDS, PII_TOKEN_FIELDS, PIPELINE
+        conns.pii_secret, PII_TEXT_FIELDS, PII_TOKEN_FIELDS, PIPELINE, batched=batched
     )
     enriched = redacted[RedactPii.VALID] | "EnrichEvents" >> EnrichFrontendEvents(
-        EnrichmentConfig(), PIPELINE
+        EnrichmentConfig(), PIPELINE, batched=batched
     )
     events = enriched[EnrichFrontendEvents.VALID] | "DedupeEvents" >> DedupeEvents(
-        ttl_seconds=opts.dedupe_ttl_seconds, namespace=PIPELINE, streaming=streaming
+        ttl_seconds=opts.dedupe_ttl_seconds, namespace=PIPELINE, streaming=streaming,
+        batched=batched, buckets=opts.dedupe_buckets,
     )
+    # Session windows need each event at its own time.
+    one_by_one = events | "ExplodeBatches" >> ExplodeBatches() if batched else events
     sessions = common.count(
-        events | "AggregateSessions" >> AggregateSessions(
+        one_by_one | "AggregateSessions" >> AggregateSessions(
             gap_seconds=opts.session_gap_seconds,
             allowed_lateness_seconds=opts.allowed_lateness_seconds,
             pipeline=PIPELINE,
@@ -97,14 +104,14 @@ def build_pipeline(
         parsed[ParseEvents.FAILED],
         redacted[RedactPii.FAILED],
         enriched[EnrichFrontendEvents.FAILED],
-        common.write_rows(events, "frontend_analytics", conns, PIPELINE, streaming),
+        common.write_rows(events, "frontend_analytics", conns, PIPELINE, streaming, batched),
         common.write_rows(sessions, "frontend_sessions", conns, PIPELINE, streaming),
         common.archive_records(
-            events, conns, PIPELINE, load_schema("frontend_enriched_v1"), streaming
+            events, conns, PIPELINE, load_schema("frontend_enriched_v1"), streaming, batched
         ),
     ]
     if conns.redis_url:
-        failures.extend(common.write_live_state(events, sessions, conns, PIPELINE))
+        failures.extend(common.write_live_state(events, sessions, conns, PIPELINE, batched))
     common.write_dead_letters(failures, conns, PIPELINE)
     return {"events": events, "sessions": sessions}
 

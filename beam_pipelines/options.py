@@ -22,6 +22,8 @@ __all__ = [
     "Connections",
     "resolve_connections",
     "apply_spaces_credentials",
+    "batched_hot_path",
+    "HOT_PATHS",
     "DEV_PII_SECRET",
 ]
 
@@ -135,9 +137,35 @@ class IheardOptions(PipelineOptions):
             help="How long an event id is remembered for de-duplication.",
         )
         proc.add_argument(
+            "--hot_path",
+            choices=HOT_PATHS,
+            default="batched",
+            help="Streaming Kafka jobs: 'batched' carries one Kafka poll (hundreds of "
+            "events) per element from the source to the sinks, with de-duplication "
+            "state per id bucket (transforms/batches.py); 'per_event' is the "
+            "earlier one-element-per-event path, kept for comparison. Bounded runs "
+            "always take the per-event path.",
+        )
+        proc.add_argument(
+            "--dedupe_buckets",
+            type=int,
+            default=16,
+            help="Batched path: id-hash buckets per time slice of de-duplication state.",
+        )
+        proc.add_argument(
             "--profile",
             help="Runner profile (see python -m runners.profiles); expanded by run().",
         )
+
+
+HOT_PATHS = ("batched", "per_event")
+
+
+def batched_hot_path(opts, streaming: bool) -> bool:
+    """Whether this run carries lists of events: a streaming Kafka source with
+    ``--hot_path=batched`` (the default)."""
+    return (bool(streaming) and opts.hot_path == "batched" and not opts.input
+            and bool(opts.kafka_bootstrap))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -98,8 +98,11 @@ def build_pipeline(
     conns: Connections,
     opts: IheardOptions,
     streaming: bool = False,
+    batched: bool = False,
 ) -> typing.Dict[str, beam.PCollection]:
-    """Applies the text-agent chain to ``records`` (``PCollection[SourceRecord]``).
+    """Applies the text-agent chain to ``records`` (``PCollection[SourceRecord]``,
+    or with ``batched`` lists of them: parse and de-duplication then work on
+    lists, see transforms/batches.py).
 
     Returns the main intermediate collections (for tests and benchmarks).
     """
@@ -118,9 +121,15 @@ def build_pipeline(
         from schemas.avro import load_schema
 
         decoder = common.kafka_decoder(opts, load_schema("envelope_v1"))
-    parsed = records | "ParseTurns" >> ParseEvents(TextAgentTurn, PIPELINE, decoder=decoder)
+    parsed = records | "ParseTurns" >> ParseEvents(
+        TextAgentTurn, PIPELINE, decoder=decoder, batched=batched)
     unique = parsed[ParseEvents.VALID] | "DedupeTurns" >> DedupeEvents(
-        key_fn=turn_key, ttl_seconds=opts.dedupe_ttl_seconds, namespace=PIPELINE)
+        key_fn=turn_key, ttl_seconds=opts.dedupe_ttl_seconds, namespace=PIPELINE,
+        batched=batched, buckets=opts.dedupe_buckets)
+    if batched:
+        from transforms.batches import ExplodeBatches
+
+        unique = unique | "ExplodeBatches" >> ExplodeBatches()
     enriched = unique | "EnrichTurns" >> EnrichTurns(conns.pii_secret, PIPELINE)
     turns = enriched[EnrichTurns.VALID]
     early = EARLY_FIRING_SECONDS if streaming else None

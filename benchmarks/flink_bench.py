@@ -122,6 +122,27 @@ def _vm_hwm_kib(pid: int) -> typing.Optional[int]:
     return None
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (all its threads), from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # After the command name: state is field 3, utime and stime fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rate_between(samples: typing.List[typing.Tuple[float, int]], lo: int, hi: int) -> typing.Optional[float]:
+    """Rows per second between the first samples with >= lo and >= hi rows."""
+    t_lo = next((t for t, n in samples if n >= lo), None)
+    hit = next(((t, n) for t, n in samples if n >= hi), None)
+    if t_lo is None or hit is None or hit[0] <= t_lo:
+        return None
+    n_lo = next(n for t, n in samples if t == t_lo)
+    return (hit[1] - n_lo) / (hit[0] - t_lo)
+
+
 def _distinct_valid_ids(lines: typing.Iterable[str]) -> int:
     """How many rows frontend_analytics must end up with: distinct event ids of
     the lines the pipeline's own parser accepts (the rest are dead letters)."""
@@ -141,6 +162,12 @@ def _rows(conn, run_id: str) -> int:
     return conn.execute(
         "SELECT count(*) FROM frontend_analytics WHERE session_id LIKE %s", (run_id + "-%",)
     ).fetchone()[0]
+
+
+def _taskmanager_pids() -> typing.List[int]:
+    out = subprocess.run(["bash", os.path.join(REPO, "flink/cluster.sh"), "pids"],
+                         capture_output=True, text=True, check=True).stdout
+    return [int(line.split()[1]) for line in out.splitlines() if line.startswith("taskexecutor ")]
 
 
 def _percentile(values: typing.List[float], q: float) -> float:
@@ -220,6 +247,7 @@ def main(argv=None) -> int:
     proc = subprocess.Popen(job_args, cwd=REPO, env=child_env, stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL)
     jid = None
+    sustained = None
     try:
         jid = wait_for(lambda: rest.job_id_by_name(job_name), 300, "the Flink job")
         wait_for(lambda: all(v["status"] == "RUNNING" for v in rest.job(jid)["vertices"]), 300, "tasks RUNNING")
@@ -238,7 +266,15 @@ def main(argv=None) -> int:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
 
+        tm_pids = _taskmanager_pids()
+        cpu_pids = tm_pids + [proc.pid]
+
+        def cpu_now() -> float:
+            return sum(_cpu_seconds(pid) for pid in cpu_pids)
+
         conn = psycopg.connect(dsn, autocommit=True)
+        row_samples: typing.List[typing.Tuple[float, int]] = []
+        cpu_at_first_row = cpu_at_last_change = None
         load_samples: typing.Dict[str, typing.List[typing.Tuple[float, float]]] = collections.defaultdict(list)
         first_row_at = None
         last_count, last_change = -1, time.perf_counter()
@@ -246,10 +282,12 @@ def main(argv=None) -> int:
         while time.monotonic() < deadline:
             count = _rows(conn, run_id)
             now = time.perf_counter()
+            cpu = cpu_now()
             if count and first_row_at is None:
-                first_row_at = now
+                first_row_at, cpu_at_first_row = now, cpu
             if count != last_count:
-                last_count, last_change = count, now
+                last_count, last_change, cpu_at_last_change = count, now, cpu
+                row_samples.append((now, count))
             # Done when every distinct valid event is a row (rows arrive in
             # bursts; Beam counters lag behind, so they cannot decide this);
             # two minutes without a new row end the wait too.
@@ -268,9 +306,20 @@ def main(argv=None) -> int:
         print(f"drain: {last_count:,} of {expected_rows:,} expected rows in PostgreSQL (counters: received {args.events:,}, valid {valid:,}, "
               f"duplicates dropped {dups:,}, dead letters {dead:,})", flush=True)
         if first_row_at is not None and drained_at > first_row_at:
-            print(f"sustained: {args.events / (drained_at - first_row_at):,.0f} events/s "
+            sustained = args.events / (drained_at - first_row_at)
+            print(f"sustained: {sustained:,.0f} events/s "
                   f"(first to last row {drained_at - first_row_at:.1f} s; "
                   f"{args.events / (drained_at - running):,.0f} events/s counting from tasks running)", flush=True)
+            cpu_s = cpu_at_last_change - cpu_at_first_row
+            if cpu_s > 0:
+                print(f"events per CPU-second (TaskManager + Python worker, first to last row): "
+                      f"{args.events / cpu_s:,.0f} ({cpu_s:.1f} CPU-s)", flush=True)
+            tenth = max(1, expected_rows // 10)
+            first = _rate_between(row_samples, 1, tenth)
+            last = _rate_between(row_samples, expected_rows - tenth, expected_rows)
+            if first and last:
+                print(f"rows/s over the first 10 % of rows {first:,.0f}, over the last 10 % {last:,.0f} "
+                      f"(last/first {last / first:.2f})", flush=True)
         if load_samples:
             print("vertices while reading the backlog (mean of per-second samples): "
                   "records in/s, back-pressured ms/s (busiest subtask)")
@@ -353,9 +402,6 @@ def main(argv=None) -> int:
               f"to Redis p50 {_percentile(to_redis, 50):.2f} s p95 {_percentile(to_redis, 95):.2f} s; "
               f"to PostgreSQL p50 {_percentile(to_pg, 50):.2f} s p95 {_percentile(to_pg, 95):.2f} s", flush=True)
 
-        tm_pids = [int(l.split()[1]) for l in subprocess.run(
-            ["bash", os.path.join(REPO, "flink/cluster.sh"), "pids"], capture_output=True, text=True, check=True
-        ).stdout.splitlines() if l.startswith("taskexecutor ")]
         for pid in tm_pids:
             print(f"TaskManager {pid} peak RSS {(_vm_hwm_kib(pid) or 0) / 1024:,.0f} MiB (since it started)")
         print(f"Python SDK worker (job process {proc.pid}) peak RSS {(_vm_hwm_kib(proc.pid) or 0) / 1024:,.0f} MiB")
@@ -388,6 +434,9 @@ def main(argv=None) -> int:
     io_bench.produce(bootstrap, naive_topic, io_bench.make_events(naive, run_id + "n"))
     naive_s = io_bench.bench_naive(dsn, bootstrap, naive_topic, args.partitions, naive)
     print(f"naive consumer (decode, INSERT, COMMIT per event): {naive / naive_s:,.0f} events/s over {naive:,} events")
+    if sustained:
+        print(f"pipeline / raw consume: {sustained / (args.events / raw_s):.2f}x; "
+              f"pipeline / naive consumer: {sustained / (naive / naive_s):.2f}x")
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("DELETE FROM frontend_analytics WHERE event_id LIKE %s", (run_id + "n-%",))
     admin.delete_topics([naive_topic])

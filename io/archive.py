@@ -145,21 +145,55 @@ class _KeyByPartitionFn(beam.DoFn):
         self._pipeline = pipeline
         self._failed = Metrics.counter("WriteToArchive", "failed")
 
-    def process(self, record, timestamp=beam.DoFn.TimestampParam,
-                window=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
-        try:
-            moment = _record_time(record, self._timestamp_fn, timestamp)
-            sort_key = str(self._sort_key_fn(record))
-        except Exception as exc:  # pylint: disable=broad-except
-            self._failed.inc()
-            yield beam.pvalue.TaggedOutput(self.FAILED, _failure(record, exc, self._pipeline))
-            return
+    def _key(self, record, timestamp, window):
+        """((date, hour, shard, window id), (sort key, record)); raises on a
+        record without a usable time or sort key."""
+        moment = _record_time(record, self._timestamp_fn, timestamp)
+        sort_key = str(self._sort_key_fn(record))
         # A stable hash (not hash(), which is salted per process) so a replay
         # puts every record in the same shard.
         shard = int.from_bytes(hashlib.sha256(sort_key.encode()).digest()[:8], "big") % self._shards
         # A plain tuple key: its coder is deterministic, as GroupByKey needs.
-        key = (moment.strftime("%Y-%m-%d"), moment.strftime("%H"), shard, window_id(window))
-        yield key, (sort_key, record)
+        return (moment.strftime("%Y-%m-%d"), moment.strftime("%H"), shard, window_id(window)), (sort_key, record)
+
+    def process(self, record, timestamp=beam.DoFn.TimestampParam,
+                window=beam.DoFn.WindowParam):
+        try:
+            yield self._key(record, timestamp, window)
+        except Exception as exc:  # pylint: disable=broad-except
+            self._failed.inc()
+            yield beam.pvalue.TaggedOutput(self.FAILED, _failure(record, exc, self._pipeline))
+
+
+class _KeyBatchByPartitionFn(_KeyByPartitionFn):
+    """A list of records -> one ``(partition key, [(sort key, record), ...])``
+    per partition the list touches."""
+
+    def process(self, records, timestamp=beam.DoFn.TimestampParam,
+                window=beam.DoFn.WindowParam):
+        groups: typing.Dict[tuple, list] = {}
+        for record in records:
+            try:
+                key, value = self._key(record, timestamp, window)
+            except Exception as exc:  # pylint: disable=broad-except
+                self._failed.inc()
+                yield beam.pvalue.TaggedOutput(self.FAILED, _failure(record, exc, self._pipeline))
+                continue
+            groups.setdefault(key, []).append(value)
+        yield from groups.items()
+
+
+def _split_by_window(window_ms: int):
+    """A list of records -> one sub-list per fixed window of their
+    ``timestamp_ms``, each stamped with its oldest record's time, so the
+    windowing that follows puts every record where it would put it alone."""
+    def split(records):
+        by_window: typing.Dict[int, list] = {}
+        for record in records:
+            by_window.setdefault(record["timestamp_ms"] // window_ms, []).append(record)
+        for sub in by_window.values():
+            yield beam.window.TimestampedValue(sub, min(r["timestamp_ms"] for r in sub) / 1000.0)
+    return split
 
 
 def _check_encodes(record, parsed_schema) -> None:
@@ -184,7 +218,8 @@ def _check_encodes(record, parsed_schema) -> None:
 class _WriteAvroFileFn(beam.DoFn):
     FAILED = "failed"
 
-    def __init__(self, base_path, source, schema, shards, codec, pipeline):
+    def __init__(self, base_path, source, schema, shards, codec, pipeline, batched=False):
+        self._batched = batched
         self._base_path = base_path
         self._source = source
         self._schema = schema
@@ -204,6 +239,8 @@ class _WriteAvroFileFn(beam.DoFn):
 
     def process(self, keyed, pane=beam.DoFn.PaneInfoParam):
         (date, hour, shard, window), values = keyed
+        if self._batched:
+            values = [value for group in values for value in group]
         key = _PartitionKey(date, hour, shard, window,
                             pane.index if pane is not None and pane.index else 0)
         path = archive_path(self._base_path, self._source, key, self._shards)
@@ -297,6 +334,10 @@ class WriteToArchive(beam.PTransform):
         firing); later ones are dropped by the GroupByKey and counted by
         the runner as dropped due to lateness.
       pipeline: written into dead letters.
+      batched: each element is a list of records with ``timestamp_ms``
+        (transforms/batches.py; needs ``window_seconds``): lists are split
+        per window and per partition, so the files hold the same records
+        as with one element per record.
     """
 
     def __init__(
@@ -311,8 +352,11 @@ class WriteToArchive(beam.PTransform):
         allowed_lateness_seconds: float = DEFAULT_ALLOWED_LATENESS_S,
         codec: str = DEFAULT_CODEC,
         pipeline: typing.Optional[str] = None,
+        batched: bool = False,
     ):
         super().__init__()
+        if batched and window_seconds is None:
+            raise ValueError("batched input needs window_seconds (streaming archive windows)")
         if not base_path:
             raise ValueError("base_path is required")
         if not source or "/" in source or "=" in source:
@@ -334,6 +378,7 @@ class WriteToArchive(beam.PTransform):
         self._allowed_lateness_s = allowed_lateness_seconds
         self._codec = codec
         self._pipeline = pipeline if pipeline is not None else source
+        self._batched = batched
 
     def expand(self, records):
         windowfn = records.windowing.windowfn
@@ -342,6 +387,9 @@ class WriteToArchive(beam.PTransform):
                 isinstance(windowfn, beam_window.GlobalWindows) or windowfn.is_merging()):
             # A global window never closes on unbounded input.
             window_seconds = DEFAULT_STREAMING_WINDOW_S
+        if self._batched:
+            records = records | "SplitBatchesByWindow" >> beam.FlatMap(
+                _split_by_window(int(window_seconds * 1000)))
         if window_seconds is not None:
             records = records | "RewindowForArchive" >> beam.WindowInto(
                 beam_window.FixedWindows(window_seconds),
@@ -352,7 +400,8 @@ class WriteToArchive(beam.PTransform):
             # Session windows would be merged per (partition) key after the
             # keys were computed from unmerged windows: archive them whole.
             records = records | "RewindowForArchive" >> beam.WindowInto(beam_window.GlobalWindows())
-        keyed = records | "KeyByPartition" >> beam.ParDo(_KeyByPartitionFn(
+        key_fn_class = _KeyBatchByPartitionFn if self._batched else _KeyByPartitionFn
+        keyed = records | "KeyByPartition" >> beam.ParDo(key_fn_class(
             self._shards, self._timestamp_fn, self._sort_key_fn,
             self._pipeline)).with_outputs(_KeyByPartitionFn.FAILED, main="keyed")
         written = (
@@ -360,7 +409,7 @@ class WriteToArchive(beam.PTransform):
             | "GroupByPartition" >> beam.GroupByKey()
             | "WriteAvroFiles" >> beam.ParDo(_WriteAvroFileFn(
                 self._base_path, self._source, self._schema, self._shards, self._codec,
-                self._pipeline)).with_outputs(_WriteAvroFileFn.FAILED, main="paths")
+                self._pipeline, self._batched)).with_outputs(_WriteAvroFileFn.FAILED, main="paths")
         )
         return (
             (keyed[_KeyByPartitionFn.FAILED], written[_WriteAvroFileFn.FAILED])

@@ -173,8 +173,9 @@ class _WriteToPostgresFn(beam.DoFn):
     FAILED = "failed"
 
     def __init__(self, dsn, spec: TableSpec, batch_size, max_retries,
-                 backoff_s, pipeline, create_schema):
+                 backoff_s, pipeline, create_schema, batched=False):
         self._dsn = dsn
+        self._batched = batched
         self._spec = spec
         self._batch_size = batch_size
         self._max_retries = max_retries
@@ -227,7 +228,10 @@ class _WriteToPostgresFn(beam.DoFn):
         self._buffer = []
 
     def process(self, row, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
-        self._buffer.append((row, timestamp, window))
+        if self._batched:  # a list of rows
+            self._buffer.extend((item, timestamp, window) for item in row)
+        else:
+            self._buffer.append((row, timestamp, window))
         if len(self._buffer) >= self._batch_size:
             yield from self._flush()
 
@@ -318,7 +322,9 @@ class WriteToPostgres(beam.PTransform):
 
     Returns the PCollection of ``FailedRecord``s for rows the database
     refused (see the module docstring for the error policy and the delivery
-    guarantee: at-least-once, idempotent by upsert)."""
+    guarantee: at-least-once, idempotent by upsert). ``batched=True``: each
+    element is a list of row dicts (transforms/batches.py); rows are still
+    buffered per bundle and written with one COPY per ``batch_size``."""
 
     def __init__(
         self,
@@ -330,6 +336,7 @@ class WriteToPostgres(beam.PTransform):
         create_schema: bool = True,
         retry_backoff_seconds: float = DEFAULT_BACKOFF_S,
         reshuffle: bool = True,
+        batched: bool = False,
     ):
         super().__init__()
         if table not in TABLES:
@@ -346,6 +353,7 @@ class WriteToPostgres(beam.PTransform):
         self._create_schema = create_schema
         self._backoff_s = retry_backoff_seconds
         self._reshuffle = reshuffle
+        self._batched = batched
 
     def expand(self, rows):
         if self._reshuffle:
@@ -354,7 +362,7 @@ class WriteToPostgres(beam.PTransform):
             rows
             | "UpsertRows" >> beam.ParDo(_WriteToPostgresFn(
                 self._dsn, self._spec, self._batch_size, self._max_retries,
-                self._backoff_s, self._pipeline, self._create_schema,
+                self._backoff_s, self._pipeline, self._create_schema, self._batched,
             )).with_outputs(_WriteToPostgresFn.FAILED, main="written")
         )
         return results[_WriteToPostgresFn.FAILED]

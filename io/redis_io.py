@@ -148,6 +148,8 @@ class _RedisBatchFn(beam.DoFn):
 
     FAILED = "failed"
     counter_namespace = "WriteToRedis"
+    # Elements are lists of items (transforms/batches.py) instead of items.
+    batched = False
 
     def __init__(self, redis_url, client_kwargs, batch_size, max_retries,
                  backoff_s, pipeline):
@@ -182,7 +184,10 @@ class _RedisBatchFn(beam.DoFn):
         self._buffer = []
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
-        self._buffer.append((element, timestamp, window))
+        if self.batched:
+            self._buffer.extend((item, timestamp, window) for item in element)
+        else:
+            self._buffer.append((element, timestamp, window))
         if len(self._buffer) >= self._batch_size:
             yield from self._flush()
 
@@ -357,11 +362,15 @@ def read_live_kpis(client, key_prefix: str = DEFAULT_KPI_PREFIX, now_ms: typing.
 
 
 class _WriteToRedis(beam.PTransform):
+    _batched = False
+
     def _fn(self):
         raise NotImplementedError
 
     def expand(self, pcoll):
-        results = pcoll | "WriteBatches" >> beam.ParDo(self._fn()).with_outputs(
+        fn = self._fn()
+        fn.batched = self._batched
+        results = pcoll | "WriteBatches" >> beam.ParDo(fn).with_outputs(
             _RedisBatchFn.FAILED, main="written")
         return results[_RedisBatchFn.FAILED]
 
@@ -408,7 +417,9 @@ class WriteSessionState(_WriteToRedis):
 class WriteLiveKpis(_WriteToRedis):
     """Maintains live KPI keys from event dicts, replay-safe; returns the
     ``FailedRecord``s of events that could not be written. See the module
-    docstring for each KPI's keys and how to read it."""
+    docstring for each KPI's keys and how to read it. ``batched=True``: each
+    element is a list of events (one pipeline round trip per bundle either
+    way)."""
 
     def __init__(
         self,
@@ -424,9 +435,11 @@ class WriteLiveKpis(_WriteToRedis):
         retry_backoff_seconds: float = DEFAULT_BACKOFF_S,
         pipeline: str = "",
         client_kwargs: typing.Optional[dict] = None,
+        batched: bool = False,
     ):
         super().__init__()
         _check_common(redis_url, batch_size, max_retries)
+        self._batched = batched
         self._args = (redis_url, client_kwargs, batch_size, max_retries,
                       retry_backoff_seconds, pipeline, key_prefix, active_window_seconds,
                       minute_ttl_seconds, day_ttl_seconds, tuple(conversion_event_types),

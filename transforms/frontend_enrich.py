@@ -504,33 +504,57 @@ class _EnrichFn(beam.DoFn):
         self._enriched = Metrics.counter(pipeline, "enriched")
         self._failed = Metrics.counter(pipeline, "enrich_failed")
 
-    def process(self, event: dict):
+    def _enrich(self, event: dict):
+        """(enriched event, None) or (None, FailedRecord)."""
         try:
             out = enrich_frontend_event(event, self._config)
         except Exception as exc:  # noqa: BLE001 - route to dead letters, never crash
             self._failed.inc()
-            yield beam.pvalue.TaggedOutput(
-                EnrichFrontendEvents.FAILED,
-                failed_from_event(event, exc, "enrich", self._pipeline))
-            return
+            return None, failed_from_event(event, exc, "enrich", self._pipeline)
         self._enriched.inc()
-        yield out
+        return out, None
+
+    def process(self, event: dict):
+        out, failed = self._enrich(event)
+        if failed is not None:
+            yield beam.pvalue.TaggedOutput(EnrichFrontendEvents.FAILED, failed)
+        else:
+            yield out
+
+
+class _EnrichBatchFn(_EnrichFn):
+    """A list of events -> the list of enriched events (+ one failure per
+    event that could not be enriched)."""
+
+    def process(self, events: list):
+        out = []
+        for event in events:
+            enriched, failed = self._enrich(event)
+            if failed is not None:
+                yield beam.pvalue.TaggedOutput(EnrichFrontendEvents.FAILED, failed)
+            else:
+                out.append(enriched)
+        if out:
+            yield out
 
 
 class EnrichFrontendEvents(beam.PTransform):
     """Event dicts -> ``valid`` (enriched, ``frontend_analytics`` columns added)
-    and ``failed`` (``FailedRecord``, stage ``enrich``)."""
+    and ``failed`` (``FailedRecord``, stage ``enrich``). ``batched=True``:
+    elements are lists of events (transforms/batches.py)."""
 
     VALID = "valid"
     FAILED = "failed"
 
     def __init__(self, config: typing.Optional[EnrichmentConfig] = None,
-                 pipeline: str = "frontend"):
+                 pipeline: str = "frontend", batched: bool = False):
         super().__init__()
         self._config = config if config is not None else EnrichmentConfig()
         self._pipeline = pipeline
+        self._batched = batched
 
     def expand(self, events):
+        fn_class = _EnrichBatchFn if self._batched else _EnrichFn
         return events | "ScoreAndAttribute" >> beam.ParDo(
-            _EnrichFn(self._config, self._pipeline)
+            fn_class(self._config, self._pipeline)
         ).with_outputs(self.FAILED, main=self.VALID)

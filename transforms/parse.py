@@ -45,6 +45,7 @@ from schemas.records import (
     SourceRecord,
     failed_from_source,
 )
+from transforms.batches import timestamped_batch
 from transforms.beam_compat import relax_gc
 
 __all__ = [
@@ -226,40 +227,62 @@ class _ParseFn(beam.DoFn):
         # First step of every pipeline: tunes the worker process it runs in.
         relax_gc()
 
-    def process(self, record: SourceRecord):
+    def _parse(self, record: SourceRecord):
+        """(event, None) or (None, FailedRecord); counts both."""
         self._received.inc()
         try:
             event = parse_record(record.value, self._model, self._decoder,
                                  source=record)
         except DecodeError as exc:
             self._failed.inc()
-            yield beam.pvalue.TaggedOutput(
-                ParseEvents.FAILED, failed_from_source(record, exc, "decode", self._pipeline))
-            return
+            return None, failed_from_source(record, exc, "decode", self._pipeline)
         except ValidationError as exc:
             self._failed.inc()
             readable = ValueError(format_validation_error(exc))
             failed = failed_from_source(record, readable, "validate", self._pipeline)
-            yield beam.pvalue.TaggedOutput(
-                ParseEvents.FAILED, failed._replace(error_class="ValidationError"))
-            return
+            return None, failed._replace(error_class="ValidationError")
         except Exception as exc:  # noqa: BLE001 - any data error is a dead letter
             self._failed.inc()
-            yield beam.pvalue.TaggedOutput(
-                ParseEvents.FAILED, failed_from_source(record, exc, "validate", self._pipeline))
-            return
+            return None, failed_from_source(record, exc, "validate", self._pipeline)
         self._valid.inc()
-        yield TimestampedValue(event, event["timestamp_ms"] / 1000.0)
+        return event, None
+
+    def process(self, record: SourceRecord):
+        event, failed = self._parse(record)
+        if failed is not None:
+            yield beam.pvalue.TaggedOutput(ParseEvents.FAILED, failed)
+        else:
+            yield TimestampedValue(event, event["timestamp_ms"] / 1000.0)
+
+
+class _ParseBatchFn(_ParseFn):
+    """A list of records -> one list of events (stamped with the oldest event
+    time) and one ``FailedRecord`` per record that did not parse."""
+
+    def process(self, records):
+        events = []
+        for record in records:
+            event, failed = self._parse(record)
+            if failed is not None:
+                yield beam.pvalue.TaggedOutput(ParseEvents.FAILED, failed)
+            else:
+                events.append(event)
+        if events:
+            yield timestamped_batch(events)
 
 
 class ParseEvents(beam.PTransform):
     """``PCollection[SourceRecord]`` -> tagged outputs ``valid`` (event dicts
-    with event-time timestamps) and ``failed`` (``FailedRecord``)."""
+    with event-time timestamps) and ``failed`` (``FailedRecord``).
+
+    ``batched=True``: elements are lists of ``SourceRecord`` and ``valid``
+    holds lists of event dicts (transforms/batches.py); failures stay one
+    ``FailedRecord`` per record."""
 
     VALID = "valid"
     FAILED = "failed"
 
-    def __init__(self, model, pipeline: str, decoder=None):
+    def __init__(self, model, pipeline: str, decoder=None, batched: bool = False):
         super().__init__()
         if not hasattr(model, "model_validate"):
             raise ValueError("model must be a pydantic v2 model class")
@@ -268,8 +291,10 @@ class ParseEvents(beam.PTransform):
         self._model = model
         self._pipeline = pipeline
         self._decoder = decoder
+        self._batched = batched
 
     def expand(self, records):
+        fn_class = _ParseBatchFn if self._batched else _ParseFn
         return records | "ValidateAndTimestamp" >> beam.ParDo(
-            _ParseFn(self._model, self._pipeline, self._decoder)
+            fn_class(self._model, self._pipeline, self._decoder)
         ).with_outputs(self.FAILED, main=self.VALID)

@@ -512,20 +512,42 @@ class _RedactFn(beam.DoFn):
     def setup(self):
         self._redactor = PiiRedactor(self._secret, self._region)
 
-    def process(self, event: dict):
+    def _redact(self, event: dict):
+        """(redacted copy, None) or (None, FailedRecord)."""
         try:
             redacted, counts = self._redactor.redact_record(
                 event, self._text_fields, self._token_fields)
         except Exception as exc:  # noqa: BLE001 - route, never crash the bundle
             self._failed.inc()
-            yield beam.pvalue.TaggedOutput(
-                RedactPii.FAILED, failed_from_event(event, exc, "redact", self._pipeline))
-            return
+            return None, failed_from_event(event, exc, "redact", self._pipeline)
         for kind, n in counts.items():
             self._counters[kind].inc(n)
         # Counts only (never values), for the lineage in transformation_metadata.
         redacted["_pii"] = dict(counts)
-        yield redacted
+        return redacted, None
+
+    def process(self, event: dict):
+        redacted, failed = self._redact(event)
+        if failed is not None:
+            yield beam.pvalue.TaggedOutput(RedactPii.FAILED, failed)
+        else:
+            yield redacted
+
+
+class _RedactBatchFn(_RedactFn):
+    """A list of events -> the list of redacted copies (+ one failure per
+    event that could not be redacted)."""
+
+    def process(self, events: list):
+        out = []
+        for event in events:
+            redacted, failed = self._redact(event)
+            if failed is not None:
+                yield beam.pvalue.TaggedOutput(RedactPii.FAILED, failed)
+            else:
+                out.append(redacted)
+        if out:
+            yield out
 
 
 class RedactPii(beam.PTransform):
@@ -533,6 +555,7 @@ class RedactPii(beam.PTransform):
 
     Counters ``pii_redacted_<kind>`` (namespace = pipeline) count tokens
     issued. Element timestamps and windows pass through unchanged.
+    ``batched=True``: elements are lists of events (transforms/batches.py).
     """
 
     VALID = "valid"
@@ -540,7 +563,7 @@ class RedactPii(beam.PTransform):
 
     def __init__(self, secret: bytes, text_fields=FRONTEND_TEXT_FIELDS,
                  token_fields=FRONTEND_TOKEN_FIELDS, pipeline: str = "frontend",
-                 default_region: str = "US"):
+                 default_region: str = "US", batched: bool = False):
         super().__init__()
         # Fail at construction, not on a worker: validates secret and region.
         PiiRedactor(secret, default_region)
@@ -549,9 +572,11 @@ class RedactPii(beam.PTransform):
         self._token_fields = tuple(token_fields)
         self._pipeline = pipeline
         self._region = default_region
+        self._batched = batched
 
     def expand(self, events):
+        fn_class = _RedactBatchFn if self._batched else _RedactFn
         return events | "RedactPiiFields" >> beam.ParDo(
-            _RedactFn(self._secret, self._text_fields, self._token_fields,
+            fn_class(self._secret, self._text_fields, self._token_fields,
                       self._pipeline, self._region)
         ).with_outputs(self.FAILED, main=self.VALID)
