@@ -23,6 +23,11 @@ The chain (every step labelled as it appears in the Flink dashboard)::
         |-> WriteLiveKpis (Redis, when configured)
         '-> AggregateSessions -> frontend_sessions table (+ WriteSessionState)
     every failed output -> FlattenFailures -> failed_events (+ dead-letter topic)
+
+A streaming Kafka job (``--streaming``, default ``--hot_path=batched``)
+carries one Kafka poll per element through every step and aggregates
+sessions in keyed state per session bucket (transforms/batches.py,
+transforms/session_batches.py); the rows are the same.
 """
 from __future__ import annotations
 
@@ -71,7 +76,7 @@ def build_pipeline(
     from transforms.frontend_enrich import EnrichFrontendEvents, EnrichmentConfig
     from transforms.parse import ParseEvents
     from transforms.pii import RedactPii
-    from transforms.batches import ExplodeBatches
+    from transforms.session_batches import AggregateSessionBatches
     from transforms.sessions import AggregateSessions
 
     parsed = records | "ParseEvents" >> ParseEvents(
@@ -88,17 +93,21 @@ def build_pipeline(
         ttl_seconds=opts.dedupe_ttl_seconds, namespace=PIPELINE, streaming=streaming,
         batched=batched, buckets=opts.dedupe_buckets,
     )
-    # Session windows need each event at its own time.
-    one_by_one = events | "ExplodeBatches" >> ExplodeBatches() if batched else events
-    sessions = common.count(
-        one_by_one | "AggregateSessions" >> AggregateSessions(
+    if batched:
+        aggregate = AggregateSessionBatches(
+            gap_seconds=opts.session_gap_seconds,
+            allowed_lateness_seconds=opts.allowed_lateness_seconds,
+            pipeline=PIPELINE,
+        )
+    else:
+        aggregate = AggregateSessions(
             gap_seconds=opts.session_gap_seconds,
             allowed_lateness_seconds=opts.allowed_lateness_seconds,
             pipeline=PIPELINE,
             streaming=streaming,
-        ),
-        PIPELINE, "session_panes", "CountSessionPanes",
-    )
+        )
+    sessions = common.count(
+        events | "AggregateSessions" >> aggregate, PIPELINE, "session_panes", "CountSessionPanes")
 
     failures = [
         parsed[ParseEvents.FAILED],

@@ -245,7 +245,7 @@ def main(argv=None) -> int:
     log = open(os.path.join(workdir, "job.log"), "w")
     submitted = time.perf_counter()
     proc = subprocess.Popen(job_args, cwd=REPO, env=child_env, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL, start_new_session=True)
     jid = None
     sustained = None
     try:

@@ -9,6 +9,7 @@ terminate, then kill if it does not exit.
 from __future__ import annotations
 
 import shlex
+import os
 import subprocess
 import typing
 
@@ -34,12 +35,34 @@ def script_env(script: str) -> typing.Dict[str, str]:
 
 def end_process(proc: subprocess.Popen, timeout_s: float = 30) -> None:
     """Terminates ``proc`` if it still runs; kills it when it has not exited
-    within ``timeout_s``."""
+    within ``timeout_s``. A process started with ``start_new_session=True``
+    is ended with its whole process group: a pipeline process on Flink has
+    started a job-server JVM that a SIGTERM to the Python process alone
+    leaves running."""
+    import signal
+
+    def signal_all(sig):
+        try:
+            if os.getpgid(proc.pid) == proc.pid:
+                os.killpg(proc.pid, sig)
+                return
+        except ProcessLookupError:
+            return
+        proc.send_signal(sig)
+
     if proc.poll() is not None:
+        try:  # the leader is gone; its group (a job server) may not be
+            os.killpg(proc.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
         return
-    proc.terminate()
+    signal_all(signal.SIGTERM)
     try:
         proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        signal_all(signal.SIGKILL)
         proc.wait(timeout=timeout_s)
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -221,6 +221,18 @@ class SessionSummaryFn(beam.CombineFn):
         return session_summary(acc)
 
 
+def session_row(session_id: str, summary: dict, start_ms: float, end_ms: float,
+                pane_index: int) -> dict:
+    """A ``frontend_sessions`` row: the summary plus window bounds and pane."""
+    row = {"session_id": session_id}
+    row.update(summary)
+    row["window_start"] = _iso(start_ms)
+    row["window_end"] = _iso(end_ms)
+    row["pane_index"] = pane_index
+    row["updated_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+    return row
+
+
 class _ToSessionRowFn(beam.DoFn):
     def __init__(self, namespace: str):
         self._panes = Metrics.counter(namespace, "session_panes_emitted")
@@ -231,13 +243,8 @@ class _ToSessionRowFn(beam.DoFn):
         self._panes.inc()
         if pane.index > 0:
             self._late.inc()
-        row = {"session_id": session_id}
-        row.update(summary)
-        row["window_start"] = _iso(win.start.micros / 1000.0)
-        row["window_end"] = _iso(win.end.micros / 1000.0)
-        row["pane_index"] = pane.index
-        row["updated_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
-        yield row
+        yield session_row(session_id, summary, win.start.micros / 1000.0,
+                          win.end.micros / 1000.0, pane.index)
 
 
 def split_sessions(events: typing.Iterable[dict], gap_ms: int) -> typing.List[typing.List[dict]]:
@@ -279,12 +286,7 @@ class _BoundedSessionsFn(beam.DoFn):
                 continue  # counted by add_event's caller contract: cannot happen after parse
             start_ms, end_ms = min(times), max(times) + self._gap_ms
             self._panes.inc()
-            row = {"session_id": session_id}
-            row.update(summary)
-            row["window_start"] = _iso(start_ms)
-            row["window_end"] = _iso(end_ms)
-            row["pane_index"] = 0
-            row["updated_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+            row = session_row(session_id, summary, start_ms, end_ms, 0)
             # At the end of its window, as the streaming path's on-time pane.
             yield beam.window.TimestampedValue(row, (end_ms - 1) / 1000.0)
 

@@ -88,6 +88,7 @@ class BackgroundPipelines:
             stdout=log.open("w"),
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            start_new_session=True,  # end_process also ends its job-server JVM
         )
         self._started.append((proc, job_name, log))
         return proc
