@@ -262,7 +262,8 @@ def main(argv=None) -> int:
         if args.profile_seconds > 0 and shutil.which("py-spy"):
             profiler = subprocess.Popen(
                 ["py-spy", "record", "--pid", str(proc.pid), "--duration", str(args.profile_seconds),
-                 "--rate", "50", "--format", "raw", "--output", profile_path, "--nonblocking", "--subprocesses"],
+                 "--rate", "50", "--format", "raw", "--output", profile_path, "--nonblocking", "--subprocesses",
+                 "--gil"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
 
