@@ -139,13 +139,31 @@ def _iso(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _text_agent_sample_users() -> typing.List[str]:
+    """User ids of the text-agent pipeline's default sample, so a demo run of
+    both pipelines has leads with agent conversations."""
+    from beam_pipelines.text_agent import sample_turns
+
+    users = set()
+    for line in sample_turns():
+        try:
+            user = json.loads(line).get("user_id")
+        except (ValueError, AttributeError):
+            continue
+        if user:
+            users.add(user)
+    return sorted(users)
+
+
 def sample_leads(n: int = 120, seed: int = 11, start_ms: int = 1_741_000_000_000,
                  malformed_share: float = 0.03, late_share: float = 0.05) -> typing.List[str]:
     """JSON lines of leads as ``leads.json`` returns them (and the extractor
     publishes them). A share of lines is malformed, and a share of leads is
     followed by an *older* version of itself (a late delta). Some leads carry
-    an ``iheardUserId`` of the frontend sample's users. Deterministic."""
+    an ``iheardUserId`` of the frontend or text-agent samples' users.
+    Deterministic."""
     rng = random.Random(seed)
+    agent_users = _text_agent_sample_users()
     lines: typing.List[str] = []
     for i in range(n):
         lead_id = 1000 + i
@@ -172,8 +190,11 @@ def sample_leads(n: int = 120, seed: int = 11, start_ms: int = 1_741_000_000_000
         }
         if hot:
             lead["company"], lead["email"] = "Stark Industries", f"{first.lower()}{i}@starkindustries.com"
-        if rng.random() < 0.4:
-            lead["iheardUserId"] = f"user_{rng.randrange(0, 80):07d}"
+        roll_user = rng.random()
+        if roll_user < 0.4:
+            lead["iheardUserId"] = f"user_{rng.randrange(0, 80):07d}"  # frontend sample's ids
+        elif roll_user < 0.55 and agent_users:
+            lead["iheardUserId"] = rng.choice(agent_users)
         line = json.dumps(lead, sort_keys=True, ensure_ascii=False)
         roll = rng.random()
         if roll < malformed_share:
