@@ -294,6 +294,10 @@ class MarketoClient:
                     self._token = None
                     refreshed = True
                     continue
+                if not authorised and status in (400, 401, 403):
+                    raise MarketoAuthError(
+                        f"the identity endpoint refused the credentials: HTTP {status} "
+                        f"{response.text[:200]}", code=f"http:{status}")
                 if status == 429 or status >= 500:
                     retry_reason = f"HTTP {status}"
                 elif status != 200:
