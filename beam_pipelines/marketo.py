@@ -83,7 +83,8 @@ def build_pipeline(
     mopts = opts.view_as(MarketoOptions)
     # The extractor publishes JSON (Marketo's own record format).
     parsed = records | "ParseLeads" >> ParseEvents(MarketoLead, PIPELINE)
-    latest = parsed[ParseEvents.VALID] | "KeepLatestPerLead" >> KeepLatestPerLead(PIPELINE)
+    latest = parsed[ParseEvents.VALID] | "KeepLatestPerLead" >> KeepLatestPerLead(
+        PIPELINE, streaming=streaming)
     if mopts.no_engagement_lookup:
         with_engagement = latest | "NoEngagement" >> beam.Map(
             lambda lead: dict(lead, **{ENGAGEMENT_FIELD: None}))

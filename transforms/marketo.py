@@ -331,7 +331,7 @@ class _KeepLatestFn(beam.DoFn):
 
     def process(self, element, newest=beam.DoFn.StateParam(NEWEST)):
         _, lead = element
-        version = int(lead.get("updatedAt") or lead.get("timestamp_ms") or 0)
+        version = _version(lead)
         stored = newest.read()
         if stored is not None and version < stored:
             self._stale.inc()
@@ -340,19 +340,37 @@ class _KeepLatestFn(beam.DoFn):
         yield lead
 
 
+def _version(lead) -> int:
+    return int(lead.get("updatedAt") or lead.get("timestamp_ms") or 0)
+
+
+def _newest(leads):
+    """The newest version (ties: the one with the larger event id, so the
+    choice does not depend on arrival order)."""
+    return max(leads, key=lambda lead: (_version(lead), str(lead.get("event_id") or "")))
+
+
 class KeepLatestPerLead(beam.PTransform):
     """Drops a lead version older than one already passed (see the module
-    docstring for why and the state it keeps)."""
+    docstring for why and the state it keeps).
 
-    def __init__(self, namespace: str = "marketo"):
+    ``streaming=False`` (a bounded run) keeps exactly the newest version per
+    lead with a combine instead: the stateful DoFn's per-element state calls
+    cost ~9 ms an element on the FnApiRunner, the combine a few µs."""
+
+    def __init__(self, namespace: str = "marketo", streaming: bool = True):
         super().__init__()
         self._namespace = namespace
+        self._streaming = streaming
 
     def expand(self, leads):
+        keyed = leads | "KeyByLeadId" >> beam.Map(lambda lead: (int(lead["id"]), lead))
+        if self._streaming:
+            return keyed | "DropStaleVersions" >> beam.ParDo(_KeepLatestFn(self._namespace))
         return (
-            leads
-            | "KeyByLeadId" >> beam.Map(lambda lead: (int(lead["id"]), lead))
-            | "DropStaleVersions" >> beam.ParDo(_KeepLatestFn(self._namespace))
+            keyed
+            | "NewestPerLead" >> beam.CombinePerKey(_newest)
+            | "DropLeadKey" >> beam.Values()
         )
 
 

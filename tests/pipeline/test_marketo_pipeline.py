@@ -118,11 +118,15 @@ def _is_json(line):
         return False
 
 
-def test_keep_latest_per_lead_drops_only_older_versions():
+import pytest
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_keep_latest_per_lead_drops_only_older_versions(streaming):
     leads = [{"id": 1, "updatedAt": 10}, {"id": 1, "updatedAt": 30}, {"id": 1, "updatedAt": 20},
              {"id": 2, "updatedAt": 5}, {"id": 2, "updatedAt": 5}]
     with TestPipeline() as p:
-        out = (p | beam.Create(leads) | KeepLatestPerLead()
+        out = (p | beam.Create(leads) | KeepLatestPerLead(streaming=streaming)
                | beam.Map(lambda lead: (lead["id"], lead["updatedAt"])))
         # Order within a key is not fixed on the runner, so only invariants:
         # the newest version of each lead always passes, and nothing passes
