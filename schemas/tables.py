@@ -115,9 +115,18 @@ MARKETO_LEADS = _register(
             "lead_id", "email", "full_name", "company", "lead_source",
             "email_domain", "lead_quality_score", "geographic_info",
             "transformation_metadata", "created_at", "updated_at",
+            # schemas/sql/020_marketo.sql
+            "email_domain_class", "email_token", "score_factors",
+            "engagement_level", "conversion_probability", "recommended_action",
+            "engagement",
         ),
         key=("lead_id",),
-        json_columns=frozenset({"geographic_info", "transformation_metadata"}),
+        # The latest updatedAt wins: an older delta arriving late (a replay,
+        # a backfill) never overwrites a newer row; an equal one refreshes it.
+        update_condition="marketo_leads.updated_at IS NULL "
+        "OR excluded.updated_at >= marketo_leads.updated_at",
+        json_columns=frozenset({"geographic_info", "transformation_metadata",
+                                "score_factors", "engagement"}),
         timestamp_columns=frozenset({"created_at", "updated_at"}),
     )
 )

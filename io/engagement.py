@@ -1,0 +1,207 @@
+"""Lookup of a lead's frontend sessions and agent conversations (PostgreSQL or DuckDB).
+
+``LookupEngagement`` attaches to each lead dict, under ``_engagement``, the
+activity the other two pipelines stored for the same person
+(``transforms.marketo_scoring.Engagement``): the ``frontend_sessions`` and
+``agent_conversations`` rows whose ``user_id`` is one of the lead's identity
+keys (``transforms.marketo.lead_identity``: keyed email token, email, the
+application user id from a lead field)::
+
+    leads --_LookupEngagementFn--> leads + _engagement
+            buffers ``batch_size`` leads, then one grouped query per table
+            (``WHERE user_id IN (...)``) for the whole batch
+
+Why a lookup and not a join of streams: the sessions and conversations are
+already aggregated and stored by their pipelines; reading them when a lead
+changes gives the lead's whole history (all time, every session window)
+without keeping either stream in this job's state. The engagement is as of
+the moment the lead is scored; a lead is rescored when it changes in Marketo.
+
+Errors: a database error is retried ``max_retries`` times on a fresh
+connection, then fails the bundle (the runner retries it); a lead is never
+scored with made-up engagement. The lookup only reads.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import typing
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
+
+__all__ = ["LookupEngagement", "query_engagement"]
+
+_LOG = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 500
+
+_FRONTEND_SQL = (
+    "SELECT user_id, COUNT(*), COALESCE(SUM(event_count), 0), COALESCE(SUM(messages), 0), "
+    "COALESCE(SUM(conversions), 0), COALESCE(MAX(max_engagement_score), 0) "
+    "FROM frontend_sessions WHERE user_id IN ({}) GROUP BY user_id")
+_AGENT_SQL = (
+    "SELECT user_id, COUNT(*), COALESCE(SUM(turn_count), 0), "
+    "MAX(CASE WHEN lead_captured THEN 1 ELSE 0 END), "
+    "COALESCE(MAX(max_business_value_score), 0) "
+    "FROM agent_conversations WHERE user_id IN ({}) GROUP BY user_id")
+
+
+def query_engagement(cursor, keys: typing.Sequence[str], placeholder: str = "?"
+                     ) -> typing.Dict[str, typing.Tuple[tuple, tuple]]:
+    """{user_id: (frontend aggregate, agent aggregate)} for ``keys``."""
+    out: typing.Dict[str, typing.List[tuple]] = {}
+    if not keys:
+        return {}
+    marks = ", ".join([placeholder] * len(keys))
+    cursor.execute(_FRONTEND_SQL.format(marks), list(keys))
+    frontend = {row[0]: tuple(row[1:]) for row in cursor.fetchall()}
+    cursor.execute(_AGENT_SQL.format(marks), list(keys))
+    agent = {row[0]: tuple(row[1:]) for row in cursor.fetchall()}
+    for key in set(frontend) | set(agent):
+        out[key] = (frontend.get(key, (0, 0, 0, 0, 0)), agent.get(key, (0, 0, 0, 0)))
+    return out
+
+
+def _engagement_for(keys, found):
+    from transforms.marketo_scoring import Engagement
+
+    sessions = events = messages = conversions = conversations = turns = 0
+    max_engagement = max_value = 0.0
+    captured = False
+    for key in keys:
+        hit = found.get(key)
+        if hit is None:
+            continue
+        (s, e, m, c, me), (a, t, lc, mv) = hit
+        sessions += int(s)
+        events += int(e)
+        messages += int(m)
+        conversions += int(c)
+        max_engagement = max(max_engagement, float(me))
+        conversations += int(a)
+        turns += int(t)
+        captured = captured or bool(lc)
+        max_value = max(max_value, float(mv))
+    return Engagement(sessions, events, messages, conversions, max_engagement,
+                      conversations, turns, captured, max_value)
+
+
+class _LookupEngagementFn(beam.DoFn):
+    def __init__(self, postgres_dsn, duckdb_path, pii_secret, user_id_field, batch_size,
+                 max_retries, namespace):
+        self._dsn = postgres_dsn
+        self._duckdb_path = duckdb_path
+        self._secret = pii_secret
+        self._user_id_field = user_id_field
+        self._batch_size = batch_size
+        self._max_retries = max_retries
+        self._conn = None
+        self._buffer = []
+        self._matched = Metrics.counter(namespace, "engagement_matched")
+        self._looked_up = Metrics.counter(namespace, "engagement_looked_up")
+        self._retries = Metrics.counter(namespace, "engagement_lookup_retries")
+
+    def setup(self):
+        from transforms.pii import PiiRedactor
+
+        self._redactor = PiiRedactor(self._secret)
+
+    def _connect(self):
+        if self._dsn:
+            import psycopg
+
+            return psycopg.connect(self._dsn, autocommit=True)
+        import duckdb
+
+        from iheard_io.embedded import ensure_embedded_schema
+
+        ensure_embedded_schema(self._duckdb_path)  # the process's shared instance
+        return duckdb.connect(self._duckdb_path)
+
+    def _close(self):
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # pylint: disable=broad-except
+                pass
+            self._conn = None
+
+    def teardown(self):
+        self._close()
+
+    def start_bundle(self):
+        self._buffer = []
+
+    def process(self, lead, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        self._buffer.append((lead, timestamp, window))
+        if len(self._buffer) >= self._batch_size:
+            for out in self._flush():
+                yield out
+
+    def finish_bundle(self):
+        for out in self._flush():
+            yield out
+
+    def _query(self, keys):
+        attempt = 0
+        while True:
+            try:
+                if self._conn is None:
+                    self._conn = self._connect()
+                cursor = self._conn.cursor()
+                try:
+                    return query_engagement(cursor, keys, "%s" if self._dsn else "?")
+                finally:
+                    cursor.close()
+            except Exception as exc:  # pylint: disable=broad-except
+                if attempt >= self._max_retries:
+                    raise
+                attempt += 1
+                self._retries.inc()
+                _LOG.warning("engagement lookup failed (%s); retry %d/%d", exc, attempt,
+                             self._max_retries)
+                self._close()
+                time.sleep(min(0.2 * 2 ** attempt, 5.0))
+
+    def _flush(self):
+        from transforms.marketo import ENGAGEMENT_FIELD, lead_identity
+
+        items, self._buffer = self._buffer, []
+        if not items:
+            return
+        identities = [lead_identity(lead, self._redactor, self._user_id_field)
+                      for lead, _, _ in items]
+        keys = sorted({k for ids in identities for k in ids})
+        found = self._query(keys) if keys else {}
+        for (lead, ts, win), ids in zip(items, identities):
+            engagement = _engagement_for(ids, found)
+            self._looked_up.inc()
+            if any(k in found for k in ids):
+                self._matched.inc()
+            out = dict(lead)
+            out[ENGAGEMENT_FIELD] = tuple(engagement)
+            yield WindowedValue(out, ts, [win if win is not None else GlobalWindow()])
+
+
+class LookupEngagement(beam.PTransform):
+    """Leads -> the same leads with ``_engagement`` (see the module docstring).
+    Give exactly one of ``postgres_dsn`` and ``duckdb_path``."""
+
+    def __init__(self, pii_secret: bytes, postgres_dsn: typing.Optional[str] = None,
+                 duckdb_path: typing.Optional[str] = None,
+                 user_id_field: typing.Optional[str] = "iheardUserId",
+                 batch_size: int = DEFAULT_BATCH_SIZE, max_retries: int = 3,
+                 namespace: str = "marketo"):
+        super().__init__()
+        if bool(postgres_dsn) == bool(duckdb_path):
+            raise ValueError("give exactly one of postgres_dsn and duckdb_path")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self._args = (postgres_dsn, duckdb_path, pii_secret, user_id_field, batch_size,
+                      max_retries, namespace)
+
+    def expand(self, leads):
+        return leads | "QueryEngagementBatches" >> beam.ParDo(_LookupEngagementFn(*self._args))
