@@ -31,6 +31,11 @@ REQUIRED = [
     "pyyaml>=6.0",
     "orjson>=3.9",
     "requests>=2.28",
+    # the collector service and operations (collector/, monitoring/)
+    "fastapi>=0.110",
+    "uvicorn[standard]>=0.29",
+    "prometheus-client>=0.20",
+    "structlog>=24.1",
 ]
 
 TEST = [
@@ -38,6 +43,7 @@ TEST = [
     "pytest-timeout>=2.2",
     "moto[server]>=5.0",
     "boto3>=1.28",
+    "httpx>=0.27",  # starlette's TestClient
 ]
 
 PACKAGES = [
@@ -47,6 +53,8 @@ PACKAGES = [
     "flink",
     "runners",
     "iheard_io",
+    "collector",
+    "monitoring",
 ]
 
 setuptools.setup(
@@ -61,6 +69,8 @@ setuptools.setup(
         "schemas": ["avro/*.avsc", "sql/*.sql"],
         "beam_pipelines": ["sample_data/*"],
         "transforms": ["data/*"],
+        "collector": ["demo/*"],
+        "monitoring": ["prometheus/*.yml", "grafana/dashboards/*.json"],
     },
     include_package_data=True,
     install_requires=REQUIRED,
