@@ -36,6 +36,7 @@ REQUIRED = [
     "uvicorn[standard]>=0.29",
     "prometheus-client>=0.20",
     "structlog>=24.1",
+    "aiohttp>=3.9",  # the load-test tool's HTTP client (collector/loadtest.py)
 ]
 
 TEST = [
