@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from collector.events import SOURCES
+
 __all__ = ["CollectorMetrics", "REJECT_REASONS"]
 
 # The labels of collector_events_rejected_total / collector_requests_rejected_total.
@@ -52,6 +54,8 @@ class CollectorMetrics:
         self.kafka_up = Gauge(
             "collector_kafka_connected", "1 when the collector's producer is connected to Kafka",
             registry=r)
+        for source in SOURCES:
+            self.events_accepted.labels(source)
         for reason in REJECT_REASONS:  # present at 0 from the start, so rate() works
             self.requests_rejected.labels(reason)
             self.events_rejected.labels(reason)
