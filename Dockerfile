@@ -36,6 +36,8 @@ COPY schemas/ schemas/
 COPY runners/ runners/
 COPY flink/ flink/
 COPY io/ io/
+COPY collector/ collector/
+COPY monitoring/ monitoring/
 RUN pip install . \
  && python -c "import apache_beam, beam_pipelines.frontend, beam_pipelines.text_agent, runners.submit"
 

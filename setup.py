@@ -38,6 +38,12 @@ REQUIRED = [
     "pycountry>=23.12",
     "us>=3.1",
     "pytz>=2023.3",
+    # the collector service and operations (collector/, monitoring/)
+    "fastapi>=0.110",
+    "uvicorn[standard]>=0.29",
+    "prometheus-client>=0.20",
+    "structlog>=24.1",
+    "aiohttp>=3.9",  # the load-test tool's HTTP client (collector/loadtest.py)
 ]
 
 TEST = [
@@ -45,6 +51,7 @@ TEST = [
     "pytest-timeout>=2.2",
     "moto[server]>=5.0",
     "boto3>=1.28",
+    "httpx>=0.27",  # starlette's TestClient
 ]
 
 PACKAGES = [
@@ -54,6 +61,8 @@ PACKAGES = [
     "flink",
     "runners",
     "iheard_io",
+    "collector",
+    "monitoring",
 ]
 
 setuptools.setup(
@@ -68,6 +77,8 @@ setuptools.setup(
         "schemas": ["avro/*.avsc", "sql/*.sql"],
         "beam_pipelines": ["sample_data/*"],
         "transforms": ["data/*"],
+        "collector": ["demo/*"],
+        "monitoring": ["prometheus/*.yml", "grafana/dashboards/*.json"],
     },
     include_package_data=True,
     install_requires=REQUIRED,

@@ -354,5 +354,5 @@ def exit_with_help_if_asked(argv, prog: str, description: str, *option_classes) 
 def configure_cli_logging() -> None:
     """INFO for the project's own messages; Beam's per-step INFO chatter (type
     hint conversions, state cache sizes ...) only from WARNING up."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    from monitoring.logs import configure_logging  # JSON lines, or text: $IHEARD_LOG_FORMAT
+    configure_logging()

@@ -40,6 +40,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 from pydantic import ValidationError
 
+from schemas.errors import format_validation_error
 from schemas.events import normalize_timestamp_ms
 from schemas.records import (
     SourceRecord,
@@ -106,24 +107,6 @@ def event_id_for(payload: dict) -> str:
         if given:
             return given
     return hashlib.sha256(_canonical_json(payload)).hexdigest()
-
-
-def format_validation_error(exc: ValidationError) -> str:
-    """``field: message; other.field: message`` - short and names every field."""
-    parts = []
-    for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "<payload>"
-        msg = err.get("msg", "invalid")
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        if err.get("type") == "missing":
-            msg = "field required"
-        elif err.get("type") == "string_too_short" and (err.get("ctx") or {}).get("min_length") == 1:
-            msg = "must be a non-empty string"
-        elif "input" in err and err["input"] is None:
-            msg = f"must not be null ({msg[:1].lower() + msg[1:]})"
-        parts.append(f"{loc}: {msg}")
-    return "; ".join(parts)
 
 
 def _decode(value, decoder) -> dict:
