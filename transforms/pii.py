@@ -183,7 +183,10 @@ _PROTECTED = re.compile(
             r"\[[A-Z0-9]+:[0-9a-f]{6,64}\]",  # our own tokens
             r"\b[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}\b",
             r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?",
-            r"\b\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}\b",
+            # d/m/y and m/d/y with real days and months, not one link of a
+            # longer chain (06.12.34.56.78 is a French phone, not 6 Dec 1934)
+            r"(?<!\d[/.-])\b(?:(?:0?[1-9]|[12]\d|3[01])[/.-](?:0?[1-9]|1[0-2])"
+            r"|(?:0?[1-9]|1[0-2])[/.-](?:0?[1-9]|[12]\d|3[01]))[/.-]\d{2,4}\b(?![/.-]\d)",
             r"\b\d{4}/\d{1,2}/\d{1,2}\b",
             r"\b\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?\b",
             r"\b(?=[0-9a-fA-F]{16,}\b)[0-9a-fA-F]*[a-fA-F][0-9a-fA-F]*\b",  # hex ids
@@ -195,8 +198,21 @@ _PROTECTED = re.compile(
             r"\b[vV]\d+(?:\.\d+)+",
             r"(?i:\b(?:version|ver|release|build|rev|firmware|fw)\b\.?)[\s:#=-]*\d+(?:\.\d+)+",
             r"(?<=[A-Za-z])/\d+(?:\.\d+)+",  # product/version tokens
-            r"\b\d+(?:\.\d+){4,}\b",  # 5+ dotted parts: a version, not an address
+            # 5+ dotted parts: a version, not an address; but 0d.dd.dd.dd.dd
+            # is how France writes phone numbers
+            r"\b(?!0\d(?:\.\d\d){4}\b)\d+(?:\.\d+){4,}\b",
             r"(?<![\d.])-?\d{1,3}\.\d{5,}(?![\d.])",  # coordinates (5+ decimals)
+            r"\b(?:19|20)\d{2}[-/]\d{5,}\b",  # year + serial: 2024-000123
+            r"\b\d{5}-\d{3}\b|〒\s?\d{3}-\d{4}",  # postal codes (BR CEP, JP)
+            # A number right after an id label is that id, not a phone
+            # ("order 2024-000123", "ИНН 7707083893", "build 20240115").
+            r"(?i:\b(?:order|invoice|ticket|account|customer|tracking|booking|reference|ref"
+            r"|case|sku|item|article|build|version|release|rev|bestellung|bestellnr|rechnung"
+            r"|kundennummer|auftrag|commande|facture|pedido|factura|ordine|fattura|bestelling"
+            r"|factuur|zamówienie|faktura|sipariş|fatura|заказ|сч[её]т|инн|огрн|кпп|inn|nip"
+            r"|nif|nie|cif|siret|siren|tva|vat|ust-?idnr|cpf|cnpj|rut|rfc|kvk|btw|pesel|regon"
+            r"|gstin|pan|ein|tin|abn|acn)\b\.?\s*(?:no\.?|nr\.?|n[°º]|number|nummer|número"
+            r"|numero|#)?\s*:?\s*)[A-Z]{0,2}\s?\d[\d .\-/]{4,20}\d",
             r"(?P<weak>(?<![\d+])\d{11,}(?!\d))",  # bare long digit runs are ids
         )
     )
@@ -411,7 +427,7 @@ class PiiRedactor:
                     continue
                 found.append((m.start(), m.end(), "ipv6", addr.compressed))
                 taken.claim(m.start(), m.end())
-        if digits >= 15:  # the shortest IBAN (Norway) has 15 characters, 11 digits+
+        if digits >= 10:  # an IBAN has 15+ characters, 10+ of them digits (NL: 12)
             self._find_iban(text, found, taken)
         if digits >= 13:
             for m in _CARD.finditer(text):
@@ -539,8 +555,14 @@ class PiiRedactor:
         return last.group()
 
     def _phones_in(self, text, cand, found, taken, weak, scan: _Scan):
+        """Phones in one candidate chunk. Regions are tried in order (hints,
+        default, detected language, the cue word's language); the first
+        whose matches cover every free digit of the chunk wins. Failing that,
+        a cued phone-shaped chunk is one phone; else the best partial cover."""
         base, stop = cand.start(), cand.end()
-        if all(not taken.free(i, i + 1) for i in range(base, stop) if text[i] in _DIGITS):
+        chunk = cand.group()
+        free = [i for i, ch in enumerate(chunk) if ch in _DIGITS and taken.free(base + i, base + i + 1)]
+        if not free:
             return  # every digit already belongs to a protected span or a finding
         cue = False  # not looked up yet
         if any(s < stop and base < e for s, e in weak):
@@ -548,49 +570,65 @@ class PiiRedactor:
             if cue is None:
                 return  # a bare run of 11+ digits with no cue: an id
         scan.regional = True
-        chunk = cand.group()
         hints = _regions_of(scan.hints)
         regions = self._order(hints)
-        if self._claim_matches(chunk, base, regions, found, taken):
-            return
+        best = self._cover(chunk, base, regions, free, taken)
+        if best[0] == len(free):
+            return self._claim(best[1], found, taken)
         if self._language_of is not None:
             if scan.language_regions is None:
                 language = self._language_of(text)
                 scan.language_regions = tuple(
                     r for r in region_hints(languages=(language,)) if r not in regions
                 ) if language else ()
-            if scan.language_regions and self._claim_matches(
-                    chunk, base, scan.language_regions, found, taken):
-                return
+            if scan.language_regions:
+                best = max(best, self._cover(chunk, base, scan.language_regions, free, taken),
+                           key=lambda b: b[0])
+                if best[0] == len(free):
+                    return self._claim(best[1], found, taken)
         if cue is False:
             cue = self._cue(text, base)
-        if cue is None or not taken.free(base, stop):
-            return
-        # A cue word: its language's plans first ("Handy" -> DE), then, valid
-        # or not, the whole phone-shaped group is a phone.
-        by_cue = tuple(r for r in cue_regions(cue) if r not in regions)
-        if by_cue and self._claim_matches(chunk, base, by_cue, found, taken):
-            return
-        if taken.free(base, stop):
-            value = _cued_phone_value(chunk, (hints + by_cue + regions)[0])
-            if value is not None:
-                found.append((base, stop, "phone", value))
-                taken.claim(base, stop)
+        if cue is not None:
+            # A cue word: its language's plans first ("Handy" -> DE), then,
+            # valid or not, the whole phone-shaped group is a phone.
+            by_cue = tuple(r for r in cue_regions(cue) if r not in regions)
+            if by_cue:
+                best = max(best, self._cover(chunk, base, by_cue, free, taken),
+                           key=lambda b: b[0])
+                if best[0] == len(free):
+                    return self._claim(best[1], found, taken)
+            if taken.free(base, stop):
+                value = _cued_phone_value(chunk, (hints + by_cue + regions)[0])
+                if value is not None:
+                    found.append((base, stop, "phone", value))
+                    taken.claim(base, stop)
+                    return
+        self._claim(best[1], found, taken)
 
     @staticmethod
-    def _claim_matches(chunk, base, regions, found, taken) -> bool:
-        """Claims what ``phonenumbers`` finds in ``chunk`` for each region in
-        turn; True once no digit of the chunk is left unclaimed."""
+    def _cover(chunk, base, regions, free, taken):
+        """(free digits covered, matches) of the first region in ``regions``
+        whose ``phonenumbers`` matches cover all ``free`` digit offsets, else
+        of the region covering the most."""
+        best = (0, ())
         for region in regions:
-            for rel_start, rel_end, e164 in _phone_matches(chunk, region):
-                start, end = base + rel_start, base + rel_end
-                if taken.free(start, end):
-                    found.append((start, end, "phone", e164))
-                    taken.claim(start, end)
-            if all(not taken.free(base + i, base + i + 1)
-                   for i, ch in enumerate(chunk) if ch in _DIGITS):
-                return True
-        return False
+            matches = tuple((base + s, base + e, v) for s, e, v in _phone_matches(chunk, region)
+                            if taken.free(base + s, base + e))
+            if not matches:
+                continue
+            covered = sum(1 for i in free if any(s <= base + i < e for s, e, _ in matches))
+            if covered > best[0]:
+                best = (covered, matches)
+                if covered == len(free):
+                    break
+        return best
+
+    @staticmethod
+    def _claim(matches, found, taken):
+        for start, end, e164 in matches:
+            if taken.free(start, end):
+                found.append((start, end, "phone", e164))
+                taken.claim(start, end)
 
     # -- replacement ------------------------------------------------------------
     def _redact_plain(self, text: str, counts: collections.Counter, scan: _Scan) -> str:
