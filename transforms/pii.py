@@ -151,9 +151,11 @@ _SSN_DASHED = re.compile(
     r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])")
 _SSN_CONTEXT = re.compile(
     r"(?i:\bssn\b|social security(?: number| no\.?)?)[\s:#=-]*(?P<bare>\d{9})(?!\d)")
+# ASCII boundaries, so an address glued to CJK text (IPアドレスは192.0.2.55です)
+# is still one.
 _IPV4 = re.compile(
-    r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]\d|\d)\.){3}"
-    r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]\d|\d)(?![\w]|\.\d)"
+    r"(?<![A-Za-z0-9_.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]\d|\d)\.){3}"
+    r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]\d|\d)(?![A-Za-z0-9_]|\.\d)"
 )
 # Not after an ASCII word char, '.', '-', '/' or '#': digits glued to an id
 # (ORD-1234567, /blog/2024/01/15, #1234567) are not phone numbers. The
