@@ -11,7 +11,9 @@ Detected (kind -> normalised form):
 ==========  ===================================================  =============
 kind        rule                                                 normalised
 ==========  ===================================================  =============
-email       local@domain.tld, also ``%40`` percent-encoded      lower case
+email       local@domain.tld, letters of any script in both      NFC, lower
+            halves (RFC 6531, IDN), punycode or non-ASCII TLD,   case, punycode
+            ``%40`` percent-encoded or full-width ``＠``          decoded
 iban        2 letters + 2 digits + 11..30 alphanumerics,         compact, upper
             length per country where known, ISO 7064 mod 97
 card        13-19 digits, bare or grouped 4-4-4-4 / 4-6-5 by     digits only
@@ -24,12 +26,20 @@ ipv4        four octets 0-255, no leading zeros, first octet     dotted quad
             not 0, not part of a longer dotted number, not
             after a letter (``v1.2.3.4``) and not a version (below)
 phone       ``phonenumbers.PhoneNumberMatcher`` (Leniency.       E.164
-            STRICT_GROUPING: a valid number whose digit groups
-            match the region's formatting, so ``2024-000123`` is
-            not a phone; ``default_region``), run only on runs
-            of >= 7 digits
+            STRICT_GROUPING: a valid number whose digit groups   (digits when
+            match the region's formatting, so ``2024-000123`` is  unparseable)
+            not a phone), run only on runs of >= 7 digits
             (spaces . - ( ) / allowed) not glued to a preceding
-            word, ``.``, ``-``, ``/`` or ``#`` and not date-shaped
+            ASCII word, ``.``, ``-``, ``/`` or ``#`` and not
+            date-shaped. Regions in order: the event's hints
+            (``pii_regions.record_region_hints``: country,
+            timezone, browser language), ``default_region``,
+            the detected language (``language_of``, asked only
+            when still unresolved), the cue word's language.
+            After a cue word (``pii_regions.PHONE_CUE``, <= 32
+            characters before, no digit or sentence end in
+            between) a group of 7-15 digits is a phone even
+            when no plan accepts it
 ==========  ===================================================  =============
 
 What must survive (tests/unit/test_pii.py lists the cases), and how:
@@ -39,8 +49,12 @@ What must survive (tests/unit/test_pii.py lists the cases), and how:
   UUIDs, long hex ids, epoch timestamps (10/13 digits starting with 1),
   prices (currency symbol or code), screen sizes (``1920x1080``), order-like
   ids (letters + separator + digits, ``ORD-123456789``, ``sess_abc123``),
-  bare digit runs of 11+ digits (ids; an international phone is written with
-  ``+``), tokens already emitted (so redaction is idempotent) and versions.
+  a number right after an id label (``order``, ``Rechnung``, ``ИНН``,
+  ``build`` ...), year + serial (``2024-000123``), postal codes in the
+  ``01310-100`` / ``〒100-0001`` forms, coordinates (5+ decimals), tokens
+  already emitted (so redaction is idempotent) and versions. Bare digit runs
+  of 11+ digits are ids too unless a phone cue word precedes them
+  (``手机13800138000``).
 * IPv4 versus version strings: a dotted quad is an address only if every
   octet is 0-255 without leading zeros and the first is not 0. It is a
   version, not an address, when a letter or ``/`` after a product name
