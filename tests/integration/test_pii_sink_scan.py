@@ -298,7 +298,6 @@ def test_no_planted_value_in_any_postgres_table(planted_run, services):
 
 def test_no_planted_value_in_any_redis_key_or_value(planted_run, services):
     client = redis.Redis.from_url(services.redis_url)
-    leaks = []
     try:
         keys = list(client.scan_iter(count=2000))
         assert keys
