@@ -23,6 +23,7 @@ REQUIRED = [
     "fastavro>=1.9",
     "pydantic>=2.5,<3",
     "phonenumbers>=8.13",
+    "pytz>=2021.1",  # zone.tab: timezone -> country, a phone-region hint (Beam has it too)
     "ua-parser>=1.0",
     "duckdb>=1.0",
     "vaderSentiment>=3.3.2",

@@ -14,6 +14,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms.pii import PiiRedactor
+from transforms.pii_regions import text_region_hints
 
 __all__ = ["RedactDeadLetters", "REDACTION_WITHHELD"]
 
@@ -33,7 +34,9 @@ class _RedactDeadLetterFn(beam.DoFn):
         if not text:
             return text
         try:
-            return self._redactor.redact_text(text)[0]
+            # A raw payload that did not parse still names its country /
+            # timezone / locale: the phone regions to try.
+            return self._redactor.redact_text(text, text_region_hints(text))[0]
         except Exception:  # noqa: BLE001 - a dead letter must still be stored
             self._withheld.inc()
             return REDACTION_WITHHELD

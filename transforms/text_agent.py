@@ -60,6 +60,7 @@ from apache_beam.transforms import window as beam_window
 from schemas.records import PIPELINE_VERSION, failed_from_event, utc_now_iso
 from transforms.deadletter import REDACTION_WITHHELD, RedactDeadLetters  # noqa: F401 (re-exported)
 from transforms.pii import PII_KINDS, PiiRedactor
+from transforms.pii_regions import record_region_hints
 from transforms.text_agent_content import ContentAnalyzer, load_topic_taxonomy
 from transforms.text_agent_pricing import (
     PriceBook,
@@ -146,18 +147,20 @@ def redact_turn(event: dict, redactor: PiiRedactor
     out = dict(event)
     user_counts: collections.Counter = collections.Counter()
     total: collections.Counter = collections.Counter()
-    text, counts = redactor.redact_text(event.get("user_message"))
+    # Phone regions from the turn's own country/timezone/locale fields, if any.
+    regions = record_region_hints(event)
+    text, counts = redactor.redact_text(event.get("user_message"), regions)
     out["user_message"] = text
     user_counts.update(counts)
     total.update(counts)
     for field in ("response_text", "user_id"):
-        text, counts = redactor.redact_text(event.get(field))
+        text, counts = redactor.redact_text(event.get(field), regions)
         out[field] = text
         total.update(counts)
     for field in ("tool_results", "conversation_context", "extra"):
         value = event.get(field)
         if value:
-            out[field] = redactor.redact_value(value, total)
+            out[field] = redactor.redact_value(value, total, regions)
     return out, user_counts, total
 
 
@@ -567,9 +570,10 @@ class _EnrichTurnFn(beam.DoFn):
         self._pii = {k: Metrics.counter(pipeline, f"pii_redacted_{k}") for k in PII_KINDS}
 
     def setup(self):
-        self._redactor = PiiRedactor(self._secret)
         self._enricher = TurnEnricher(price_book_path=self._price_book_path,
                                       topics_path=self._topics_path)
+        # The detected language is a phone-region hint of last resort.
+        self._redactor = PiiRedactor(self._secret, language_of=self._enricher.analyzer.language)
 
     def process(self, turn: dict):
         try:

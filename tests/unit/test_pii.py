@@ -171,7 +171,10 @@ def test_default_region_changes_national_numbers():
     redacted, counts = fr.redact_text("appelez le 06 12 34 56 78")
     assert counts == {"phone": 1}
     assert expected_token("phone", "+33612345678") in redacted
-    assert R.redact_text("appelez le 06 12 34 56 78")[1] == {}  # not a US number
+    assert R.redact_text("le 06 12 34 56 78")[1] == {}  # not a US number, no cue
+    # "appelez" is a French cue word: the French plan is tried, same token.
+    assert expected_token("phone", "+33612345678") in R.redact_text(
+        "appelez le 06 12 34 56 78")[0]
 
 
 # --- URLs --------------------------------------------------------------------
