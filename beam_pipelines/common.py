@@ -19,7 +19,7 @@ from apache_beam.transforms import window
 from beam_pipelines.options import (
     Connections,
     IheardOptions,
-    apply_spaces_credentials,
+    apply_s3_options,
     resolve_connections,
 )
 from schemas.tables import failure_row
@@ -85,7 +85,7 @@ def read_source(
             mode=mode,
             group_id=opts.kafka_group_id,
             start_from=opts.kafka_start_from,
-            consumer_config=dict(conns.kafka_security),
+            **conns.kafka_security,
             **tuning,
         )
     raise ValueError(
@@ -143,7 +143,7 @@ def write_dead_letters(
             | "PublishDeadLetters" >> WriteToKafka(
                 conns.kafka_bootstrap,
                 conns.dead_letter_topic,
-                producer_config=dict(conns.kafka_security),
+                **conns.kafka_security,
             )
             | "LogUnpublishedDeadLetters" >> beam.Map(_log_unwritable)
         )
@@ -308,8 +308,8 @@ def run_job(options, opts: IheardOptions, default_topic: str, build, pipeline_na
 
     check_runner(options)
     streaming = bool(options.view_as(StandardOptions).streaming)
-    apply_spaces_credentials(options)
-    conns = resolve_connections(opts)
+    conns = resolve_connections(options)
+    apply_s3_options(options, conns)
     prepare_sinks(conns)
     pipeline = beam.Pipeline(runner=runner, options=options)
     records = read_source(pipeline, conns, opts, default_topic, streaming)
