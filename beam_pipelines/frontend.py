@@ -45,11 +45,6 @@ PIPELINE = "frontend"
 FRONTEND_TOPIC = "frontend_user_interaction"
 SAMPLE_INPUT = os.path.join(os.path.dirname(__file__), "sample_data", "frontend_events.jsonl.gz")
 
-# Free-text fields searched for PII; the page URL includes its query string.
-PII_TEXT_FIELDS = ("element_text", "page_url", "page_title", "referrer", "element_id", "element_class")
-# Fields that identify a person outright: replaced by a keyed token whole.
-PII_TOKEN_FIELDS: typing.Tuple[str, ...] = ()
-
 
 def build_pipeline(
     pipeline: beam.Pipeline,
@@ -68,14 +63,14 @@ def build_pipeline(
     from transforms.dedupe import DedupeEvents
     from transforms.frontend_enrich import EnrichFrontendEvents, EnrichmentConfig
     from transforms.parse import ParseEvents
-    from transforms.pii import RedactPii
+    from transforms.pii import FRONTEND_TEXT_FIELDS, FRONTEND_TOKEN_FIELDS, RedactPii
     from transforms.sessions import AggregateSessions
 
     parsed = records | "ParseEvents" >> ParseEvents(
         FrontendEvent, PIPELINE, decoder=common.kafka_decoder(opts, load_schema("envelope_v1"))
     )
     redacted = parsed[ParseEvents.VALID] | "RedactPii" >> RedactPii(
-        conns.pii_secret, PII_TEXT_FIELDS, PII_TOKEN_FIELDS, PIPELINE
+        conns.pii_secret, FRONTEND_TEXT_FIELDS, FRONTEND_TOKEN_FIELDS, PIPELINE
     )
     enriched = redacted[RedactPii.VALID] | "EnrichEvents" >> EnrichFrontendEvents(
         EnrichmentConfig(), PIPELINE

@@ -18,6 +18,9 @@ import typing
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms.dedupe import DEFAULT_TTL_SECONDS
+from transforms.sessions import DEFAULT_ALLOWED_LATENESS_SECONDS, DEFAULT_GAP_SECONDS
+
 __all__ = [
     "IheardOptions",
     "Connections",
@@ -30,9 +33,6 @@ _LOG = logging.getLogger(__name__)
 
 # Only for local runs: tokens made with it are reproducible but not secret.
 DEV_PII_SECRET = "iheardai-dev-only-pii-secret"
-
-ONE_DAY_SECONDS = 24 * 60 * 60
-THIRTY_MINUTES_SECONDS = 30 * 60
 
 
 class IheardOptions(PipelineOptions):
@@ -119,20 +119,20 @@ class IheardOptions(PipelineOptions):
         proc.add_argument(
             "--session_gap_seconds",
             type=int,
-            default=THIRTY_MINUTES_SECONDS,
+            default=DEFAULT_GAP_SECONDS,
             help="Inactivity gap that closes a session window.",
         )
         proc.add_argument(
             "--allowed_lateness_seconds",
             type=int,
-            default=ONE_DAY_SECONDS,
+            default=DEFAULT_ALLOWED_LATENESS_SECONDS,
             help="How long after the watermark passes a session's end late events "
             "still restate it.",
         )
         proc.add_argument(
             "--dedupe_ttl_seconds",
             type=int,
-            default=ONE_DAY_SECONDS,
+            default=DEFAULT_TTL_SECONDS,
             help="How long an event id is remembered for de-duplication.",
         )
         proc.add_argument(

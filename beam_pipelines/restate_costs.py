@@ -44,6 +44,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipelines import common
 from beam_pipelines.options import IheardOptions, resolve_connections
+from schemas.records import ms_to_iso
+from transforms.text_agent import PIPELINE as TEXT_AGENT_PIPELINE
 
 __all__ = ["restate_turn", "archive_patterns", "parse_bound", "build_pipeline", "run",
            "RestateOptions"]
@@ -51,7 +53,7 @@ __all__ = ["restate_turn", "archive_patterns", "parse_bound", "build_pipeline", 
 _LOG = logging.getLogger(__name__)
 
 PIPELINE = "restate_costs"
-ARCHIVE_SOURCE = "text_agent"
+ARCHIVE_SOURCE = TEXT_AGENT_PIPELINE  # the archive's source= folder
 
 
 class RestateOptions(PipelineOptions):
@@ -185,8 +187,7 @@ def _sum_columns(rows) -> tuple:
 
 def _to_json_line(row: dict) -> str:
     out = dict(row)
-    out["timestamp"] = dt.datetime.fromtimestamp(
-        row["timestamp"] / 1000.0, tz=dt.timezone.utc).isoformat()
+    out["timestamp"] = ms_to_iso(row["timestamp"])
     return json.dumps(out, sort_keys=True)
 
 

@@ -54,12 +54,12 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_pipelines import common
 from beam_pipelines.generate import write_lines
 from beam_pipelines.options import Connections, IheardOptions
+from transforms.text_agent import PIPELINE, turn_key
 
-__all__ = ["build_pipeline", "run", "sample_turns", "TEXT_AGENT_TOPIC", "turn_key"]
+__all__ = ["build_pipeline", "run", "sample_turns", "TEXT_AGENT_TOPIC"]
 
 _LOG = logging.getLogger(__name__)
 
-PIPELINE = "text_agent"
 TEXT_AGENT_TOPIC = "text_agent_turn_completed"
 AGENT_TURN_SCHEMA = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas", "avro",
@@ -70,12 +70,6 @@ EARLY_FIRING_SECONDS = 30
 STREAMING_ARCHIVE_WINDOW_SECONDS = 5 * 60
 # A tenant's day is "today" somewhere for up to ~50 h; keep the hash for three.
 DAILY_COST_TTL_SECONDS = 3 * 24 * 60 * 60
-
-
-def turn_key(event: typing.Mapping) -> str:
-    """A turn's identity: (session_id, turn_id), the agent_turns key. A
-    re-sent turn with a new timestamp has a new event_id but the same key."""
-    return f"{event['session_id']}\x1f{event['turn_id']}"
 
 
 def _load_avro_schema(path: str = AGENT_TURN_SCHEMA) -> dict:

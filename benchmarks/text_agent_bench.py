@@ -157,21 +157,27 @@ def bench_chain(lines, repeat):
     import apache_beam as beam
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-    from beam_pipelines.text_agent import turn_key
     from schemas.text_agent import TextAgentTurn
     from transforms.dedupe import DedupeEvents
     from transforms.parse import ParseEvents
-    from transforms.text_agent import AggregateBillingHourly, AggregateConversations, EnrichTurns
+    from transforms.sessions import DEFAULT_GAP_SECONDS
+    from transforms.text_agent import (
+        PIPELINE,
+        AggregateBillingHourly,
+        AggregateConversations,
+        EnrichTurns,
+        turn_key,
+    )
 
     records = _records(lines)
 
     def run():
         with beam.Pipeline(runner=FnApiRunner()) as p:
-            parsed = p | beam.Create(records) | ParseEvents(TextAgentTurn, "text_agent")
+            parsed = p | beam.Create(records) | ParseEvents(TextAgentTurn, PIPELINE)
             turns = (parsed[ParseEvents.VALID]
-                     | DedupeEvents(key_fn=turn_key, ttl_seconds=86400, namespace="text_agent")
+                     | DedupeEvents(key_fn=turn_key, namespace=PIPELINE)
                      | EnrichTurns(SECRET))[EnrichTurns.VALID]
-            _ = turns | AggregateConversations(gap_seconds=1800)
+            _ = turns | AggregateConversations(gap_seconds=DEFAULT_GAP_SECONDS)
             _ = turns | AggregateBillingHourly()
 
     seconds, _ = _best(run, repeat)

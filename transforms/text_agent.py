@@ -57,7 +57,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger as beam_trigger
 from apache_beam.transforms import window as beam_window
 
-from schemas.records import PIPELINE_VERSION, failed_from_event, utc_now_iso
+from schemas.records import PIPELINE_VERSION, failed_from_event, ms_to_iso, utc_now_iso
 from transforms.deadletter import REDACTION_WITHHELD, RedactDeadLetters  # noqa: F401 (re-exported)
 from transforms.pii import PII_KINDS, PiiRedactor
 from transforms.text_agent_content import ContentAnalyzer, load_topic_taxonomy
@@ -75,6 +75,7 @@ from transforms.text_agent_scoring import (
 
 __all__ = [
     "PIPELINE",
+    "turn_key",
     "TENANT_FIELDS",
     "CACHED_TOKEN_FIELDS",
     "DEFAULT_TENANT",
@@ -111,6 +112,12 @@ ANALYZERS = {"sentiment": "vaderSentiment",
 # --------------------------------------------------------------------------
 # Pure core
 # --------------------------------------------------------------------------
+def turn_key(event: typing.Mapping) -> str:
+    """A turn's identity: (session_id, turn_id), the agent_turns key. A
+    re-sent turn with a new timestamp has a new event_id but the same key."""
+    return f"{event['session_id']}\x1f{event['turn_id']}"
+
+
 def _first_present(mapping: typing.Mapping, names: typing.Sequence[str]):
     for name in names:
         value = mapping.get(name)
@@ -449,21 +456,15 @@ class _ConversationCombineFn(_EntriesByIdCombineFn):
         return summarise_conversation(acc)
 
 
-def _ms_to_iso(ms: typing.Optional[int]) -> typing.Optional[str]:
-    if ms is None:
-        return None
-    return dt.datetime.fromtimestamp(ms / 1000.0, tz=dt.timezone.utc).isoformat()
-
-
 class _ConversationRowFn(beam.DoFn):
     def process(self, keyed, window=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
         session_id, summary = keyed
         row = dict(summary)
         row["session_id"] = session_id
-        row["window_start"] = _ms_to_iso(int(window.start.micros // 1000))
-        row["window_end"] = _ms_to_iso(int(window.end.micros // 1000))
-        row["first_turn_at"] = _ms_to_iso(summary["first_turn_at"])
-        row["last_turn_at"] = _ms_to_iso(summary["last_turn_at"])
+        row["window_start"] = ms_to_iso(int(window.start.micros // 1000))
+        row["window_end"] = ms_to_iso(int(window.end.micros // 1000))
+        row["first_turn_at"] = ms_to_iso(summary["first_turn_at"])
+        row["last_turn_at"] = ms_to_iso(summary["last_turn_at"])
         row["pane_index"] = pane.index if pane is not None else 0
         row["is_final"] = bool(pane is not None and pane.is_last)
         row["updated_at"] = utc_now_iso()
@@ -492,7 +493,7 @@ def billing_row(tenant_id: str, model: str, hour_start_ms: int,
     return {
         "tenant_id": tenant_id,
         "model": model,
-        "hour": _ms_to_iso(hour_start_ms),
+        "hour": ms_to_iso(hour_start_ms),
         "model_family": first[5],
         "model_provider": first[6],
         "turns": len(rows),
@@ -714,7 +715,7 @@ class AggregateBillingHourly(beam.PTransform):
             turns
             | "KeyByTenantAndModel" >> beam.Map(
                 lambda t: ((t["tenant_id"], t["model"]),
-                           (f"{t['session_id']}\x1f{t['turn_id']}", billing_entry(t))))
+                           (turn_key(t), billing_entry(t))))
             | "HourlyWindows" >> beam.WindowInto(
                 beam_window.FixedWindows(ONE_HOUR_SECONDS),
                 trigger=_window_trigger(self._early),
