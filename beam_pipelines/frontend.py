@@ -32,9 +32,8 @@ import sys
 import typing
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipelines import common
+from beam_pipelines import cli, common
 from beam_pipelines.options import Connections, IheardOptions
 
 __all__ = ["build_pipeline", "run", "FRONTEND_TOPIC", "SAMPLE_INPUT"]
@@ -67,7 +66,7 @@ def build_pipeline(
     from transforms.sessions import AggregateSessions
 
     parsed = records | "ParseEvents" >> ParseEvents(
-        FrontendEvent, PIPELINE, decoder=common.kafka_decoder(opts, load_schema("envelope_v1"))
+        FrontendEvent, PIPELINE, decoder=common.kafka_decoder(opts, "envelope_v1")
     )
     redacted = parsed[ParseEvents.VALID] | "RedactPii" >> RedactPii(
         conns.pii_secret, FRONTEND_TEXT_FIELDS, FRONTEND_TOKEN_FIELDS, PIPELINE
@@ -106,18 +105,14 @@ def build_pipeline(
 
 def run(argv: typing.Optional[typing.List[str]] = None, save_main_session: bool = False):
     """Parses ``argv``, builds and runs the pipeline; returns the PipelineResult."""
-    from runners.profiles import expand_argv
-
     argv = list(sys.argv[1:] if argv is None else argv)
-    common.exit_with_help_if_asked(argv, "python -m beam_pipelines.frontend", __doc__.splitlines()[0])
-    argv = expand_argv(argv)
-    options = PipelineOptions(argv)
+    options = cli.parse_options(argv, "python -m beam_pipelines.frontend", __doc__.splitlines()[0])
     opts = options.view_as(IheardOptions)
     if not opts.input and not opts.kafka_bootstrap:
         _LOG.info("no --input or --kafka_bootstrap: using the bundled sample %s", SAMPLE_INPUT)
         opts.input = SAMPLE_INPUT
-    return common.run_job(options, opts, FRONTEND_TOPIC, build_pipeline, PIPELINE)
+    return cli.run_job(options, PIPELINE, common.event_source(FRONTEND_TOPIC), build_pipeline)
 
 if __name__ == "__main__":
-    common.configure_cli_logging()
+    cli.configure_cli_logging()
     run()

@@ -24,12 +24,18 @@ Idempotent: the table's key is (session_id, turn_id, price_book_version), so
 re-running the same restatement upserts the same rows; a turn archived more
 than once (a late pane, a re-run) is restated once.
 
-    archive files of the range (one pattern per day)
-      -> ReadArchivedTurns (ReadAllFromAvro)
+    archive files of the range (one pattern per day)          read_archived_turns
+      -> ReadArchivedTurns (ReadAllFromAvro)                     (the source)
       -> KeepRange      timestamp_ms in [from, to)
-      -> OneRecordPerTurn   GroupByKey (session_id, turn_id), smallest event_id
+      -> OneRecordPerTurn   GroupByKey (session_id, turn_id),    restate
+                            smallest event_id
       -> Reprice        pure ``restate_turn`` under the named version
-      -> agent_cost_restatements  (+ --output_file JSON lines)
+      -> agent_cost_restatements  (+ --output_file JSON lines)   build_pipeline
+    dead letters (rows the table refused) -> failed_events
+
+It runs like the other pipelines (``beam_pipelines.cli.run_job``): the runner
+check, ``--profile``, connections from flags or the environment, and the
+Spaces credentials for an ``s3://`` archive.
 """
 from __future__ import annotations
 
@@ -42,13 +48,13 @@ import typing
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipelines import common
-from beam_pipelines.options import IheardOptions, resolve_connections
+from beam_pipelines import cli, common
+from beam_pipelines.options import Connections, IheardOptions
 from schemas.records import ms_to_iso
 from transforms.text_agent import PIPELINE as TEXT_AGENT_PIPELINE
 
-__all__ = ["restate_turn", "archive_patterns", "parse_bound", "build_pipeline", "run",
-           "RestateOptions"]
+__all__ = ["restate_turn", "archive_patterns", "parse_bound", "read_archived_turns", "restate",
+           "build_pipeline", "run", "RestateOptions"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -156,19 +162,42 @@ def _one_per_turn(keyed):
     return min(records, key=lambda r: (r.get("event_id") or "", r["timestamp_ms"]))
 
 
-def build_pipeline(pipeline, archive_path: str, start: dt.datetime, end: dt.datetime,
-                   version: str, price_book_path: typing.Optional[str], restated_at: str,
-                   only_changed: bool = False) -> beam.PCollection:
-    """Restatement rows for the archived turns in [start, end)."""
+def restatement_range(ropts: "RestateOptions") -> typing.Tuple[dt.datetime, dt.datetime]:
+    """[start, end) from ``--from`` / ``--to``; refuses missing or empty ranges."""
+    missing = [flag for flag, value in (("--from", ropts.from_), ("--to", ropts.to),
+                                        ("--price_book_version", ropts.price_book_version))
+               if not value]
+    if missing:
+        raise SystemExit(f"restate_costs: missing required option(s): {', '.join(missing)}")
+    start, end = parse_bound(ropts.from_, False), parse_bound(ropts.to, True)
+    if end <= start:
+        raise ValueError(f"--to ({end.isoformat()}) must be after --from ({start.isoformat()})")
+    return start, end
+
+
+def read_archived_turns(pipeline, conns: Connections, opts: IheardOptions,
+                        streaming: bool = False) -> beam.PCollection:
+    """The source: archived turn records of ``--from``/``--to`` (only the
+    ``date=`` folders of the range are listed)."""
     from apache_beam.io.avroio import ReadAllFromAvro
 
+    start, end = restatement_range(opts.view_as(RestateOptions))
     start_ms = int(start.timestamp() * 1000)
     end_ms = int(end.timestamp() * 1000)
-    rows = (
+    records = (
         pipeline
-        | "ArchiveDays" >> beam.Create(archive_patterns(archive_path, start, end))
+        | "ArchiveDays" >> beam.Create(archive_patterns(conns.archive_path, start, end))
         | "ReadArchivedTurns" >> ReadAllFromAvro()
-        | "KeepRange" >> beam.Filter(lambda r: start_ms <= r["timestamp_ms"] < end_ms)
+    )
+    return common.count(records, PIPELINE, "received", "CountArchivedTurns") | (
+        "KeepRange" >> beam.Filter(lambda r: start_ms <= r["timestamp_ms"] < end_ms))
+
+
+def restate(records: beam.PCollection, version: str, price_book_path: typing.Optional[str],
+            restated_at: str, only_changed: bool = False) -> beam.PCollection:
+    """Archived turn records -> restatement rows (one per turn)."""
+    rows = (
+        records
         | "KeyByTurn" >> beam.Map(lambda r: ((r["session_id"], r["turn_id"]), r))
         | "GroupByTurn" >> beam.GroupByKey()
         | "OneRecordPerTurn" >> beam.Map(_one_per_turn)
@@ -191,31 +220,16 @@ def _to_json_line(row: dict) -> str:
     return json.dumps(out, sort_keys=True)
 
 
-def run(argv: typing.Optional[typing.List[str]] = None, runner=None):
-    """Parses ``argv``, runs the restatement, prints a summary; returns the
-    result. ``runner`` (a runner instance) overrides ``--runner`` (tests)."""
-    from transforms.text_agent_pricing import load_price_book
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    options = PipelineOptions(argv)
-    opts = options.view_as(IheardOptions)
-    ropts = options.view_as(RestateOptions)
-    missing = [flag for flag, value in (("--from", ropts.from_), ("--to", ropts.to),
-                                        ("--price_book_version", ropts.price_book_version))
-               if not value]
-    if missing:
-        raise SystemExit(f"restate_costs: missing required option(s): {', '.join(missing)}")
-    start, end = parse_bound(ropts.from_, False), parse_bound(ropts.to, True)
-    if end <= start:
-        raise ValueError(f"--to ({end.isoformat()}) must be after --from ({start.isoformat()})")
-    load_price_book(ropts.price_book).version(ropts.price_book_version)  # fail fast
-    conns = resolve_connections(opts)
-    common.prepare_sinks(conns)
+def build_pipeline(pipeline, records: beam.PCollection, conns: Connections,
+                   opts: IheardOptions, streaming: bool = False) -> beam.PCollection:
+    """Reprices ``records`` (archived turns) and writes the rows to
+    ``agent_cost_restatements`` (and ``--output_file``); returns the rows."""
+    ropts = opts.view_as(RestateOptions)
     restated_at = dt.datetime.now(dt.timezone.utc).isoformat()
-
-    pipeline = beam.Pipeline(runner=runner, options=options)
-    rows = build_pipeline(pipeline, conns.archive_path, start, end, ropts.price_book_version,
-                          ropts.price_book, restated_at, ropts.only_changed)
+    rows = common.count(
+        restate(records, ropts.price_book_version, ropts.price_book, restated_at,
+                ropts.only_changed),
+        PIPELINE, "valid", "CountRestatedTurns")
     failed = common.write_rows(rows, "agent_cost_restatements", conns, PIPELINE)
     common.write_dead_letters([failed], conns, PIPELINE)
     if ropts.output_file:
@@ -223,6 +237,7 @@ def run(argv: typing.Optional[typing.List[str]] = None, runner=None):
              | "ToJsonLines" >> beam.Map(_to_json_line)
              | "WriteJsonLines" >> beam.io.WriteToText(
                  ropts.output_file, shard_name_template="", num_shards=1))
+    version = ropts.price_book_version
     _ = (
         rows
         | "Amounts" >> beam.Map(lambda r: (1, r["original_cost_usd"] or 0.0,
@@ -231,13 +246,25 @@ def run(argv: typing.Optional[typing.List[str]] = None, runner=None):
         | "PrintTotals" >> beam.Map(lambda t: print(
             f"[restate_costs] turns={t[0]} original_usd={t[1]:.6f} "
             f"restated_usd={t[2]:.6f} difference_usd={t[2] - t[1]:+.6f} "
-            f"version={ropts.price_book_version}", flush=True))
+            f"version={version}", flush=True))
     )
-    result = pipeline.run()
-    result.wait_until_finish()
-    return result
+    return rows
+
+
+def run(argv: typing.Optional[typing.List[str]] = None, runner=None):
+    """Parses ``argv``, runs the restatement, prints a summary; returns the
+    result. ``runner`` (a runner instance) overrides ``--runner`` (tests)."""
+    from transforms.text_agent_pricing import load_price_book
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    options = cli.parse_options(argv, "python -m beam_pipelines.restate_costs",
+                                __doc__.splitlines()[0], RestateOptions)
+    ropts = options.view_as(RestateOptions)
+    restatement_range(ropts)  # fail fast, before any connection
+    load_price_book(ropts.price_book).version(ropts.price_book_version)  # ... or price book
+    return cli.run_job(options, PIPELINE, read_archived_turns, build_pipeline, runner=runner)
 
 
 if __name__ == "__main__":
-    common.configure_cli_logging()
+    cli.configure_cli_logging()
     run()

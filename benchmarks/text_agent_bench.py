@@ -19,7 +19,7 @@ Prints four groups of figures (best of ``--repeat`` runs each):
    embedded outputs (DuckDB upserts of all tables, local Avro archive,
    dead letters).
 
-Input: ``beam_pipelines.text_agent.sample_turns`` (seeded, ~3.5 turns per
+Input: ``beam_pipelines.generate.sample_turns`` (seeded, ~3.5 turns per
 session, 2 % malformed, 3 % duplicated). Wall-clock figures on this machine;
 nothing here is asserted.
 """
@@ -217,7 +217,7 @@ def main(argv=None):
 
     import logging
     logging.getLogger().setLevel(logging.ERROR)
-    from beam_pipelines.text_agent import sample_turns
+    from beam_pipelines.generate import sample_turns
 
     lines = sample_turns(args.sessions)
     print(f"input: {args.sessions} sessions -> {len(lines)} JSON lines, "

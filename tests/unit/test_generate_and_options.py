@@ -174,7 +174,7 @@ def test_flags_win_over_environment():
 def test_streaming_on_the_direct_runner_is_refused_with_advice():
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from beam_pipelines.common import check_runner
+    from beam_pipelines.cli import check_runner
 
     for argv in (["--streaming"], ["--streaming", "--runner=DirectRunner"]):
         with pytest.raises(ValueError, match="profile=flink-local"):
