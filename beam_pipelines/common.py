@@ -210,12 +210,12 @@ def write_live_state(
     pipeline: str,
 ) -> typing.List[beam.PCollection]:
     """Live KPIs from events and hot session state from session panes (Redis)."""
-    from iheard_io.redis_io import WriteLiveKpis, WriteSessionState
+    from iheard_io.redis_io import WriteLiveKpis, WriteSessionState, session_state_prefix
 
     return [
         events | "WriteLiveKpis" >> WriteLiveKpis(conns.redis_url, pipeline=pipeline),
         sessions | "WriteSessionState" >> WriteSessionState(
-            conns.redis_url, key_prefix=f"iheard:{pipeline}:session:", pipeline=pipeline
+            conns.redis_url, key_prefix=session_state_prefix(pipeline), pipeline=pipeline
         ),
     ]
 

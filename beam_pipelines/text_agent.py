@@ -37,7 +37,7 @@ EARLY_FIRING_SECONDS, and the archive is cut into 5-minute windows.
 
 Redis keys (when ``--redis_url`` is set): ``iheard:text_agent:session:<id>``
 (latest conversation pane) and ``iheard:text_agent:cost:<tenant>:<YYYY-MM-DD>``
-(cost and turns per model and hour; ``transforms.text_agent.read_cost_today``).
+(cost and turns per model and hour; ``iheard_io.redis_io.read_cost_today``).
 """
 from __future__ import annotations
 
@@ -62,8 +62,6 @@ TEXT_AGENT_TOPIC = "text_agent_turn_completed"
 # In streaming, conversation rows and Redis state refresh this often before a
 # session closes.
 EARLY_FIRING_SECONDS = 30
-# A tenant's day is "today" somewhere for up to ~50 h; keep the hash for three.
-DAILY_COST_TTL_SECONDS = 3 * 24 * 60 * 60
 
 
 def _version_of_conversation(row: typing.Mapping) -> int:
@@ -90,12 +88,8 @@ def build_pipeline(
     from schemas.text_agent import TextAgentTurn
     from transforms.dedupe import DedupeEvents
     from transforms.parse import ParseEvents
-    from transforms.text_agent import (
-        AggregateBillingHourly,
-        AggregateConversations,
-        EnrichTurns,
-        archive_record,
-    )
+    from transforms.text_agent import EnrichTurns, archive_record
+    from transforms.text_agent_aggregates import AggregateBillingHourly, AggregateConversations
 
     parsed = records | "ParseTurns" >> ParseEvents(
         TextAgentTurn, PIPELINE, decoder=common.kafka_decoder(opts, "envelope_v1"))
@@ -134,12 +128,17 @@ def build_pipeline(
 
 
 def _write_live_state(conversations, billing, conns: Connections):
-    from iheard_io.redis_io import WriteSessionState
-    from transforms.text_agent import DAILY_COST_PREFIX, SESSION_STATE_PREFIX, daily_cost_state
+    from iheard_io.redis_io import (
+        DAILY_COST_PREFIX,
+        DAILY_COST_TTL_SECONDS,
+        WriteSessionState,
+        daily_cost_state,
+        session_state_prefix,
+    )
 
     return [
         conversations | "WriteConversationState" >> WriteSessionState(
-            conns.redis_url, key_prefix=SESSION_STATE_PREFIX,
+            conns.redis_url, key_prefix=session_state_prefix(PIPELINE),
             version_fn=_version_of_conversation, pipeline=PIPELINE),
         billing
         | "ToDailyCostFields" >> beam.Map(daily_cost_state)

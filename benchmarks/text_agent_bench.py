@@ -161,13 +161,8 @@ def bench_chain(lines, repeat):
     from transforms.dedupe import DedupeEvents
     from transforms.parse import ParseEvents
     from transforms.sessions import DEFAULT_GAP_SECONDS
-    from transforms.text_agent import (
-        PIPELINE,
-        AggregateBillingHourly,
-        AggregateConversations,
-        EnrichTurns,
-        turn_key,
-    )
+    from transforms.text_agent import PIPELINE, EnrichTurns, turn_key
+    from transforms.text_agent_aggregates import AggregateBillingHourly, AggregateConversations
 
     records = _records(lines)
 

@@ -19,10 +19,10 @@ import redis
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from beam_pipelines import generate, text_agent
+from iheard_io.redis_io import read_cost_today
 from schemas.text_agent import TextAgentTurn
 from tests.integration.test_kafka_io import make_topic, produce
 from transforms.parse import parse_record
-from transforms.text_agent import read_cost_today
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
