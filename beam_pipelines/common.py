@@ -12,15 +12,24 @@ reads and writes the same way (running a job and its command line are in
 from __future__ import annotations
 
 import logging
+import os
 import typing
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 
 from beam_pipelines.options import Connections, IheardOptions
 # Streaming archive files cover five minutes of event time (defined once, by
 # the archive connector).
 from iheard_io.archive import DEFAULT_STREAMING_WINDOW_S as ARCHIVE_WINDOW_SECONDS
+from iheard_io.archive import WriteToArchive
+from iheard_io.embedded import WriteToEmbeddedDb, close_embedded, ensure_embedded_schema
+from iheard_io.files import ReadFromJsonLines
+from iheard_io.kafka import ReadFromKafka, WriteToKafka, avro_decoder
+from iheard_io.postgres import WriteToPostgres, ensure_schema
+from iheard_io.redis_io import WriteLiveKpis, WriteSessionState, session_state_prefix
+from schemas.avro import load_schema
 from schemas.tables import failure_row
 from transforms.deadletter import RedactDeadLetters
 
@@ -44,9 +53,6 @@ def kafka_decoder(opts: IheardOptions, avro_schema_name: typing.Optional[str] = 
     schema (``schemas/avro/<avro_schema_name>.avsc``) is loaded only for
     ``--kafka_format=avro``."""
     if opts.kafka_format == "avro":
-        from iheard_io.kafka import avro_decoder
-        from schemas.avro import load_schema
-
         if avro_schema_name is None:
             raise ValueError("--kafka_format=avro needs the pipeline's Avro schema")
         return avro_decoder(load_schema(avro_schema_name))
@@ -70,12 +76,8 @@ def read_source(
 ) -> beam.PCollection:
     """``PCollection[SourceRecord]`` from ``--input`` or Kafka."""
     if conns.input:
-        from iheard_io.files import ReadFromJsonLines
-
         return pipeline | "ReadJsonLines" >> ReadFromJsonLines(conns.input)
     if conns.kafka_bootstrap:
-        from iheard_io.kafka import ReadFromKafka
-
         mode = opts.kafka_mode or ("streaming" if streaming else "bounded")
         tuning = {}
         if opts.kafka_max_read_seconds is not None and mode == "streaming":
@@ -103,13 +105,9 @@ def write_rows(
     the stage that makes the rows, without the sink's Reshuffle (see
     iheard_io.postgres)."""
     if conns.postgres_dsn:
-        from iheard_io.postgres import WriteToPostgres
-
         return rows | f"WriteToPostgres[{table}]" >> WriteToPostgres(
             conns.postgres_dsn, table, pipeline=pipeline, reshuffle=not streaming
         )
-    from iheard_io.embedded import WriteToEmbeddedDb
-
     return rows | f"WriteToEmbeddedDb[{table}]" >> WriteToEmbeddedDb(
         conns.embedded_db, table, pipeline=pipeline
     )
@@ -134,8 +132,6 @@ def write_dead_letters(
         rewindowed | "FlattenFailures" >> beam.Flatten(), pipeline, "dead_letters", "CountDeadLetters"
     ) | "RedactDeadLetters" >> RedactDeadLetters(conns.pii_secret, pipeline)
     if conns.dead_letter_topic and conns.kafka_bootstrap:
-        from iheard_io.kafka import WriteToKafka
-
         # A dead letter Kafka refuses is still stored in failed_events below;
         # the refusal itself is only logged.
         _ = (
@@ -165,19 +161,13 @@ def prepare_sinks(conns: Connections) -> None:
     """Creates tables (and the local archive folder) before the job starts, so
     workers never race to run DDL."""
     if conns.postgres_dsn:
-        from iheard_io.postgres import ensure_schema
-
         ensure_schema(conns.postgres_dsn)
     else:
-        from iheard_io.embedded import close_embedded, ensure_embedded_schema
-
         ensure_embedded_schema(conns.embedded_db)
         # DuckDB locks the file per process: release it for the workers,
         # which may run in another process (e.g. a Flink worker pool).
         close_embedded(conns.embedded_db)
     if "://" not in conns.archive_path:
-        import os
-
         os.makedirs(conns.archive_path, exist_ok=True)
 
 
@@ -192,8 +182,6 @@ def archive_records(
     time (a global window would never fire); a bounded job writes one file set
     per hour partition.
     """
-    from iheard_io.archive import WriteToArchive
-
     return records | label >> WriteToArchive(
         conns.archive_path,
         source=pipeline,
@@ -210,8 +198,6 @@ def write_live_state(
     pipeline: str,
 ) -> typing.List[beam.PCollection]:
     """Live KPIs from events and hot session state from session panes (Redis)."""
-    from iheard_io.redis_io import WriteLiveKpis, WriteSessionState, session_state_prefix
-
     return [
         events | "WriteLiveKpis" >> WriteLiveKpis(conns.redis_url, pipeline=pipeline),
         sessions | "WriteSessionState" >> WriteSessionState(
@@ -222,8 +208,6 @@ def write_live_state(
 
 def count(pcoll: beam.PCollection, namespace: str, name: str, label: str) -> beam.PCollection:
     """Passes elements through, counting them in ``namespace/name``."""
-    from apache_beam.metrics import Metrics
-
     counter = Metrics.counter(namespace, name)
 
     def _inc(element):

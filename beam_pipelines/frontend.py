@@ -35,6 +35,13 @@ import apache_beam as beam
 
 from beam_pipelines import cli, common
 from beam_pipelines.options import Connections, IheardOptions
+from schemas.avro import load_schema
+from schemas.events import FrontendEvent
+from transforms.dedupe import DedupeEvents
+from transforms.frontend_enrich import EnrichFrontendEvents, EnrichmentConfig
+from transforms.parse import ParseEvents
+from transforms.pii import FRONTEND_TEXT_FIELDS, FRONTEND_TOKEN_FIELDS, RedactPii
+from transforms.sessions import AggregateSessions
 
 __all__ = ["build_pipeline", "run", "FRONTEND_TOPIC", "SAMPLE_INPUT"]
 
@@ -57,14 +64,6 @@ def build_pipeline(
     Taking the source as a PCollection lets tests feed ``Create``/``TestStream``.
     Returns the main intermediate collections (for tests and benchmarks).
     """
-    from schemas.avro import load_schema
-    from schemas.events import FrontendEvent
-    from transforms.dedupe import DedupeEvents
-    from transforms.frontend_enrich import EnrichFrontendEvents, EnrichmentConfig
-    from transforms.parse import ParseEvents
-    from transforms.pii import FRONTEND_TEXT_FIELDS, FRONTEND_TOKEN_FIELDS, RedactPii
-    from transforms.sessions import AggregateSessions
-
     parsed = records | "ParseEvents" >> ParseEvents(
         FrontendEvent, PIPELINE, decoder=common.kafka_decoder(opts, "envelope_v1")
     )

@@ -27,8 +27,8 @@ than once (a late pane, a re-run) is restated once.
     archive files of the range (one pattern per day)          read_archived_turns
       -> ReadArchivedTurns (ReadAllFromAvro)                     (the source)
       -> KeepRange      timestamp_ms in [from, to)
-      -> OneRecordPerTurn   GroupByKey (session_id, turn_id),    restate
-                            smallest event_id
+      -> OneRecordPerTurn   GroupByKey (session_id, turn_id),    RestateTurns
+                            smallest event_id                    (transforms.text_agent_restate)
       -> Reprice        pure ``restate_turn`` under the named version
       -> agent_cost_restatements  (+ --output_file JSON lines)   build_pipeline
     dead letters (rows the table refused) -> failed_events
@@ -40,21 +40,22 @@ Spaces credentials for an ``s3://`` archive.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import sys
 import typing
 
 import apache_beam as beam
+from apache_beam.io.avroio import ReadAllFromAvro
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipelines import cli, common
 from beam_pipelines.options import Connections, IheardOptions
-from schemas.records import ms_to_iso
 from transforms.text_agent import PIPELINE as TEXT_AGENT_PIPELINE
+from transforms.text_agent_pricing import load_price_book
+from transforms.text_agent_restate import RestateTurns, json_line, sum_costs
 
-__all__ = ["restate_turn", "archive_patterns", "parse_bound", "read_archived_turns", "restate",
-           "build_pipeline", "run", "RestateOptions"]
+__all__ = ["archive_patterns", "parse_bound", "read_archived_turns", "build_pipeline", "run",
+           "RestateOptions"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -109,59 +110,6 @@ def archive_patterns(archive_path: str, start: dt.datetime, end: dt.datetime,
     return patterns
 
 
-def _difference(new, old):
-    if new is None or old is None:
-        return None
-    return round(new - old, 6)
-
-
-def restate_turn(record: typing.Mapping, price_book, version: str, restated_at: str) -> dict:
-    """The ``agent_cost_restatements`` row for one archived turn."""
-    estimate = price_book.estimate(
-        record["model"], record["tokens_in"], record["tokens_out"],
-        record.get("cached_tokens_in") or 0, version=version)
-    original = record.get("estimated_cost_usd")
-    return {
-        "session_id": record["session_id"],
-        "turn_id": record["turn_id"],
-        "price_book_version": version,
-        "event_id": record.get("event_id"),
-        "tenant_id": record.get("tenant_id"),
-        "model": record["model"],
-        "timestamp": record["timestamp_ms"],
-        "tokens_in": record["tokens_in"],
-        "tokens_out": record["tokens_out"],
-        "cached_tokens_in": estimate.cached_tokens_in,
-        "original_price_book_version": record.get("price_book_version"),
-        "original_cost_usd": original,
-        "restated_cost_usd": estimate.cost_usd,
-        "difference_usd": _difference(estimate.cost_usd, original),
-        "price_key": estimate.price_key,
-        "restated_at": restated_at,
-    }
-
-
-class _RestateFn(beam.DoFn):
-    def __init__(self, price_book_path, version, restated_at):
-        self._path = price_book_path
-        self._version = version
-        self._restated_at = restated_at
-        self._book = None
-
-    def setup(self):
-        from transforms.text_agent_pricing import load_price_book
-
-        self._book = load_price_book(self._path)
-
-    def process(self, record):
-        yield restate_turn(record, self._book, self._version, self._restated_at)
-
-
-def _one_per_turn(keyed):
-    _, records = keyed
-    return min(records, key=lambda r: (r.get("event_id") or "", r["timestamp_ms"]))
-
-
 def restatement_range(ropts: "RestateOptions") -> typing.Tuple[dt.datetime, dt.datetime]:
     """[start, end) from ``--from`` / ``--to``; refuses missing or empty ranges."""
     missing = [flag for flag, value in (("--from", ropts.from_), ("--to", ropts.to),
@@ -179,8 +127,6 @@ def read_archived_turns(pipeline, conns: Connections, opts: IheardOptions,
                         streaming: bool = False) -> beam.PCollection:
     """The source: archived turn records of ``--from``/``--to`` (only the
     ``date=`` folders of the range are listed)."""
-    from apache_beam.io.avroio import ReadAllFromAvro
-
     start, end = restatement_range(opts.view_as(RestateOptions))
     start_ms = int(start.timestamp() * 1000)
     end_ms = int(end.timestamp() * 1000)
@@ -193,33 +139,6 @@ def read_archived_turns(pipeline, conns: Connections, opts: IheardOptions,
         "KeepRange" >> beam.Filter(lambda r: start_ms <= r["timestamp_ms"] < end_ms))
 
 
-def restate(records: beam.PCollection, version: str, price_book_path: typing.Optional[str],
-            restated_at: str, only_changed: bool = False) -> beam.PCollection:
-    """Archived turn records -> restatement rows (one per turn)."""
-    rows = (
-        records
-        | "KeyByTurn" >> beam.Map(lambda r: ((r["session_id"], r["turn_id"]), r))
-        | "GroupByTurn" >> beam.GroupByKey()
-        | "OneRecordPerTurn" >> beam.Map(_one_per_turn)
-        | "Reprice" >> beam.ParDo(_RestateFn(price_book_path, version, restated_at))
-    )
-    if only_changed:
-        rows = rows | "OnlyChanged" >> beam.Filter(
-            lambda r: r["difference_usd"] is None or r["difference_usd"] != 0)
-    return rows
-
-
-def _sum_columns(rows) -> tuple:
-    rows = list(rows)
-    return tuple(round(sum(c), 6) for c in zip(*rows)) if rows else (0, 0.0, 0.0)
-
-
-def _to_json_line(row: dict) -> str:
-    out = dict(row)
-    out["timestamp"] = ms_to_iso(row["timestamp"])
-    return json.dumps(out, sort_keys=True)
-
-
 def build_pipeline(pipeline, records: beam.PCollection, conns: Connections,
                    opts: IheardOptions, streaming: bool = False) -> beam.PCollection:
     """Reprices ``records`` (archived turns) and writes the rows to
@@ -227,14 +146,14 @@ def build_pipeline(pipeline, records: beam.PCollection, conns: Connections,
     ropts = opts.view_as(RestateOptions)
     restated_at = dt.datetime.now(dt.timezone.utc).isoformat()
     rows = common.count(
-        restate(records, ropts.price_book_version, ropts.price_book, restated_at,
-                ropts.only_changed),
+        records | "RestateTurns" >> RestateTurns(
+            ropts.price_book_version, ropts.price_book, restated_at, ropts.only_changed),
         PIPELINE, "valid", "CountRestatedTurns")
     failed = common.write_rows(rows, "agent_cost_restatements", conns, PIPELINE)
     common.write_dead_letters([failed], conns, PIPELINE)
     if ropts.output_file:
         _ = (rows
-             | "ToJsonLines" >> beam.Map(_to_json_line)
+             | "ToJsonLines" >> beam.Map(json_line)
              | "WriteJsonLines" >> beam.io.WriteToText(
                  ropts.output_file, shard_name_template="", num_shards=1))
     version = ropts.price_book_version
@@ -242,7 +161,7 @@ def build_pipeline(pipeline, records: beam.PCollection, conns: Connections,
         rows
         | "Amounts" >> beam.Map(lambda r: (1, r["original_cost_usd"] or 0.0,
                                            r["restated_cost_usd"] or 0.0))
-        | "Totals" >> beam.CombineGlobally(_sum_columns)
+        | "Totals" >> beam.CombineGlobally(sum_costs)
         | "PrintTotals" >> beam.Map(lambda t: print(
             f"[restate_costs] turns={t[0]} original_usd={t[1]:.6f} "
             f"restated_usd={t[2]:.6f} difference_usd={t[2] - t[1]:+.6f} "
@@ -254,8 +173,6 @@ def build_pipeline(pipeline, records: beam.PCollection, conns: Connections,
 def run(argv: typing.Optional[typing.List[str]] = None, runner=None):
     """Parses ``argv``, runs the restatement, prints a summary; returns the
     result. ``runner`` (a runner instance) overrides ``--runner`` (tests)."""
-    from transforms.text_agent_pricing import load_price_book
-
     argv = list(sys.argv[1:] if argv is None else argv)
     options = cli.parse_options(argv, "python -m beam_pipelines.restate_costs",
                                 __doc__.splitlines()[0], RestateOptions)

@@ -52,7 +52,23 @@ import apache_beam as beam
 from beam_pipelines import cli, common
 from beam_pipelines.generate import sample_turns, write_lines
 from beam_pipelines.options import Connections, IheardOptions
-from transforms.text_agent import PIPELINE, turn_key
+from iheard_io.redis_io import (
+    DAILY_COST_PREFIX,
+    DAILY_COST_TTL_SECONDS,
+    WriteSessionState,
+    daily_cost_state,
+    session_state_prefix,
+)
+from schemas.avro import load_schema
+from schemas.text_agent import TextAgentTurn
+from transforms.dedupe import DedupeEvents
+from transforms.parse import ParseEvents
+from transforms.text_agent import PIPELINE, EnrichTurns, archive_record, turn_key
+from transforms.text_agent_aggregates import (
+    AggregateBillingHourly,
+    AggregateConversations,
+    conversation_version,
+)
 
 __all__ = ["build_pipeline", "run", "TEXT_AGENT_TOPIC"]
 
@@ -62,15 +78,6 @@ TEXT_AGENT_TOPIC = "text_agent_turn_completed"
 # In streaming, conversation rows and Redis state refresh this often before a
 # session closes.
 EARLY_FIRING_SECONDS = 30
-
-
-def _version_of_conversation(row: typing.Mapping) -> int:
-    """Newer pane -> larger number: last turn time, then turn count."""
-    from schemas.tables import to_utc_datetime
-
-    last = to_utc_datetime(row.get("last_turn_at"))
-    last_ms = int(last.timestamp() * 1000) if last else 0
-    return last_ms * 1000 + min(int(row.get("turn_count") or 0), 999)
 
 
 def build_pipeline(
@@ -84,13 +91,6 @@ def build_pipeline(
 
     Returns the main intermediate collections (for tests and benchmarks).
     """
-    from schemas.avro import load_schema
-    from schemas.text_agent import TextAgentTurn
-    from transforms.dedupe import DedupeEvents
-    from transforms.parse import ParseEvents
-    from transforms.text_agent import EnrichTurns, archive_record
-    from transforms.text_agent_aggregates import AggregateBillingHourly, AggregateConversations
-
     parsed = records | "ParseTurns" >> ParseEvents(
         TextAgentTurn, PIPELINE, decoder=common.kafka_decoder(opts, "envelope_v1"))
     unique = parsed[ParseEvents.VALID] | "DedupeTurns" >> DedupeEvents(
@@ -128,18 +128,10 @@ def build_pipeline(
 
 
 def _write_live_state(conversations, billing, conns: Connections):
-    from iheard_io.redis_io import (
-        DAILY_COST_PREFIX,
-        DAILY_COST_TTL_SECONDS,
-        WriteSessionState,
-        daily_cost_state,
-        session_state_prefix,
-    )
-
     return [
         conversations | "WriteConversationState" >> WriteSessionState(
             conns.redis_url, key_prefix=session_state_prefix(PIPELINE),
-            version_fn=_version_of_conversation, pipeline=PIPELINE),
+            version_fn=conversation_version, pipeline=PIPELINE),
         billing
         | "ToDailyCostFields" >> beam.Map(daily_cost_state)
         | "WriteCostToday" >> WriteSessionState(

@@ -34,6 +34,7 @@ from apache_beam.transforms import trigger as beam_trigger
 from apache_beam.transforms import window as beam_window
 
 from schemas.records import ms_to_iso, utc_now_iso
+from schemas.tables import to_utc_datetime
 from transforms.text_agent import turn_key
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "conversation_entry",
     "billing_entry",
     "summarise_conversation",
+    "conversation_version",
     "billing_row",
     "ONE_HOUR_SECONDS",
 ]
@@ -164,6 +166,15 @@ def summarise_conversation(entries: typing.Mapping[str, ConversationEntry]) -> d
         "max_business_value_score": max(r.business_value_score for r in rows),
         "lead_captured": any(r.lead_captured for r in rows),
     }
+
+
+def conversation_version(row: typing.Mapping) -> int:
+    """An ``agent_conversations`` row's order among the panes of its session
+    (newer pane -> larger number: last turn time, then turn count); the
+    ``version_fn`` of the conversation state in Redis."""
+    last = to_utc_datetime(row.get("last_turn_at"))
+    last_ms = int(last.timestamp() * 1000) if last else 0
+    return last_ms * 1000 + min(int(row.get("turn_count") or 0), 999)
 
 
 class _EntriesByIdCombineFn(beam.CombineFn):

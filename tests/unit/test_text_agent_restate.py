@@ -11,6 +11,7 @@ from beam_pipelines import restate_costs, text_agent
 from schemas.records import SourceRecord
 from tests.unit.conftest import SECRET, fn_api_runner
 from transforms.text_agent_pricing import load_price_book
+from transforms.text_agent_restate import restate_turn
 
 UTC = dt.timezone.utc
 
@@ -34,12 +35,12 @@ def test_restate_turn_prices_under_the_named_version():
               "model": "o1-mini", "tokens_in": 1_000_000, "tokens_out": 100_000,
               "cached_tokens_in": 0, "estimated_cost_usd": 4.2,
               "price_book_version": "2024.10", "timestamp_ms": 1_730_000_000_000}
-    row = restate_costs.restate_turn(record, load_price_book(), "2025.02", "now")
+    row = restate_turn(record, load_price_book(), "2025.02", "now")
     # 2025.02 o1-mini: 1e6 * 1.10 / 1e6 + 1e5 * 4.40 / 1e6 = 1.10 + 0.44 = 1.54
     assert row["restated_cost_usd"] == 1.54
     assert row["difference_usd"] == pytest.approx(1.54 - 4.2)
     assert row["original_price_book_version"] == "2024.10"
-    unknown = restate_costs.restate_turn(dict(record, model="acme-llm"), load_price_book(),
+    unknown = restate_turn(dict(record, model="acme-llm"), load_price_book(),
                                          "2025.02", "now")
     assert unknown["restated_cost_usd"] is None and unknown["difference_usd"] is None
 
