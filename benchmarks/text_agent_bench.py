@@ -26,7 +26,6 @@ nothing here is asserted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys

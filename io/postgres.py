@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import logging
 import time
-import typing
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
