@@ -2,7 +2,8 @@
 
 Each pipeline module builds its own chain of transforms; this module only
 chooses connectors from the resolved ``Connections`` so that every pipeline
-reads and writes the same way:
+reads and writes the same way (running a job and its command line are in
+``beam_pipelines.cli``):
 
 - source: ``--input`` file pattern (JSONL) or Kafka (bounded or streaming);
 - SQL rows: PostgreSQL when configured, else the embedded DuckDB file;
@@ -11,22 +12,30 @@ reads and writes the same way:
 from __future__ import annotations
 
 import logging
+import os
 import typing
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 
-from beam_pipelines.options import (
-    Connections,
-    IheardOptions,
-    apply_spaces_credentials,
-    batched_hot_path,
-    resolve_connections,
-)
+from beam_pipelines.options import Connections, IheardOptions
+# Streaming archive files cover five minutes of event time (defined once, by
+# the archive connector).
+from iheard_io.archive import DEFAULT_STREAMING_WINDOW_S as ARCHIVE_WINDOW_SECONDS
+from iheard_io.archive import WriteToArchive
+from iheard_io.embedded import WriteToEmbeddedDb, close_embedded, ensure_embedded_schema
+from iheard_io.files import ReadFromJsonLines
+from iheard_io.kafka import ReadFromKafka, WriteToKafka, avro_decoder
+from iheard_io.postgres import WriteToPostgres, ensure_schema
+from iheard_io.redis_io import WriteLiveKpis, WriteSessionState, session_state_prefix
+from schemas.avro import load_schema
 from schemas.tables import failure_row
+from transforms.batches import ExplodeBatches
 from transforms.deadletter import RedactDeadLetters
 
 __all__ = [
+    "event_source",
     "read_source",
     "write_rows",
     "write_dead_letters",
@@ -34,31 +43,29 @@ __all__ = [
     "prepare_sinks",
     "archive_records",
     "write_live_state",
-    "summary",
     "count",
-    "counter_values",
-    "check_runner",
-    "run_job",
-    "exit_with_help_if_asked",
-    "configure_cli_logging",
 ]
 
 _LOG = logging.getLogger(__name__)
 
-# Streaming archive files cover five minutes of event time: small enough for a
-# near-live archive, large enough to keep object counts sane.
-ARCHIVE_WINDOW_SECONDS = 5 * 60
 
-
-def kafka_decoder(opts: IheardOptions, avro_schema=None):
-    """The payload decoder for the parse step (None means JSON)."""
+def kafka_decoder(opts: IheardOptions, avro_schema_name: typing.Optional[str] = None):
+    """The payload decoder for the parse step (None means JSON). The Avro
+    schema (``schemas/avro/<avro_schema_name>.avsc``) is loaded only for
+    ``--kafka_format=avro``."""
     if opts.kafka_format == "avro":
-        from iheard_io.kafka import avro_decoder
-
-        if avro_schema is None:
+        if avro_schema_name is None:
             raise ValueError("--kafka_format=avro needs the pipeline's Avro schema")
-        return avro_decoder(avro_schema)
+        return avro_decoder(load_schema(avro_schema_name))
     return None
+
+
+def event_source(default_topic: str):
+    """``cli.run_job``'s ``source`` for a pipeline of events: ``read_source``
+    with ``default_topic`` (the topic read unless ``--kafka_topic``)."""
+    def source(pipeline, conns, opts, streaming, batched=False):
+        return read_source(pipeline, conns, opts, default_topic, streaming, batched)
+    return source
 
 
 def read_source(
@@ -72,12 +79,8 @@ def read_source(
     """``PCollection[SourceRecord]`` from ``--input`` or Kafka (with
     ``batched``: ``PCollection[list[SourceRecord]]``, one list per poll)."""
     if conns.input:
-        from iheard_io.files import ReadFromJsonLines
-
         return pipeline | "ReadJsonLines" >> ReadFromJsonLines(conns.input)
     if conns.kafka_bootstrap:
-        from iheard_io.kafka import ReadFromKafka
-
         mode = opts.kafka_mode or ("streaming" if streaming else "bounded")
         tuning = {}
         if opts.kafka_max_read_seconds is not None and mode == "streaming":
@@ -88,8 +91,8 @@ def read_source(
             mode=mode,
             group_id=opts.kafka_group_id,
             start_from=opts.kafka_start_from,
-            consumer_config=dict(conns.kafka_security),
             batched=batched,
+            **conns.kafka_security,
             **tuning,
         )
     raise ValueError(
@@ -106,17 +109,11 @@ def write_rows(
     the stage that makes the rows, without the sink's Reshuffle (see
     iheard_io.postgres). ``batched``: elements are lists of rows."""
     if conns.postgres_dsn:
-        from iheard_io.postgres import WriteToPostgres
-
         return rows | f"WriteToPostgres[{table}]" >> WriteToPostgres(
             conns.postgres_dsn, table, pipeline=pipeline, reshuffle=not streaming,
             batched=batched,
         )
-    from iheard_io.embedded import WriteToEmbeddedDb
-
     if batched:
-        from transforms.batches import ExplodeBatches
-
         rows = rows | f"ExplodeRows[{table}]" >> ExplodeBatches()
     return rows | f"WriteToEmbeddedDb[{table}]" >> WriteToEmbeddedDb(
         conns.embedded_db, table, pipeline=pipeline
@@ -142,8 +139,6 @@ def write_dead_letters(
         rewindowed | "FlattenFailures" >> beam.Flatten(), pipeline, "dead_letters", "CountDeadLetters"
     ) | "RedactDeadLetters" >> RedactDeadLetters(conns.pii_secret, pipeline)
     if conns.dead_letter_topic and conns.kafka_bootstrap:
-        from iheard_io.kafka import WriteToKafka
-
         # A dead letter Kafka refuses is still stored in failed_events below;
         # the refusal itself is only logged.
         _ = (
@@ -152,7 +147,7 @@ def write_dead_letters(
             | "PublishDeadLetters" >> WriteToKafka(
                 conns.kafka_bootstrap,
                 conns.dead_letter_topic,
-                producer_config=dict(conns.kafka_security),
+                **conns.kafka_security,
             )
             | "LogUnpublishedDeadLetters" >> beam.Map(_log_unwritable)
         )
@@ -173,25 +168,20 @@ def prepare_sinks(conns: Connections) -> None:
     """Creates tables (and the local archive folder) before the job starts, so
     workers never race to run DDL."""
     if conns.postgres_dsn:
-        from iheard_io.postgres import ensure_schema
-
         ensure_schema(conns.postgres_dsn)
     else:
-        from iheard_io.embedded import close_embedded, ensure_embedded_schema
-
         ensure_embedded_schema(conns.embedded_db)
         # DuckDB locks the file per process: release it for the workers,
         # which may run in another process (e.g. a Flink worker pool).
         close_embedded(conns.embedded_db)
     if "://" not in conns.archive_path:
-        import os
-
         os.makedirs(conns.archive_path, exist_ok=True)
 
 
 def archive_records(
     records: beam.PCollection, conns: Connections, pipeline: str, schema, streaming: bool,
     batched: bool = False,
+    label: str = "ArchiveEvents",
 ) -> beam.PCollection:
     """Archives ``records`` as Avro under ``conns.archive_path``; returns the
     records that could not be archived as ``FailedRecord``s.
@@ -200,9 +190,7 @@ def archive_records(
     time (a global window would never fire); a bounded job writes one file set
     per hour partition.
     """
-    from iheard_io.archive import WriteToArchive
-
-    return records | "ArchiveEvents" >> WriteToArchive(
+    return records | label >> WriteToArchive(
         conns.archive_path,
         source=pipeline,
         schema=schema,
@@ -221,67 +209,17 @@ def write_live_state(
 ) -> typing.List[beam.PCollection]:
     """Live KPIs from events (lists of events with ``batched``) and hot
     session state from session panes (Redis)."""
-    from iheard_io.redis_io import WriteLiveKpis, WriteSessionState
-
     return [
         events | "WriteLiveKpis" >> WriteLiveKpis(
             conns.redis_url, pipeline=pipeline, batched=batched),
         sessions | "WriteSessionState" >> WriteSessionState(
-            conns.redis_url, key_prefix=f"iheard:{pipeline}:session:", pipeline=pipeline
+            conns.redis_url, key_prefix=session_state_prefix(pipeline), pipeline=pipeline
         ),
     ]
 
 
-def counter_values(result, namespace: str) -> typing.Dict[str, int]:
-    """Committed (else attempted) counter values of one namespace, by name."""
-    from apache_beam.metrics.metric import MetricsFilter
-
-    values: typing.Dict[str, int] = {}
-    try:
-        counters = result.metrics().query(MetricsFilter().with_namespace(namespace))["counters"]
-    except Exception as exc:  # some runners cannot report metrics
-        _LOG.warning("metrics unavailable: %s", exc)
-        return values
-    for counter in counters:
-        value = counter.committed if counter.committed is not None else counter.attempted
-        values[counter.key.metric.name] = values.get(counter.key.metric.name, 0) + (value or 0)
-    return values
-
-
-def summary(result, conns: Connections, pipeline: str) -> str:
-    """A short human summary of one run: counts and where the outputs are."""
-    c = counter_values(result, pipeline)
-    lines = [
-        f"[{pipeline}] state={result.state}",
-        f"  events in: {c.get('received', 0)}  valid: {c.get('valid', 0)}  "
-        f"failed (dead letters): {c.get('dead_letters', 0)}  "
-        f"duplicates dropped: {c.get('duplicates_dropped', 0)}  "
-        f"session panes: {c.get('session_panes', 0)}",
-    ]
-    pii = {k: v for k, v in sorted(c.items()) if k.startswith("pii_")}
-    if pii:
-        lines.append("  PII redacted: " + ", ".join(f"{k[4:]}={v}" for k, v in pii.items()))
-    if conns.postgres_dsn:
-        lines.append("  tables: PostgreSQL (" + _redact_dsn(conns.postgres_dsn) + ")")
-    else:
-        lines.append(f"  tables: DuckDB file {conns.embedded_db}")
-    lines.append(f"  archive: {conns.archive_path}")
-    if conns.redis_url:
-        lines.append("  live state: Redis")
-    return "\n".join(lines)
-
-
-def _redact_dsn(dsn: str) -> str:
-    import re
-
-    dsn = re.sub(r"password=\S+", "password=***", dsn)
-    return re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", dsn)
-
-
 def count(pcoll: beam.PCollection, namespace: str, name: str, label: str) -> beam.PCollection:
     """Passes elements through, counting them in ``namespace/name``."""
-    from apache_beam.metrics import Metrics
-
     counter = Metrics.counter(namespace, name)
 
     def _inc(element):
@@ -289,70 +227,3 @@ def count(pcoll: beam.PCollection, namespace: str, name: str, label: str) -> bea
         return element
 
     return pcoll | label >> beam.Map(_inc)
-
-
-def check_runner(options) -> None:
-    """Refuses a combination that would hang or fail obscurely.
-
-    Beam 2.62's DirectRunner hands streaming pipelines to the Prism runner,
-    which downloads a binary from the internet at run time: offline that
-    fails, and on a network that drops packets it hangs. A streaming job
-    belongs on Flink (``--profile=flink-local``); a bounded Kafka backfill
-    runs fine on the DirectRunner without ``--streaming``.
-    """
-    from apache_beam.options.pipeline_options import StandardOptions
-
-    std = options.view_as(StandardOptions)
-    runner = std.runner
-    name = runner if isinstance(runner, str) or runner is None else type(runner).__name__
-    if std.streaming and name in (None, "DirectRunner", "SwitchingDirectRunner"):
-        raise ValueError(
-            "--streaming on the DirectRunner would start Beam's Prism runner, which "
-            "downloads a binary at run time; run streaming jobs on Flink "
-            "(--profile=flink-local) or drop --streaming for a bounded run "
-            "(--kafka_mode=bounded)."
-        )
-
-
-def run_job(options, opts: IheardOptions, default_topic: str, build, pipeline_name: str, runner=None):
-    """Runs one pipeline module's job: resolves connections, creates the
-    tables, reads the source, applies ``build(pipeline, records, conns, opts,
-    streaming, batched=...)``, waits, and prints the summary. Returns the PipelineResult."""
-    from apache_beam.options.pipeline_options import StandardOptions
-
-    check_runner(options)
-    streaming = bool(options.view_as(StandardOptions).streaming)
-    apply_spaces_credentials(options)
-    conns = resolve_connections(opts)
-    prepare_sinks(conns)
-    pipeline = beam.Pipeline(runner=runner, options=options)
-    batched = batched_hot_path(opts, streaming)
-    records = read_source(pipeline, conns, opts, default_topic, streaming, batched=batched)
-    build(pipeline, records, conns, opts, streaming, batched=batched)
-    result = pipeline.run()
-    result.wait_until_finish()
-    print(summary(result, conns, pipeline_name), flush=True)
-    return result
-
-
-def exit_with_help_if_asked(argv, prog: str, description: str, *option_classes) -> None:
-    """``--help``/``-h``: prints the project's options (and the Beam ones most
-    used with them), then exits. Beam's own parser would list only ``-h``."""
-    if "--help" not in argv and "-h" not in argv:
-        return
-    import argparse
-
-    from apache_beam.options.pipeline_options import S3Options, StandardOptions
-
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    for options_class in (IheardOptions, *option_classes, StandardOptions, S3Options):
-        options_class._add_argparse_args(parser)
-    parser.print_help()
-    raise SystemExit(0)
-
-
-def configure_cli_logging() -> None:
-    """INFO for the project's own messages; Beam's per-step INFO chatter (type
-    hint conversions, state cache sizes ...) only from WARNING up."""
-    from monitoring.logs import configure_logging  # JSON lines, or text: $IHEARD_LOG_FORMAT
-    configure_logging()

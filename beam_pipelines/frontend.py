@@ -37,10 +37,17 @@ import sys
 import typing
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipelines import common
+from beam_pipelines import cli, common
 from beam_pipelines.options import Connections, IheardOptions
+from schemas.avro import load_schema
+from schemas.events import FrontendEvent
+from transforms.dedupe import DedupeEvents
+from transforms.frontend_enrich import EnrichFrontendEvents, EnrichmentConfig
+from transforms.parse import ParseEvents
+from transforms.pii import FRONTEND_TEXT_FIELDS, FRONTEND_TOKEN_FIELDS, RedactPii
+from transforms.session_batches import AggregateSessionBatches
+from transforms.sessions import AggregateSessions
 
 __all__ = ["build_pipeline", "run", "FRONTEND_TOPIC", "SAMPLE_INPUT"]
 
@@ -49,11 +56,6 @@ _LOG = logging.getLogger(__name__)
 PIPELINE = "frontend"
 FRONTEND_TOPIC = "frontend_user_interaction"
 SAMPLE_INPUT = os.path.join(os.path.dirname(__file__), "sample_data", "frontend_events.jsonl.gz")
-
-# Free-text fields searched for PII; the page URL includes its query string.
-PII_TEXT_FIELDS = ("element_text", "page_url", "page_title", "referrer", "element_id", "element_class")
-# Fields that identify a person outright: replaced by a keyed token whole.
-PII_TOKEN_FIELDS: typing.Tuple[str, ...] = ()
 
 
 def build_pipeline(
@@ -70,21 +72,12 @@ def build_pipeline(
     Taking the source as a PCollection lets tests feed ``Create``/``TestStream``.
     Returns the main intermediate collections (for tests and benchmarks).
     """
-    from schemas.avro import load_schema
-    from schemas.events import FrontendEvent
-    from transforms.dedupe import DedupeEvents
-    from transforms.frontend_enrich import EnrichFrontendEvents, EnrichmentConfig
-    from transforms.parse import ParseEvents
-    from transforms.pii import RedactPii
-    from transforms.session_batches import AggregateSessionBatches
-    from transforms.sessions import AggregateSessions
-
     parsed = records | "ParseEvents" >> ParseEvents(
-        FrontendEvent, PIPELINE, decoder=common.kafka_decoder(opts, load_schema("envelope_v1")),
+        FrontendEvent, PIPELINE, decoder=common.kafka_decoder(opts, "envelope_v1"),
         batched=batched,
     )
     redacted = parsed[ParseEvents.VALID] | "RedactPii" >> RedactPii(
-        conns.pii_secret, PII_TEXT_FIELDS, PII_TOKEN_FIELDS, PIPELINE, batched=batched
+        conns.pii_secret, FRONTEND_TEXT_FIELDS, FRONTEND_TOKEN_FIELDS, PIPELINE, batched=batched
     )
     enriched = redacted[RedactPii.VALID] | "EnrichEvents" >> EnrichFrontendEvents(
         EnrichmentConfig(), PIPELINE, batched=batched
@@ -127,18 +120,15 @@ def build_pipeline(
 
 def run(argv: typing.Optional[typing.List[str]] = None, save_main_session: bool = False):
     """Parses ``argv``, builds and runs the pipeline; returns the PipelineResult."""
-    from runners.profiles import expand_argv
-
     argv = list(sys.argv[1:] if argv is None else argv)
-    common.exit_with_help_if_asked(argv, "python -m beam_pipelines.frontend", __doc__.splitlines()[0])
-    argv = expand_argv(argv)
-    options = PipelineOptions(argv)
+    options = cli.parse_options(argv, "python -m beam_pipelines.frontend", __doc__.splitlines()[0])
     opts = options.view_as(IheardOptions)
     if not opts.input and not opts.kafka_bootstrap:
         _LOG.info("no --input or --kafka_bootstrap: using the bundled sample %s", SAMPLE_INPUT)
         opts.input = SAMPLE_INPUT
-    return common.run_job(options, opts, FRONTEND_TOPIC, build_pipeline, PIPELINE)
+    return cli.run_job(options, PIPELINE, common.event_source(FRONTEND_TOPIC), build_pipeline,
+                       batches=True)
 
 if __name__ == "__main__":
-    common.configure_cli_logging()
+    cli.configure_cli_logging()
     run()

@@ -1,4 +1,8 @@
-"""Generates realistic frontend widget events (JSON lines), for demos, tests and benchmarks.
+"""Generates realistic sample data (JSON lines), for demos, tests and benchmarks.
+
+``frontend_events``: frontend widget events (the command line below writes
+them). ``sample_turns``: text-agent ``turn_completed`` payloads (written by
+``python -m beam_pipelines.text_agent --generate=N``).
 
 Each simulated visit walks part of the funnel (page views, widget open,
 messages, product interest, conversion) with the payload shape the frontend's
@@ -21,7 +25,7 @@ import random
 import sys
 import typing
 
-__all__ = ["frontend_events", "write_lines", "main"]
+__all__ = ["frontend_events", "sample_turns", "write_lines", "main"]
 
 USER_AGENTS = [
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
@@ -172,6 +176,119 @@ def frontend_events(
             if emitted < count and rng.random() < duplicate_ratio:
                 yield line
                 emitted += 1
+
+
+# --------------------------------------------------------------------------
+# Text-agent turns (``text_agent.turn_completed`` payloads)
+# --------------------------------------------------------------------------
+_MODELS = ["claude-3-sonnet", "claude-3-5-sonnet-20241022", "gpt-4o", "gpt-4o-mini",
+           "gemini-1.5-flash", "llama-3.1-70b-instruct", "mistral-large-latest",
+           "o3-mini", "command-r", "acme-internal-v2"]
+_EXCHANGES = [
+    ("How much does the Pro plan cost per seat?",
+     "The Pro plan is $49 per seat per month, billed annually. Volume discounts start at 50 seats.",
+     ["pricing"], "pricing_inquiry"),
+    ("Can I book a demo for my team next week?",
+     "Absolutely! I can schedule a demo. What day works best for your team?",
+     ["demo"], "demo_request"),
+    ("Does it integrate with Salesforce and HubSpot?",
+     "Yes, we have native integrations with Salesforce and HubSpot, plus a REST API and webhooks.",
+     ["integration"], "integration_question"),
+    ("The widget is not working on my checkout page, I get an error.",
+     "Sorry about that. Could you share the browser and the exact error message so I can help fix it?",
+     ["support"], "support"),
+    ("Are you SOC 2 compliant and GDPR ready?",
+     "Yes. We are SOC 2 Type II certified and GDPR compliant; data is encrypted at rest and in transit.",
+     ["security"], "security_review"),
+    ("I want to buy the enterprise plan, please contact me at {email}",
+     "Thank you! Our sales team will reach out to you within one business day.",
+     ["pricing", "contact"], "purchase"),
+    ("How do I get started with the setup?",
+     "Getting started takes five minutes: install the snippet, configure your widget and go live.",
+     ["onboarding"], "onboarding"),
+    ("This is terrible, nothing works and support never answers!",
+     "I'm sorry for the frustration. I can't help with account refunds here, but I've escalated this.",
+     ["support"], "complaint"),
+    ("How are you different from Intercom?",
+     "Unlike Intercom, our assistant is trained on your catalogue and qualifies leads automatically.",
+     ["competitor"], "comparison"),
+    ("Call me at {phone} about pricing for 200 seats",
+     "Happy to! A sales rep will call you today about volume pricing.",
+     ["pricing", "contact"], "purchase"),
+    ("¿Cuánto cuesta el plan profesional?",
+     "El plan profesional cuesta 49 dólares por usuario al mes.",
+     [], "pricing_inquiry"),
+    ("Can I see my last invoice?",
+     "Something went wrong while loading your invoices. Please try again later.",
+     ["billing"], "billing"),
+]
+_TOOLS = ["search_docs", "capture_lead", "book_demo", "crm_lookup", "pricing_calculator"]
+_TENANTS = ["acme", "globex", "initech", None]
+
+
+def sample_turns(n_sessions: int = 200, seed: int = 7, start_ms: int = 1_741_000_000_000,
+                 malformed_share: float = 0.02, duplicate_share: float = 0.03
+                 ) -> typing.List[str]:
+    """JSON lines of ``text_agent.turn_completed`` payloads as the seed's
+    ``on_turn_completed`` sends them, for ``n_sessions`` conversations of 1-6
+    turns. A share of lines is malformed and a share repeated (producer
+    retries). Deterministic for a given ``seed`` and ``start_ms``."""
+    rng = random.Random(seed)
+    lines: typing.List[str] = []
+    for s in range(n_sessions):
+        session_id = f"sess_{seed}_{s:06d}"
+        user_id = f"user_{rng.randrange(10_000):05d}" if rng.random() < 0.8 else None
+        tenant = rng.choice(_TENANTS)
+        model = rng.choice(_MODELS)
+        ts = start_ms + rng.randrange(0, 6 * 3600 * 1000)
+        topic_history: typing.List[str] = []
+        for t in range(rng.randint(1, 6)):
+            question, answer, topics, intent = rng.choice(_EXCHANGES)
+            question = question.format(email=f"jane.doe{s}@example.com",
+                                       phone=f"+1 415 555 {rng.randrange(1000, 9999)}")
+            tools = rng.sample(_TOOLS, rng.choice([0, 0, 1, 1, 2]))
+            tokens_in = rng.randint(200, 3000)
+            tokens_out = rng.randint(20, 600)
+            payload = {
+                "event_type": "text_agent.turn_completed",
+                "session_id": session_id,
+                "turn_id": f"turn_{(ts // 1000) + t}",
+                "user_id": user_id,
+                "channel": rng.choice(["web_chat", "web_chat", "widget", "sms"]),
+                "model_name": model,
+                "tokens_in": tokens_in,
+                "tokens_out": tokens_out,
+                "latency_ms": round(rng.uniform(300, 9000), 1),
+                "response_text": answer,
+                "user_message": question,
+                "tools_used": tools,
+                "tool_results": {name: {"success": rng.random() < 0.85} for name in tools},
+                "conversation_context": {
+                    "previous_turns": t,
+                    "topic_history": list(topic_history),
+                    "user_intent": intent,
+                },
+                "timestamp": ts,
+            }
+            if tenant:
+                payload["tenant_id"] = tenant
+            if rng.random() < 0.2:
+                payload["cached_tokens_in"] = rng.randint(0, tokens_in)
+            topic_history.extend(topics)
+            line = json.dumps(payload, sort_keys=True)
+            roll = rng.random()
+            if roll < malformed_share:
+                line = rng.choice([
+                    line[: len(line) // 2],
+                    json.dumps(dict(payload, tokens_in=-5)),
+                    json.dumps({k: v for k, v in payload.items() if k != "session_id"}),
+                    json.dumps(dict(payload, timestamp="not a time")),
+                ])
+            lines.append(line)
+            if roll > 1 - duplicate_share:
+                lines.append(line)
+            ts += rng.randint(5_000, 240_000)
+    return lines
 
 
 def write_lines(lines: typing.Iterable[str], output: str) -> int:

@@ -48,9 +48,8 @@ import sys
 import typing
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipelines import common
+from beam_pipelines import cli, common
 from beam_pipelines.generate import write_lines
 from beam_pipelines.marketo_options import MARKETO_TOPIC, MarketoOptions
 from beam_pipelines.options import Connections, IheardOptions
@@ -143,7 +142,7 @@ def _iso(ms: int) -> str:
 def _text_agent_sample_users() -> typing.List[str]:
     """User ids of the text-agent pipeline's default sample, so a demo run of
     both pipelines has leads with agent conversations."""
-    from beam_pipelines.text_agent import sample_turns
+    from beam_pipelines.generate import sample_turns
 
     users = set()
     for line in sample_turns():
@@ -215,7 +214,6 @@ def sample_leads(n: int = 120, seed: int = 11, start_ms: int = 1_741_000_000_000
 
 def run(argv: typing.Optional[typing.List[str]] = None, runner=None):
     """Parses ``argv``, builds and runs the pipeline; returns the PipelineResult."""
-    from runners.profiles import expand_argv
 
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False)
@@ -228,17 +226,16 @@ def run(argv: typing.Optional[typing.List[str]] = None, runner=None):
         print(f"wrote {n} lines to {known.output}", flush=True)
         return None
 
-    common.exit_with_help_if_asked(rest, "python -m beam_pipelines.marketo",
-                                   __doc__.splitlines()[0], MarketoOptions)
-    argv = expand_argv(rest)
-    options = PipelineOptions(argv)
+    options = cli.parse_options(rest, "python -m beam_pipelines.marketo",
+                                __doc__.splitlines()[0], MarketoOptions)
     opts = options.view_as(IheardOptions)
     if not opts.input and not opts.kafka_bootstrap:
         _LOG.info("no --input or --kafka_bootstrap: using the bundled sample %s", SAMPLE_INPUT)
         opts.input = SAMPLE_INPUT
-    return common.run_job(options, opts, MARKETO_TOPIC, build_pipeline, PIPELINE, runner=runner)
+    return cli.run_job(options, PIPELINE, common.event_source(MARKETO_TOPIC), build_pipeline,
+                       runner=runner)
 
 
 if __name__ == "__main__":
-    common.configure_cli_logging()
+    cli.configure_cli_logging()
     run()

@@ -245,11 +245,7 @@ def _make_publisher(conns, opts, mopts):
         from iheard_io.delta_publish import KafkaDeltaPublisher
         from iheard_io.kafka import kafka_client_config
 
-        security = dict(conns.kafka_security)
-        config = kafka_client_config(
-            conns.kafka_bootstrap, security.get("security_protocol", "PLAINTEXT"),
-            security.get("sasl_mechanism"), security.get("sasl_plain_username"),
-            security.get("sasl_plain_password"))
+        config = kafka_client_config(conns.kafka_bootstrap, **conns.kafka_security)
         return KafkaDeltaPublisher(config, opts.kafka_topic or MARKETO_TOPIC,
                                    conns.dead_letter_topic or "pipeline_dead_letter")
     if mopts.output_jsonl:
@@ -264,14 +260,14 @@ def run(argv: typing.Optional[typing.Sequence[str]] = None, env=None) -> int:
     exit status."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from beam_pipelines import common
+    from beam_pipelines import cli
     from beam_pipelines.marketo_options import MarketoOptions, resolve_marketo_api
     from beam_pipelines.options import IheardOptions, resolve_connections
     from iheard_io.marketo import DEFAULT_LEAD_FIELDS, MarketoClient
     from iheard_io.watermark import SqlHighWaterMark
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    common.exit_with_help_if_asked(argv, "python -m beam_pipelines.marketo_extract",
+    cli.exit_with_help_if_asked(argv, "python -m beam_pipelines.marketo_extract",
                                    __doc__.splitlines()[0], MarketoOptions)
     options = PipelineOptions(argv)
     opts = options.view_as(IheardOptions)
@@ -341,9 +337,9 @@ def main() -> None:
 
 
 def common_logging() -> None:
-    from beam_pipelines import common
+    from beam_pipelines import cli
 
-    common.configure_cli_logging()
+    cli.configure_cli_logging()
 
 
 if __name__ == "__main__":

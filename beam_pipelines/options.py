@@ -3,7 +3,8 @@
 Configuration enters here once: every connection setting is a flag, and the
 seed's environment variables (``KAFKA_USER``, ``POSTGRES_HOST``, ``REDIS_HOST``,
 ``SPACES_ACCESS_KEY`` ...) are read only by ``resolve_connections`` when a flag
-is absent. DoFns never read options or the environment themselves.
+is absent. Connectors (``iheard_io``) take every setting as an argument and
+have no environment fallbacks; DoFns never read options or the environment.
 
 With no connection flag at all a pipeline writes to embedded defaults: a DuckDB
 file and a local Avro archive under ``--output_dir``.
@@ -17,11 +18,14 @@ import typing
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms.dedupe import DEFAULT_TTL_SECONDS
+from transforms.sessions import DEFAULT_ALLOWED_LATENESS_SECONDS, DEFAULT_GAP_SECONDS
+
 __all__ = [
     "IheardOptions",
     "Connections",
     "resolve_connections",
-    "apply_spaces_credentials",
+    "apply_s3_options",
     "batched_hot_path",
     "HOT_PATHS",
     "DEV_PII_SECRET",
@@ -31,9 +35,6 @@ _LOG = logging.getLogger(__name__)
 
 # Only for local runs: tokens made with it are reproducible but not secret.
 DEV_PII_SECRET = "iheardai-dev-only-pii-secret"
-
-ONE_DAY_SECONDS = 24 * 60 * 60
-THIRTY_MINUTES_SECONDS = 30 * 60
 
 
 class IheardOptions(PipelineOptions):
@@ -120,20 +121,20 @@ class IheardOptions(PipelineOptions):
         proc.add_argument(
             "--session_gap_seconds",
             type=int,
-            default=THIRTY_MINUTES_SECONDS,
+            default=DEFAULT_GAP_SECONDS,
             help="Inactivity gap that closes a session window.",
         )
         proc.add_argument(
             "--allowed_lateness_seconds",
             type=int,
-            default=ONE_DAY_SECONDS,
+            default=DEFAULT_ALLOWED_LATENESS_SECONDS,
             help="How long after the watermark passes a session's end late events "
             "still restate it.",
         )
         proc.add_argument(
             "--dedupe_ttl_seconds",
             type=int,
-            default=ONE_DAY_SECONDS,
+            default=DEFAULT_TTL_SECONDS,
             help="How long an event id is remembered for de-duplication.",
         )
         proc.add_argument(
@@ -180,10 +181,21 @@ class Connections:
     embedded_db: typing.Optional[str]  # set when Postgres is not configured
     dead_letter_topic: typing.Optional[str]
     pii_secret: bytes
+    # Keyword arguments of ReadFromKafka / WriteToKafka: security_protocol,
+    # and for SASL sasl_mechanism, username, password.
     kafka_security: typing.Mapping[str, typing.Any]
+    # Beam S3Options (s3_access_key_id ...) that the flags left empty, filled
+    # from the Spaces variables; ``apply_s3_options`` sets them.
+    s3_options: typing.Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _postgres_dsn_from_env(env) -> typing.Optional[str]:
+    """A libpq connection string from POSTGRES_*, or None without POSTGRES_HOST.
+
+    Values are quoted by libpq's rules, so a password with a space or a quote
+    survives."""
+    from psycopg.conninfo import make_conninfo
+
     host = env.get("POSTGRES_HOST")
     if not host:
         return None
@@ -195,7 +207,7 @@ def _postgres_dsn_from_env(env) -> typing.Optional[str]:
         "dbname": env.get("POSTGRES_DB", "analytics"),
         "sslmode": env.get("POSTGRES_SSLMODE", "prefer"),
     }
-    return " ".join(f"{k}={v}" for k, v in parts.items() if v != "")
+    return make_conninfo(**{k: v for k, v in parts.items() if v != ""})
 
 
 def _redis_url_from_env(env) -> typing.Optional[str]:
@@ -208,9 +220,13 @@ def _redis_url_from_env(env) -> typing.Optional[str]:
     return f"{scheme}://{auth}{host}:{env.get('REDIS_PORT', '6379')}/0"
 
 
-def resolve_connections(opts: IheardOptions, env=None) -> Connections:
-    """Merges flags with the seed's environment variables (flags win)."""
+def resolve_connections(opts: PipelineOptions, env=None) -> Connections:
+    """Merges flags with the seed's environment variables (flags win).
+
+    The only code in the project that reads connection settings from the
+    environment (``env``, default ``os.environ``)."""
     env = os.environ if env is None else env
+    opts = opts.view_as(IheardOptions)
     postgres_dsn = opts.postgres_dsn or _postgres_dsn_from_env(env)
     redis_url = opts.redis_url or _redis_url_from_env(env)
     output_dir = opts.output_dir or "output"
@@ -225,8 +241,8 @@ def resolve_connections(opts: IheardOptions, env=None) -> Connections:
     if opts.kafka_security_protocol.startswith("SASL"):
         security.update(
             sasl_mechanism=opts.kafka_sasl_mechanism,
-            sasl_plain_username=env.get("KAFKA_USER"),
-            sasl_plain_password=env.get("KAFKA_PASSWORD"),
+            username=env.get("KAFKA_USER"),
+            password=env.get("KAFKA_PASSWORD"),
         )
     return Connections(
         input=opts.input,
@@ -238,6 +254,7 @@ def resolve_connections(opts: IheardOptions, env=None) -> Connections:
         dead_letter_topic=opts.dead_letter_topic,
         pii_secret=secret.encode("utf-8"),
         kafka_security=security,
+        s3_options=_s3_options_from_env(opts, env),
     )
 
 
@@ -250,14 +267,22 @@ _SPACES_ENV = (
 )
 
 
-def apply_spaces_credentials(options: PipelineOptions, env=None) -> None:
-    """Fills Beam's ``--s3_*`` options that were not given from the Spaces
-    environment variables (Spaces speaks the S3 API), so an ``s3://`` archive
-    works with the same variables the rest of the platform uses."""
+def _s3_options_from_env(options: PipelineOptions, env) -> typing.Dict[str, str]:
     from apache_beam.options.pipeline_options import S3Options
 
-    env = os.environ if env is None else env
     s3 = options.view_as(S3Options)
-    for option, variable in _SPACES_ENV:
-        if not getattr(s3, option, None) and env.get(variable):
-            setattr(s3, option, env[variable])
+    return {option: env[variable] for option, variable in _SPACES_ENV
+            if not getattr(s3, option, None) and env.get(variable)}
+
+
+def apply_s3_options(options: PipelineOptions, conns: Connections) -> None:
+    """Sets Beam's ``--s3_*`` options that the flags left empty to the values
+    ``resolve_connections`` took from the Spaces variables (Spaces speaks the
+    S3 API), so an ``s3://`` archive works with the same variables the rest of
+    the platform uses, and the values reach the workers with the options."""
+    from apache_beam.options.pipeline_options import S3Options
+
+    s3 = options.view_as(S3Options)
+    for option, value in conns.s3_options.items():
+        if not getattr(s3, option, None):
+            setattr(s3, option, value)

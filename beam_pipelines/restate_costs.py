@@ -24,34 +24,43 @@ Idempotent: the table's key is (session_id, turn_id, price_book_version), so
 re-running the same restatement upserts the same rows; a turn archived more
 than once (a late pane, a re-run) is restated once.
 
-    archive files of the range (one pattern per day)
-      -> ReadArchivedTurns (ReadAllFromAvro)
+    archive files of the range (one pattern per day)          read_archived_turns
+      -> ReadArchivedTurns (ReadAllFromAvro)                     (the source)
       -> KeepRange      timestamp_ms in [from, to)
-      -> OneRecordPerTurn   GroupByKey (session_id, turn_id), smallest event_id
+      -> OneRecordPerTurn   GroupByKey (session_id, turn_id),    RestateTurns
+                            smallest event_id                    (transforms.text_agent_restate)
       -> Reprice        pure ``restate_turn`` under the named version
-      -> agent_cost_restatements  (+ --output_file JSON lines)
+      -> agent_cost_restatements  (+ --output_file JSON lines)   build_pipeline
+    dead letters (rows the table refused) -> failed_events
+
+It runs like the other pipelines (``beam_pipelines.cli.run_job``): the runner
+check, ``--profile``, connections from flags or the environment, and the
+Spaces credentials for an ``s3://`` archive.
 """
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import sys
 import typing
 
 import apache_beam as beam
+from apache_beam.io.avroio import ReadAllFromAvro
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipelines import common
-from beam_pipelines.options import IheardOptions, resolve_connections
+from beam_pipelines import cli, common
+from beam_pipelines.options import Connections, IheardOptions
+from transforms.text_agent import PIPELINE as TEXT_AGENT_PIPELINE
+from transforms.text_agent_pricing import load_price_book
+from transforms.text_agent_restate import RestateTurns, json_line, sum_costs
 
-__all__ = ["restate_turn", "archive_patterns", "parse_bound", "build_pipeline", "run",
+__all__ = ["archive_patterns", "parse_bound", "read_archived_turns", "build_pipeline", "run",
            "RestateOptions"]
 
 _LOG = logging.getLogger(__name__)
 
 PIPELINE = "restate_costs"
-ARCHIVE_SOURCE = "text_agent"
+ARCHIVE_SOURCE = TEXT_AGENT_PIPELINE  # the archive's source= folder
 
 
 class RestateOptions(PipelineOptions):
@@ -101,104 +110,8 @@ def archive_patterns(archive_path: str, start: dt.datetime, end: dt.datetime,
     return patterns
 
 
-def _difference(new, old):
-    if new is None or old is None:
-        return None
-    return round(new - old, 6)
-
-
-def restate_turn(record: typing.Mapping, price_book, version: str, restated_at: str) -> dict:
-    """The ``agent_cost_restatements`` row for one archived turn."""
-    estimate = price_book.estimate(
-        record["model"], record["tokens_in"], record["tokens_out"],
-        record.get("cached_tokens_in") or 0, version=version)
-    original = record.get("estimated_cost_usd")
-    return {
-        "session_id": record["session_id"],
-        "turn_id": record["turn_id"],
-        "price_book_version": version,
-        "event_id": record.get("event_id"),
-        "tenant_id": record.get("tenant_id"),
-        "model": record["model"],
-        "timestamp": record["timestamp_ms"],
-        "tokens_in": record["tokens_in"],
-        "tokens_out": record["tokens_out"],
-        "cached_tokens_in": estimate.cached_tokens_in,
-        "original_price_book_version": record.get("price_book_version"),
-        "original_cost_usd": original,
-        "restated_cost_usd": estimate.cost_usd,
-        "difference_usd": _difference(estimate.cost_usd, original),
-        "price_key": estimate.price_key,
-        "restated_at": restated_at,
-    }
-
-
-class _RestateFn(beam.DoFn):
-    def __init__(self, price_book_path, version, restated_at):
-        self._path = price_book_path
-        self._version = version
-        self._restated_at = restated_at
-        self._book = None
-
-    def setup(self):
-        from transforms.text_agent_pricing import load_price_book
-
-        self._book = load_price_book(self._path)
-
-    def process(self, record):
-        yield restate_turn(record, self._book, self._version, self._restated_at)
-
-
-def _one_per_turn(keyed):
-    _, records = keyed
-    return min(records, key=lambda r: (r.get("event_id") or "", r["timestamp_ms"]))
-
-
-def build_pipeline(pipeline, archive_path: str, start: dt.datetime, end: dt.datetime,
-                   version: str, price_book_path: typing.Optional[str], restated_at: str,
-                   only_changed: bool = False) -> beam.PCollection:
-    """Restatement rows for the archived turns in [start, end)."""
-    from apache_beam.io.avroio import ReadAllFromAvro
-
-    start_ms = int(start.timestamp() * 1000)
-    end_ms = int(end.timestamp() * 1000)
-    rows = (
-        pipeline
-        | "ArchiveDays" >> beam.Create(archive_patterns(archive_path, start, end))
-        | "ReadArchivedTurns" >> ReadAllFromAvro()
-        | "KeepRange" >> beam.Filter(lambda r: start_ms <= r["timestamp_ms"] < end_ms)
-        | "KeyByTurn" >> beam.Map(lambda r: ((r["session_id"], r["turn_id"]), r))
-        | "GroupByTurn" >> beam.GroupByKey()
-        | "OneRecordPerTurn" >> beam.Map(_one_per_turn)
-        | "Reprice" >> beam.ParDo(_RestateFn(price_book_path, version, restated_at))
-    )
-    if only_changed:
-        rows = rows | "OnlyChanged" >> beam.Filter(
-            lambda r: r["difference_usd"] is None or r["difference_usd"] != 0)
-    return rows
-
-
-def _sum_columns(rows) -> tuple:
-    rows = list(rows)
-    return tuple(round(sum(c), 6) for c in zip(*rows)) if rows else (0, 0.0, 0.0)
-
-
-def _to_json_line(row: dict) -> str:
-    out = dict(row)
-    out["timestamp"] = dt.datetime.fromtimestamp(
-        row["timestamp"] / 1000.0, tz=dt.timezone.utc).isoformat()
-    return json.dumps(out, sort_keys=True)
-
-
-def run(argv: typing.Optional[typing.List[str]] = None, runner=None):
-    """Parses ``argv``, runs the restatement, prints a summary; returns the
-    result. ``runner`` (a runner instance) overrides ``--runner`` (tests)."""
-    from transforms.text_agent_pricing import load_price_book
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    options = PipelineOptions(argv)
-    opts = options.view_as(IheardOptions)
-    ropts = options.view_as(RestateOptions)
+def restatement_range(ropts: "RestateOptions") -> typing.Tuple[dt.datetime, dt.datetime]:
+    """[start, end) from ``--from`` / ``--to``; refuses missing or empty ranges."""
     missing = [flag for flag, value in (("--from", ropts.from_), ("--to", ropts.to),
                                         ("--price_book_version", ropts.price_book_version))
                if not value]
@@ -207,36 +120,68 @@ def run(argv: typing.Optional[typing.List[str]] = None, runner=None):
     start, end = parse_bound(ropts.from_, False), parse_bound(ropts.to, True)
     if end <= start:
         raise ValueError(f"--to ({end.isoformat()}) must be after --from ({start.isoformat()})")
-    load_price_book(ropts.price_book).version(ropts.price_book_version)  # fail fast
-    conns = resolve_connections(opts)
-    common.prepare_sinks(conns)
-    restated_at = dt.datetime.now(dt.timezone.utc).isoformat()
+    return start, end
 
-    pipeline = beam.Pipeline(runner=runner, options=options)
-    rows = build_pipeline(pipeline, conns.archive_path, start, end, ropts.price_book_version,
-                          ropts.price_book, restated_at, ropts.only_changed)
+
+def read_archived_turns(pipeline, conns: Connections, opts: IheardOptions,
+                        streaming: bool = False) -> beam.PCollection:
+    """The source: archived turn records of ``--from``/``--to`` (only the
+    ``date=`` folders of the range are listed)."""
+    start, end = restatement_range(opts.view_as(RestateOptions))
+    start_ms = int(start.timestamp() * 1000)
+    end_ms = int(end.timestamp() * 1000)
+    records = (
+        pipeline
+        | "ArchiveDays" >> beam.Create(archive_patterns(conns.archive_path, start, end))
+        | "ReadArchivedTurns" >> ReadAllFromAvro()
+    )
+    return common.count(records, PIPELINE, "received", "CountArchivedTurns") | (
+        "KeepRange" >> beam.Filter(lambda r: start_ms <= r["timestamp_ms"] < end_ms))
+
+
+def build_pipeline(pipeline, records: beam.PCollection, conns: Connections,
+                   opts: IheardOptions, streaming: bool = False) -> beam.PCollection:
+    """Reprices ``records`` (archived turns) and writes the rows to
+    ``agent_cost_restatements`` (and ``--output_file``); returns the rows."""
+    ropts = opts.view_as(RestateOptions)
+    restated_at = dt.datetime.now(dt.timezone.utc).isoformat()
+    rows = common.count(
+        records | "RestateTurns" >> RestateTurns(
+            ropts.price_book_version, ropts.price_book, restated_at, ropts.only_changed),
+        PIPELINE, "valid", "CountRestatedTurns")
     failed = common.write_rows(rows, "agent_cost_restatements", conns, PIPELINE)
     common.write_dead_letters([failed], conns, PIPELINE)
     if ropts.output_file:
         _ = (rows
-             | "ToJsonLines" >> beam.Map(_to_json_line)
+             | "ToJsonLines" >> beam.Map(json_line)
              | "WriteJsonLines" >> beam.io.WriteToText(
                  ropts.output_file, shard_name_template="", num_shards=1))
+    version = ropts.price_book_version
     _ = (
         rows
         | "Amounts" >> beam.Map(lambda r: (1, r["original_cost_usd"] or 0.0,
                                            r["restated_cost_usd"] or 0.0))
-        | "Totals" >> beam.CombineGlobally(_sum_columns)
+        | "Totals" >> beam.CombineGlobally(sum_costs)
         | "PrintTotals" >> beam.Map(lambda t: print(
             f"[restate_costs] turns={t[0]} original_usd={t[1]:.6f} "
             f"restated_usd={t[2]:.6f} difference_usd={t[2] - t[1]:+.6f} "
-            f"version={ropts.price_book_version}", flush=True))
+            f"version={version}", flush=True))
     )
-    result = pipeline.run()
-    result.wait_until_finish()
-    return result
+    return rows
+
+
+def run(argv: typing.Optional[typing.List[str]] = None, runner=None):
+    """Parses ``argv``, runs the restatement, prints a summary; returns the
+    result. ``runner`` (a runner instance) overrides ``--runner`` (tests)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    options = cli.parse_options(argv, "python -m beam_pipelines.restate_costs",
+                                __doc__.splitlines()[0], RestateOptions)
+    ropts = options.view_as(RestateOptions)
+    restatement_range(ropts)  # fail fast, before any connection
+    load_price_book(ropts.price_book).version(ropts.price_book_version)  # ... or price book
+    return cli.run_job(options, PIPELINE, read_archived_turns, build_pipeline, runner=runner)
 
 
 if __name__ == "__main__":
-    common.configure_cli_logging()
+    cli.configure_cli_logging()
     run()

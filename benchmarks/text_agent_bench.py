@@ -19,14 +19,13 @@ Prints four groups of figures (best of ``--repeat`` runs each):
    embedded outputs (DuckDB upserts of all tables, local Avro archive,
    dead letters).
 
-Input: ``beam_pipelines.text_agent.sample_turns`` (seeded, ~3.5 turns per
+Input: ``beam_pipelines.generate.sample_turns`` (seeded, ~3.5 turns per
 session, 2 % malformed, 3 % duplicated). Wall-clock figures on this machine;
 nothing here is asserted.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -157,21 +156,22 @@ def bench_chain(lines, repeat):
     import apache_beam as beam
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-    from beam_pipelines.text_agent import turn_key
     from schemas.text_agent import TextAgentTurn
     from transforms.dedupe import DedupeEvents
     from transforms.parse import ParseEvents
-    from transforms.text_agent import AggregateBillingHourly, AggregateConversations, EnrichTurns
+    from transforms.sessions import DEFAULT_GAP_SECONDS
+    from transforms.text_agent import PIPELINE, EnrichTurns, turn_key
+    from transforms.text_agent_aggregates import AggregateBillingHourly, AggregateConversations
 
     records = _records(lines)
 
     def run():
         with beam.Pipeline(runner=FnApiRunner()) as p:
-            parsed = p | beam.Create(records) | ParseEvents(TextAgentTurn, "text_agent")
+            parsed = p | beam.Create(records) | ParseEvents(TextAgentTurn, PIPELINE)
             turns = (parsed[ParseEvents.VALID]
-                     | DedupeEvents(key_fn=turn_key, ttl_seconds=86400, namespace="text_agent")
+                     | DedupeEvents(key_fn=turn_key, namespace=PIPELINE)
                      | EnrichTurns(SECRET))[EnrichTurns.VALID]
-            _ = turns | AggregateConversations(gap_seconds=1800)
+            _ = turns | AggregateConversations(gap_seconds=DEFAULT_GAP_SECONDS)
             _ = turns | AggregateBillingHourly()
 
     seconds, _ = _best(run, repeat)
@@ -211,7 +211,7 @@ def main(argv=None):
 
     import logging
     logging.getLogger().setLevel(logging.ERROR)
-    from beam_pipelines.text_agent import sample_turns
+    from beam_pipelines.generate import sample_turns
 
     lines = sample_turns(args.sessions)
     print(f"input: {args.sessions} sessions -> {len(lines)} JSON lines, "

@@ -42,19 +42,20 @@ the runner retries it: at-least-once (consumers dedupe on ``event_id`` /
 ``failure_id``).
 
 Security: ``security_protocol`` PLAINTEXT, SASL_PLAINTEXT or SASL_SSL;
-``sasl_mechanism`` PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; the username and
-password default to the environment variables ``KAFKA_USER`` and
-``KAFKA_PASSWORD``, read once when the transform is constructed (on the
-submitting host) by ``kafka_credentials_from_env``, so workers need no
-environment of their own; ``ssl_cafile`` names the broker CA bundle for
-SASL_SSL.
+``sasl_mechanism`` PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; ``username`` and
+``password`` are arguments (the pipelines take them from ``KAFKA_USER`` /
+``KAFKA_PASSWORD`` in ``beam_pipelines.options.resolve_connections``; this
+module reads no environment), so they travel with the pickled transform and
+workers need no environment of their own; ``ssl_cafile`` names the broker CA
+bundle for SASL_SSL. ``consumer_config`` / ``producer_config`` are for tuning
+only: a key that ``kafka_client_config`` sets (servers, security, credentials)
+is refused there, so it cannot override what was validated.
 """
 from __future__ import annotations
 
 import io
 import json
 import logging
-import os
 import struct
 import threading
 import time
@@ -80,7 +81,6 @@ __all__ = [
     "WriteToKafka",
     "json_decoder",
     "avro_decoder",
-    "kafka_credentials_from_env",
     "kafka_client_config",
 ]
 
@@ -114,21 +114,6 @@ _METADATA_WAIT_S = 15.0
 # --------------------------------------------------------------------------
 
 
-def kafka_credentials_from_env(
-    username: typing.Optional[str] = None,
-    password: typing.Optional[str] = None,
-) -> typing.Tuple[typing.Optional[str], typing.Optional[str]]:
-    """Explicit credentials, else ``KAFKA_USER`` / ``KAFKA_PASSWORD``.
-
-    Called once in the transforms' constructors, on the submitting host, so
-    the values travel with the pickled transform and workers read no
-    environment."""
-    return (
-        username if username is not None else os.environ.get("KAFKA_USER"),
-        password if password is not None else os.environ.get("KAFKA_PASSWORD"),
-    )
-
-
 def kafka_client_config(
     bootstrap_servers,
     security_protocol: str = "PLAINTEXT",
@@ -154,8 +139,7 @@ def kafka_client_config(
                 f"got {mechanism!r}")
         if not username or password is None:
             raise ValueError(
-                f"{security_protocol} needs a username and password (arguments "
-                "or KAFKA_USER / KAFKA_PASSWORD)")
+                f"{security_protocol} needs a username and password")
         config.update(
             sasl_mechanism=mechanism,
             sasl_plain_username=username,
@@ -164,6 +148,24 @@ def kafka_client_config(
     if security_protocol in ("SASL_SSL", "SSL") and ssl_cafile:
         config["ssl_cafile"] = ssl_cafile
     return config
+
+
+# Keys kafka_client_config owns: extra consumer/producer settings may not
+# override them (they would bypass its validation).
+_CLIENT_KEYS = frozenset({
+    "bootstrap_servers", "security_protocol", "sasl_mechanism",
+    "sasl_plain_username", "sasl_plain_password", "ssl_cafile"})
+
+
+def _tuning_config(extra: typing.Optional[dict], name: str) -> dict:
+    """``extra`` as a dict, refusing keys that ``kafka_client_config`` owns."""
+    extra = dict(extra or {})
+    clashing = sorted(_CLIENT_KEYS.intersection(extra))
+    if clashing:
+        raise ValueError(
+            f"{name} may not set {clashing}: pass them as the transform's own "
+            "arguments (security_protocol, sasl_mechanism, username, password, ssl_cafile)")
+    return extra
 
 
 # --------------------------------------------------------------------------
@@ -624,7 +626,8 @@ class ReadFromKafka(beam.PTransform):
         durable bundle (monitoring and lag; see the module docstring).
       start_from: ``"committed"`` (the group's committed offset, else the
         earliest offset), ``"earliest"`` or ``"latest"``.
-      consumer_config: extra kafka-python ``KafkaConsumer`` settings.
+      consumer_config: extra kafka-python ``KafkaConsumer`` settings (tuning
+        only; security and servers are the arguments below).
       max_records_per_poll, poll_timeout_ms: one ``poll()``.
       idle_watermark_lag_seconds: on a caught-up partition the watermark moves
         to wall clock minus this; records that arrive later with older
@@ -694,14 +697,13 @@ class ReadFromKafka(beam.PTransform):
             raise ValueError("stop_after_idle_seconds applies to streaming mode only")
         if commit_offsets is None:
             commit_offsets = mode == "streaming"
-        user, secret = kafka_credentials_from_env(username, password)
         self._client_config = kafka_client_config(
-            bootstrap_servers, security_protocol, sasl_mechanism, user, secret, ssl_cafile)
+            bootstrap_servers, security_protocol, sasl_mechanism, username, password, ssl_cafile)
         self._topics = list(topics)
         self._bounded = mode == "bounded"
         self._group_id = group_id
         self._start_from = start_from
-        self._consumer_config = dict(consumer_config or {})
+        self._consumer_config = _tuning_config(consumer_config, "consumer_config")
         self._fn_args = dict(
             max_records_per_poll=max_records_per_poll,
             poll_timeout_ms=poll_timeout_ms,
@@ -877,13 +879,12 @@ class WriteToKafka(beam.PTransform):
         super().__init__()
         if not topic:
             raise ValueError("topic is required")
-        user, secret = kafka_credentials_from_env(username, password)
         self._client_config = kafka_client_config(
-            bootstrap_servers, security_protocol, sasl_mechanism, user, secret, ssl_cafile)
+            bootstrap_servers, security_protocol, sasl_mechanism, username, password, ssl_cafile)
         self._topic = topic
         self._key_fn = key_fn
         self._value_fn = value_fn
-        self._producer_config = producer_config
+        self._producer_config = _tuning_config(producer_config, "producer_config")
         self._pipeline = pipeline
 
     def expand(self, pcoll):

@@ -52,16 +52,14 @@ transaction holding an advisory lock, so concurrent workers don't race on
 ``CREATE TABLE IF NOT EXISTS``; ``ensure_schema(dsn)`` does the same for
 scripts and tests.
 
-Connection settings: ``dsn``, else ``postgres_dsn_from_env()`` (POSTGRES_HOST,
-POSTGRES_PORT, POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB,
-POSTGRES_SSLMODE), read once when the transform is constructed.
+Connection settings: ``dsn``, a libpq connection string, is required; this
+module reads no environment (the pipelines build the DSN from ``--postgres_dsn``
+or the POSTGRES_* variables in ``beam_pipelines.options.resolve_connections``).
 """
 from __future__ import annotations
 
 import logging
-import os
 import time
-import typing
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -76,7 +74,6 @@ from schemas.tables import row_values
 __all__ = [
     "WriteToPostgres",
     "ensure_schema",
-    "postgres_dsn_from_env",
     "upsert_sql",
 ]
 
@@ -93,21 +90,6 @@ DEFAULT_MAX_RETRIES = 5
 # all), long enough to ride out a server restart on the same host.
 DEFAULT_BACKOFF_S = 0.2
 _MAX_BACKOFF_S = 10.0
-
-
-def postgres_dsn_from_env(environ: typing.Optional[typing.Mapping[str, str]] = None) -> str:
-    """A libpq connection string from POSTGRES_* environment variables."""
-    from psycopg.conninfo import make_conninfo
-
-    env = os.environ if environ is None else environ
-    return make_conninfo(
-        host=env.get("POSTGRES_HOST", "127.0.0.1"),
-        port=env.get("POSTGRES_PORT", "5432"),
-        user=env.get("POSTGRES_USER", "iheard"),
-        password=env.get("POSTGRES_PASSWORD", ""),
-        dbname=env.get("POSTGRES_DB", "analytics"),
-        sslmode=env.get("POSTGRES_SSLMODE", "prefer"),
-    )
 
 
 def _apply_ddl(conn) -> None:
@@ -328,7 +310,7 @@ class WriteToPostgres(beam.PTransform):
 
     def __init__(
         self,
-        dsn: typing.Optional[str],
+        dsn: str,
         table: str,
         batch_size: int = DEFAULT_BATCH_SIZE,
         max_retries: int = DEFAULT_MAX_RETRIES,
@@ -339,6 +321,8 @@ class WriteToPostgres(beam.PTransform):
         batched: bool = False,
     ):
         super().__init__()
+        if not dsn:
+            raise ValueError("dsn is required (a libpq connection string)")
         if table not in TABLES:
             raise ValueError(f"unknown table {table!r}; known: {sorted(TABLES)}")
         if batch_size <= 0:
@@ -346,7 +330,7 @@ class WriteToPostgres(beam.PTransform):
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
         self._spec = TABLES[table]
-        self._dsn = dsn or postgres_dsn_from_env()
+        self._dsn = dsn
         self._batch_size = batch_size
         self._max_retries = max_retries
         self._pipeline = pipeline

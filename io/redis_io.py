@@ -47,6 +47,16 @@ a replay lands in the same keys:
   ``day_ttl_seconds``. Read: ``SCARD <p>conversions:<today UTC>``.
 
 ``read_live_kpis`` below performs exactly these reads.
+
+Key layouts the pipelines write (and the readers here read):
+
+* ``session_state_prefix(pipeline)`` = ``iheard:<pipeline>:session:``: one
+  ``WriteSessionState`` hash per session (frontend sessions, text-agent
+  conversations).
+* ``iheard:text_agent:cost:<tenant>:<YYYY-MM-DD>`` (``DAILY_COST_PREFIX``): a
+  tenant's UTC-day cost, fields ``cost:<model>:<HH>`` and
+  ``turns:<model>:<HH>`` (``daily_cost_state`` makes the element from an
+  ``agent_billing_hourly`` row; ``read_cost_today`` sums ``cost:*``).
 """
 from __future__ import annotations
 
@@ -67,15 +77,29 @@ __all__ = [
     "WriteSessionState",
     "WriteLiveKpis",
     "read_live_kpis",
+    "session_state_prefix",
+    "daily_cost_state",
+    "read_cost_today",
     "DEFAULT_SESSION_PREFIX",
     "DEFAULT_KPI_PREFIX",
+    "DAILY_COST_PREFIX",
+    "DAILY_COST_TTL_SECONDS",
 ]
 
 _LOG = logging.getLogger(__name__)
 
 STAGE = "sink:redis"
-DEFAULT_SESSION_PREFIX = "iheard:frontend:session:"
+
+
+def session_state_prefix(pipeline: str) -> str:
+    """Key prefix of a pipeline's per-session hashes."""
+    return f"iheard:{pipeline}:session:"
+
+
+DEFAULT_SESSION_PREFIX = session_state_prefix("frontend")
 DEFAULT_KPI_PREFIX = "iheard:kpi:"
+# Redis hash with the running cost of a tenant's UTC day (daily_cost_state).
+DAILY_COST_PREFIX = "iheard:text_agent:cost:"
 # A session with no event for 30 minutes is over (same gap as the session
 # windows); its hash lives on for that long after its last write.
 DEFAULT_SESSION_TTL_S = 30 * 60
@@ -84,6 +108,8 @@ DEFAULT_ACTIVE_WINDOW_S = 5 * 60
 DEFAULT_MINUTE_TTL_S = 2 * 3600
 # "Today" in any time zone is within three UTC days.
 DEFAULT_DAY_TTL_S = 3 * 86400
+# A tenant's day is "today" somewhere for up to ~50 h; keep its cost hash as long.
+DAILY_COST_TTL_SECONDS = DEFAULT_DAY_TTL_S
 DEFAULT_BATCH_SIZE = 500
 DEFAULT_MAX_RETRIES = 5
 DEFAULT_BACKOFF_S = 0.2
@@ -359,6 +385,36 @@ def read_live_kpis(client, key_prefix: str = DEFAULT_KPI_PREFIX, now_ms: typing.
                 client.pfcount(key) if approximate_counts else client.scard(key))
         result["events_per_minute"][event_type] = per_minute
     return result
+
+
+def daily_cost_state(row: typing.Mapping) -> dict:
+    """A billing row as a Redis element for ``WriteSessionState``.
+
+    One hash per tenant and UTC day, ``iheard:text_agent:cost:<tenant>:<date>``,
+    with the fields ``cost:<model>:<HH>`` and ``turns:<model>:<HH>``. Each
+    hourly pane overwrites its own fields with the hour's full aggregate, so
+    replays leave the same hash; today's running cost is the sum of the
+    ``cost:*`` fields (``read_cost_today``).
+    """
+    hour = dt.datetime.fromisoformat(row["hour"])
+    return {
+        "_key": f"{row['tenant_id']}:{hour.strftime('%Y-%m-%d')}",
+        f"cost:{row['model']}:{hour.strftime('%H')}": row["estimated_cost_usd"],
+        f"turns:{row['model']}:{hour.strftime('%H')}": row["turns"],
+    }
+
+
+def read_cost_today(client, tenant_id: str, day: typing.Optional[dt.date] = None,
+                    prefix: str = DAILY_COST_PREFIX) -> float:
+    """Running cost of ``tenant_id`` for ``day`` (default today, UTC) from Redis."""
+    day = day or dt.datetime.now(dt.timezone.utc).date()
+    fields = client.hgetall(f"{prefix}{tenant_id}:{day.isoformat()}")
+    total = 0.0
+    for name, value in fields.items():
+        name = name.decode() if isinstance(name, bytes) else name
+        if name.startswith("cost:"):
+            total += float(value)
+    return round(total, 6)
 
 
 class _WriteToRedis(beam.PTransform):

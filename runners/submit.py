@@ -47,71 +47,60 @@ Where the Python code runs (``--environment_type``):
 - ``LOOPBACK``: this process hosts the workers, so ``submit`` keeps running
   until the job ends (local use only: TaskManagers must reach this host).
 
-Savepoint restore: Beam's Python uber-jar submission posts ``/jars/<id>/run``
-with only the entry class, and Beam's ``--savepoint_path`` option applies only
-when the Java side builds a remote environment itself, which uber-jar
-submission never does. So the runner here (``FlinkUberJarRunner``) lets Beam
-build the jar and does the upload and run calls itself, adding Flink's
-``savepointPath`` / ``allowNonRestoredState`` and a job id chosen up front.
-
-The job-server jar is ``--job_server_jar``, else ``$IHEARD_FLINK_JOB_SERVER_JAR``,
-else the one ``flink/uberjar/build.sh`` builds (needs mvn).
+Modules: ``runners.flink_rest`` (the REST client and the reading of Flink's
+answers), ``runners.uberjar`` (the Beam runner that uploads and runs the jar,
+with savepoint restore; the job-server jar it needs), and this one (the
+actions above and their command line).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import json
 import logging
 import os
-import pathlib
 import secrets
-import subprocess
 import sys
 import threading
 import time
 import typing
 
-import requests
-
-from runners.profiles import FINISH_BUNDLE_BEFORE_CHECKPOINTING
+from runners.flink_rest import (
+    REST_TIMEOUT_S,
+    UPLOAD_TIMEOUT_S,
+    FlinkRestClient,
+    JobProgress,
+    SubmitError,
+    blocking_failure,
+    check_job_id,
+    root_exception,
+    running_jobs_named,
+    savepoint_outcome,
+)
+from runners.uberjar import (
+    FLINK_MINOR_VERSION,
+    JAR_ENV_VAR,
+    NEXT_RUN,
+    flink_version_ok,
+    pipeline_argv,
+    resolve_jar,
+)
 
 __all__ = [
-    "FlinkRestClient",
-    "FlinkUberJarRunner",
-    "JobProgress",
     "SubmitError",
-    "blocking_failure",
-    "root_exception",
     "main",
+    "split_argv",
+    "parse_pipeline_ref",
+    "parse_args",
+    "submit",
+    "stop_with_savepoint",
+    "wait_for_job",
 ]
 
 _LOG = logging.getLogger("runners.submit")
 
-FLINK_MINOR_VERSION = "1.19"
-ENTRY_CLASS = "org.apache.beam.runners.flink.FlinkPipelineRunner"
 DEFAULT_WORKER_POOL = "localhost:50000"
-JAR_ENV_VAR = "IHEARD_FLINK_JOB_SERVER_JAR"
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-# Requests to the REST API are small except the jar upload (about 100 MB).
-REST_TIMEOUT_S = 30
-UPLOAD_TIMEOUT_S = 600
 POLL_INTERVAL_S = 1.0
-GET_ATTEMPTS = 4
-GET_RETRY_DELAY_S = 2.0
-
-_TERMINAL_STATES = frozenset({"FINISHED", "FAILED", "CANCELED", "SUSPENDED"})
-_FAILED_STATES = frozenset({"FAILED", "CANCELED", "SUSPENDED", "FAILING", "CANCELLING"})
-_TASK_OK_STATES = frozenset({"RUNNING", "FINISHED"})
-
-
-class SubmitError(RuntimeError):
-    """A submission, stop or status request that did not succeed; ``str`` is the reason."""
-
-
-# --------------------------------------------------------------- pure helpers
 
 
 def split_argv(argv: typing.Sequence[str]) -> typing.Tuple[typing.List[str], typing.List[str]]:
@@ -123,27 +112,9 @@ def split_argv(argv: typing.Sequence[str]) -> typing.Tuple[typing.List[str], typ
     return argv, []
 
 
-def normalize_master(flink_master: str) -> str:
-    """``host:port`` or ``http(s)://host:port[/]`` -> ``http(s)://host:port``."""
-    master = flink_master.strip().rstrip("/")
-    if not master:
-        raise ValueError("--flink_master is empty")
-    if "://" not in master:
-        master = "http://" + master
-    if not master.startswith(("http://", "https://")):
-        raise ValueError(f"--flink_master must be an http(s) URL or host:port, got {flink_master!r}")
-    return master
-
-
 def new_job_id() -> str:
     """A Flink job id (32 hex digits), chosen before submission so it can be polled at once."""
     return secrets.token_hex(16)
-
-
-def check_job_id(job_id: str) -> str:
-    if len(job_id) != 32 or any(c not in "0123456789abcdef" for c in job_id):
-        raise ValueError(f"a Flink job id is 32 lowercase hex digits, got {job_id!r}")
-    return job_id
 
 
 def parse_pipeline_ref(ref: str) -> typing.Tuple[str, str]:
@@ -155,418 +126,6 @@ def parse_pipeline_ref(ref: str) -> typing.Tuple[str, str]:
     if not function.isidentifier():
         raise ValueError(f"bad function name in --pipeline={ref!r}")
     return module, function
-
-
-def flink_version_ok(config: typing.Mapping[str, typing.Any]) -> bool:
-    """True when ``GET /config`` reports the Flink minor version the jar is built for."""
-    version = str(config.get("flink-version", ""))
-    return version == FLINK_MINOR_VERSION or version.startswith(FLINK_MINOR_VERSION + ".")
-
-
-def run_request_body(
-    job_id: typing.Optional[str] = None,
-    savepoint_path: typing.Optional[str] = None,
-    allow_non_restored_state: bool = False,
-    parallelism: typing.Optional[int] = None,
-) -> typing.Dict[str, typing.Any]:
-    """The JSON body of ``POST /jars/<id>/run`` for a Beam uber jar."""
-    body: typing.Dict[str, typing.Any] = {"entryClass": ENTRY_CLASS}
-    if job_id:
-        body["jobId"] = check_job_id(job_id)
-    if savepoint_path:
-        body["savepointPath"] = savepoint_path
-        body["allowNonRestoredState"] = bool(allow_non_restored_state)
-    elif allow_non_restored_state:
-        raise ValueError("--allow_non_restored_state needs --from_savepoint")
-    if parallelism is not None and parallelism > 0:
-        body["parallelism"] = parallelism
-    return body
-
-
-def jar_id_from_upload(response: typing.Mapping[str, typing.Any]) -> str:
-    """``POST /jars/upload`` answers ``{"filename": "/tmp/.../<id>_beam.jar", "status": "success"}``."""
-    if response.get("status") != "success" or not response.get("filename"):
-        raise SubmitError(f"jar upload was not accepted: {response}")
-    return str(response["filename"]).rstrip("/").split("/")[-1]
-
-
-def _shorten(text: str, max_lines: int) -> str:
-    # A Beam Python error sits deep in the Java stack trace, so the lines that
-    # name exceptions (``...Error:``, ``Caused by``) are kept after the head.
-    lines = [line.rstrip() for line in str(text).splitlines() if line.strip()]
-    head = lines[:max_lines]
-    named = [
-        line
-        for line in lines[max_lines:]
-        if ("Error" in line or "Exception" in line) and not line.lstrip().startswith("at ")
-    ]
-    return "\n".join(head + named[-max_lines:])
-
-
-def _failure_texts(exceptions: typing.Mapping[str, typing.Any]) -> typing.List[str]:
-    """Stack traces in a ``GET /jobs/<id>/exceptions`` answer, newest first.
-
-    Flink 1.19 answers with ``exceptionHistory.entries`` (newest first) and
-    the older ``root-exception`` field.
-    """
-    entries = (exceptions.get("exceptionHistory") or {}).get("entries") or []
-    texts = [str(text) for text in (e.get("stacktrace") or e.get("exceptionName") for e in entries) if text]
-    if not texts and exceptions.get("root-exception"):
-        texts = [str(exceptions["root-exception"])]
-    return texts
-
-
-# Flink restarts a job whose slots are not there yet (e.g. while a stopped
-# job's slots are being released); the job runs once they are. Not a failure
-# of the submitted code, so waiting goes on until the timeout.
-_TRANSIENT_FAILURES = ("NoResourceAvailableException",)
-
-
-def root_exception(exceptions: typing.Mapping[str, typing.Any], max_lines: int = 12) -> typing.Optional[str]:
-    """The first lines of the newest failure recorded for a job, if any."""
-    texts = _failure_texts(exceptions)
-    return _shorten(texts[0], max_lines) if texts else None
-
-
-def blocking_failure(exceptions: typing.Mapping[str, typing.Any], max_lines: int = 12) -> typing.Optional[str]:
-    """The newest recorded failure that is not a transient shortage of slots, if any."""
-    for text in _failure_texts(exceptions):
-        if not any(marker in text for marker in _TRANSIENT_FAILURES):
-            return _shorten(text, max_lines)
-    return None
-
-
-def savepoint_outcome(status: typing.Mapping[str, typing.Any]) -> typing.Optional[str]:
-    """Reads ``GET /jobs/<id>/savepoints/<trigger>``: None while in progress, the path when done.
-
-    Raises SubmitError with Flink's failure cause when the savepoint failed.
-    """
-    state = (status.get("status") or {}).get("id")
-    if state == "IN_PROGRESS":
-        return None
-    if state != "COMPLETED":
-        raise SubmitError(f"unexpected savepoint status: {status}")
-    operation = status.get("operation") or {}
-    if operation.get("location"):
-        return str(operation["location"])
-    cause = operation.get("failure-cause") or {}
-    reason = cause.get("stack-trace") or cause.get("class") or json.dumps(operation)
-    raise SubmitError("savepoint failed: " + "\n".join(str(reason).splitlines()[:12]))
-
-
-@dataclasses.dataclass(frozen=True)
-class JobProgress:
-    """What ``GET /jobs/<id>`` says about a job, reduced to what a deploy waits for."""
-
-    state: str
-    tasks_total: int
-    tasks_ok: int
-
-    @classmethod
-    def from_job(cls, job: typing.Mapping[str, typing.Any]) -> "JobProgress":
-        vertices = job.get("vertices") or []
-        ok = sum(1 for v in vertices if v.get("status") in _TASK_OK_STATES)
-        return cls(state=str(job.get("state", "UNKNOWN")), tasks_total=len(vertices), tasks_ok=ok)
-
-    @property
-    def all_running(self) -> bool:
-        """Job RUNNING and every vertex deployed (RUNNING, or FINISHED for bounded parts)."""
-        return self.state == "RUNNING" and self.tasks_total > 0 and self.tasks_ok == self.tasks_total
-
-    @property
-    def failed(self) -> bool:
-        return self.state in _FAILED_STATES
-
-    @property
-    def terminal(self) -> bool:
-        return self.state in _TERMINAL_STATES
-
-
-def running_jobs_named(overview: typing.Mapping[str, typing.Any], name: str) -> typing.List[str]:
-    """Ids of the jobs called ``name`` in ``GET /jobs/overview`` that are not in a terminal state."""
-    return [
-        job["jid"]
-        for job in overview.get("jobs", [])
-        if job.get("name") == name and job.get("state") not in _TERMINAL_STATES
-    ]
-
-
-def pipeline_argv(
-    pipeline_args: typing.Sequence[str],
-    flink_master: str,
-    jar: str,
-    environment_type: str,
-    environment_config: typing.Optional[str],
-    job_name: typing.Optional[str],
-) -> typing.List[str]:
-    """The pipeline's own arguments followed by the ones this tool imposes.
-
-    Beam's argparse keeps the last occurrence of a flag, so appending makes
-    ours win over a profile's ``--runner`` or ``--flink_master``.
-    """
-    imposed = [
-        "--runner=runners.submit.FlinkUberJarRunner",
-        f"--flink_master={flink_master}",
-        f"--flink_version={FLINK_MINOR_VERSION}",
-        "--flink_submit_uber_jar",
-        f"--flink_job_server_jar={jar}",
-        f"--environment_type={environment_type}",
-        # Correctness, not tuning: see runners/profiles.py.
-        FINISH_BUNDLE_BEFORE_CHECKPOINTING,
-    ]
-    if environment_config:
-        imposed.append(f"--environment_config={environment_config}")
-    if job_name:
-        imposed.append(f"--job_name={job_name}")
-    return list(pipeline_args) + imposed
-
-
-# ----------------------------------------------------------------- REST client
-
-
-class FlinkRestClient:
-    """The few Flink REST calls a deploy needs (Flink 1.19 API, ``/v1`` paths)."""
-
-    def __init__(self, flink_master: str, timeout_s: float = REST_TIMEOUT_S):
-        self.base_url = normalize_master(flink_master)
-        self.timeout_s = timeout_s
-        self._session = requests.Session()
-
-    def _call(self, method: str, path: str, expected: typing.Collection[int] = (200,), **kwargs):
-        url = f"{self.base_url}/v1/{path.lstrip('/')}"
-        kwargs.setdefault("timeout", self.timeout_s)
-        # Reads are retried through a short outage (a JobManager failing over,
-        # a port-forward reconnecting); writes are not, they may have happened.
-        attempts = GET_ATTEMPTS if method == "GET" else 1
-        for attempt in range(1, attempts + 1):
-            try:
-                response = self._session.request(method, url, **kwargs)
-                break
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                if attempt == attempts:
-                    raise SubmitError(f"{method} {url}: {exc}") from exc
-                _LOG.warning("%s %s failed (%s); retrying", method, url, exc)
-                time.sleep(GET_RETRY_DELAY_S)
-            except requests.RequestException as exc:
-                raise SubmitError(f"{method} {url}: {exc}") from exc
-        if response.status_code not in expected:
-            raise SubmitError(f"{method} {url} answered {response.status_code}: {response.text[:2000]}")
-        return response.json() if response.content else {}
-
-    def config(self) -> dict:
-        return self._call("GET", "config")
-
-    def jobs_overview(self) -> dict:
-        return self._call("GET", "jobs/overview")
-
-    def job(self, job_id: str) -> typing.Optional[dict]:
-        """``GET /jobs/<id>``, or None while Flink does not know the job yet."""
-        url_path = f"jobs/{job_id}"
-        try:
-            return self._call("GET", url_path)
-        except SubmitError as exc:
-            if " answered 404" in str(exc):
-                return None
-            raise
-
-    def exceptions(self, job_id: str) -> dict:
-        return self._call("GET", f"jobs/{job_id}/exceptions")
-
-    def checkpoints(self, job_id: str) -> dict:
-        return self._call("GET", f"jobs/{job_id}/checkpoints")
-
-    def upload_jar(self, jar_path: str) -> str:
-        with open(jar_path, "rb") as jar:
-            answer = self._call(
-                "POST",
-                "jars/upload",
-                files={"jarfile": ("beam-pipeline.jar", jar, "application/x-java-archive")},
-                timeout=UPLOAD_TIMEOUT_S,
-            )
-        return jar_id_from_upload(answer)
-
-    def run_jar(self, jar_id: str, body: typing.Mapping[str, typing.Any]) -> str:
-        # Flink runs the jar's main() inside this request; Beam translates the
-        # pipeline there, so allow more than a plain call.
-        answer = self._call("POST", f"jars/{jar_id}/run", json=dict(body), timeout=UPLOAD_TIMEOUT_S)
-        return str(answer["jobid"])
-
-    def delete_jar(self, jar_id: str) -> None:
-        self._call("DELETE", f"jars/{jar_id}")
-
-    def trigger_stop(self, job_id: str, savepoint_dir: typing.Optional[str], drain: bool) -> str:
-        body: typing.Dict[str, typing.Any] = {"drain": drain}
-        if savepoint_dir:
-            body["targetDirectory"] = savepoint_dir
-        return str(self._call("POST", f"jobs/{job_id}/stop", expected=(200, 202), json=body)["request-id"])
-
-    def savepoint_status(self, job_id: str, trigger_id: str) -> dict:
-        return self._call("GET", f"jobs/{job_id}/savepoints/{trigger_id}")
-
-    def cancel(self, job_id: str) -> None:
-        self._call("PATCH", f"jobs/{job_id}", expected=(200, 202), params={"mode": "cancel"})
-
-
-# ------------------------------------------------------ Beam runner extension
-
-
-@dataclasses.dataclass
-class _RunSettings:
-    """What ``submit`` hands the runner for the next submission in this process."""
-
-    job_id: typing.Optional[str] = None
-    savepoint_path: typing.Optional[str] = None
-    allow_non_restored_state: bool = False
-    submitted_job_ids: typing.List[str] = dataclasses.field(default_factory=list)
-    # Set when the upload/run calls are over and the uploaded jar is deleted.
-    # Flink may report a job (even a failed one) before /jars/<id>/run
-    # answers; exiting then would leave the 100 MB upload on the cluster.
-    run_call_started: threading.Event = dataclasses.field(default_factory=threading.Event)
-    run_call_done: threading.Event = dataclasses.field(default_factory=threading.Event)
-
-
-# Beam instantiates a runner named by --runner with no arguments, so the
-# per-submission settings travel through this module rather than the runner's
-# constructor. ``submit`` sets them before it starts the pipeline.
-_NEXT_RUN = _RunSettings()
-
-
-class _LoopbackOnlyServer:
-    """A grpc.Server whose ``add_insecure_port("[::]:N")`` binds 127.0.0.1:N instead."""
-
-    def __init__(self, server):
-        self._server = server
-
-    def add_insecure_port(self, address: str) -> int:
-        return self._server.add_insecure_port(address.replace("[::]:", "127.0.0.1:", 1))
-
-    def __getattr__(self, name):
-        return getattr(self._server, name)
-
-
-def _make_runner_classes():
-    """Defines the Beam subclasses lazily, so importing this module stays cheap."""
-    import grpc
-    from apache_beam.options import pipeline_options
-    from apache_beam.runners.portability import flink_runner
-    from apache_beam.runners.portability import flink_uber_jar_job_server as uber
-    from apache_beam.runners.portability import portable_runner
-
-    class _RestSubmittedFlinkJob(uber.FlinkBeamJob):
-        """Beam's uber-jar job with the upload/run done here, adding savepoint restore.
-
-        Relies on FlinkBeamJob's attributes in apache-beam 2.62 (``_jar``,
-        ``_flink_jar_id``, ``_jar_uploaded``, ``_flink_job_id``), which its
-        state polling and cancel use; apache-beam is pinned to that version.
-        """
-
-        def run(self):
-            _NEXT_RUN.run_call_started.set()
-            try:
-                self._upload_and_run()
-            finally:
-                _NEXT_RUN.run_call_done.set()
-
-        def _upload_and_run(self):
-            # Writes the pipeline proto and options into the copied jar.
-            self._stop_artifact_service()
-            client = FlinkRestClient(self._master_url)
-            try:
-                self._flink_jar_id = client.upload_jar(self._jar)
-            finally:
-                os.unlink(self._jar)
-            self._jar_uploaded = True
-            body = run_request_body(
-                job_id=_NEXT_RUN.job_id,
-                savepoint_path=_NEXT_RUN.savepoint_path,
-                allow_non_restored_state=_NEXT_RUN.allow_non_restored_state,
-            )
-            try:
-                self._flink_job_id = client.run_jar(self._flink_jar_id, body)
-            finally:
-                # Flink has copied the jar into its blob store with the job; the
-                # upload itself is only clutter (about 100 MB per submission).
-                self.delete_jar()
-            _NEXT_RUN.submitted_job_ids.append(self._flink_job_id)
-            # The chosen id and the savepoint belong to this one job; a second
-            # pipeline run by the same function gets fresh settings.
-            _NEXT_RUN.job_id = None
-            _NEXT_RUN.savepoint_path = None
-            _NEXT_RUN.allow_non_restored_state = False
-            _LOG.info("started Flink job %s", self._flink_job_id)
-
-    class _RestUberJarJobServer(uber.FlinkUberJarJobServer):
-        def create_beam_job(self, job_id, job_name, pipeline, options):
-            return _RestSubmittedFlinkJob(
-                self._master_url,
-                self.executable_jar(),
-                job_id,
-                job_name,
-                pipeline,
-                options,
-                artifact_port=self._artifact_port,
-            )
-
-    class FlinkUberJarRunner(flink_runner.FlinkRunner):
-        """FlinkRunner that always submits an uber jar through ``_RestSubmittedFlinkJob``."""
-
-        def default_job_server(self, options):
-            flink_options = options.view_as(pipeline_options.FlinkRunnerOptions)
-            master = normalize_master(flink_options.flink_master)
-            # The Java side must use the context environment Flink provides
-            # when it runs the jar, hence [auto] (as Beam's own uber-jar path).
-            flink_options.flink_master = "[auto]"
-            return _RestUberJarJobServer(master, options)
-
-        def create_job_service_handle(self, job_service, options):
-            return portable_runner.JobServiceHandle(job_service, options, retain_unknown_options=True)
-
-        def run_pipeline(self, pipeline, options):
-            # Beam binds the servers it starts here (the artifact staging
-            # server that writes staged files into the jar, and the LOOPBACK
-            # worker pool) on every interface. Both only serve this host, so
-            # keep them on loopback while the pipeline is submitted.
-            real_server = grpc.server
-
-            def loopback_server(*args, **kwargs):
-                return _LoopbackOnlyServer(real_server(*args, **kwargs))
-
-            grpc.server = loopback_server
-            try:
-                return super().run_pipeline(pipeline, options)
-            finally:
-                grpc.server = real_server
-
-    return FlinkUberJarRunner
-
-
-def __getattr__(name):
-    # ``--runner=runners.submit.FlinkUberJarRunner`` resolves here.
-    if name == "FlinkUberJarRunner":
-        cls = _make_runner_classes()
-        globals()[name] = cls
-        return cls
-    raise AttributeError(name)
-
-
-# -------------------------------------------------------------------- actions
-
-
-def resolve_jar(explicit: typing.Optional[str]) -> str:
-    """The job-server jar: the flag, then $IHEARD_FLINK_JOB_SERVER_JAR, then a local build."""
-    for candidate in (explicit, os.environ.get(JAR_ENV_VAR)):
-        if candidate:
-            if not os.path.isfile(candidate):
-                raise SubmitError(f"job-server jar {candidate} does not exist")
-            return candidate
-    build = REPO_ROOT / "flink" / "uberjar" / "build.sh"
-    if not build.is_file():
-        raise SubmitError(f"no --job_server_jar, no ${JAR_ENV_VAR} and no {build}")
-    _LOG.info("building or reusing the job-server jar with %s", build)
-    done = subprocess.run(["bash", str(build)], check=False, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SubmitError(f"{build} failed:\n{done.stderr[-3000:]}")
-    return done.stdout.strip().splitlines()[-1]
 
 
 class _PipelineThread(threading.Thread):
@@ -642,10 +201,8 @@ def wait_for_job(
 def _cancel_unless_ended(client: FlinkRestClient, job_id: str) -> None:
     """Best effort: the failure being reported matters more than a failed cancel."""
     try:
-        job = client.job(job_id)
-        if job is not None and not JobProgress.from_job(job).terminal:
-            _LOG.warning("cancelling job %s after the failure", job_id)
-            client.cancel(job_id)
+        if client.cancel_if_running(job_id):
+            _LOG.warning("cancelled job %s after the failure", job_id)
     except SubmitError as exc:
         _LOG.warning("could not cancel job %s: %s", job_id, exc)
 
@@ -674,11 +231,11 @@ def submit(args: argparse.Namespace, pipeline_args: typing.Sequence[str]) -> dic
         environment_config,
         args.job_name,
     )
-    _NEXT_RUN.job_id = job_id
-    _NEXT_RUN.savepoint_path = args.from_savepoint
-    _NEXT_RUN.allow_non_restored_state = args.allow_non_restored_state
-    _NEXT_RUN.run_call_started.clear()
-    _NEXT_RUN.run_call_done.clear()
+    NEXT_RUN.job_id = job_id
+    NEXT_RUN.savepoint_path = args.from_savepoint
+    NEXT_RUN.allow_non_restored_state = args.allow_non_restored_state
+    NEXT_RUN.run_call_started.clear()
+    NEXT_RUN.run_call_done.clear()
     _LOG.info("submitting %s as Flink job %s to %s", args.pipeline, job_id, client.base_url)
     thread = _PipelineThread(function, argv)
     thread.start()
@@ -694,10 +251,10 @@ def _await_run_call(thread: _PipelineThread, timeout_s: float) -> None:
     Nothing to wait for when the upload never started (e.g. the pipeline
     failed to build).
     """
-    if not _NEXT_RUN.run_call_started.is_set():
+    if not NEXT_RUN.run_call_started.is_set():
         return
     deadline = time.monotonic() + timeout_s
-    while thread.is_alive() and not _NEXT_RUN.run_call_done.wait(0.2):
+    while thread.is_alive() and not NEXT_RUN.run_call_done.wait(0.2):
         if time.monotonic() > deadline:
             _LOG.warning("gave up waiting for the jar run call to return")
             return
@@ -926,10 +483,5 @@ def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:
         return 1
     return 0
 
-
 if __name__ == "__main__":
-    # Run the copy imported as runners.submit, so the runner class Beam loads
-    # by name and the settings ``submit`` leaves for it are the same objects.
-    from runners import submit as _submit
-
-    sys.exit(_submit.main())
+    sys.exit(main())

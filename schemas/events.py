@@ -54,6 +54,7 @@ __all__ = [
     "FrontendEvent",
     "MarketoLead",
     "normalize_timestamp_ms",
+    "field_aliases",
     "MIN_TIMESTAMP_MS",
     "MAX_TIMESTAMP_MS",
 ]
@@ -174,14 +175,16 @@ def _camel(name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
-def _aliases(name: str) -> AliasChoices:
+def field_aliases(name: str) -> AliasChoices:
+    """A field's accepted input names: ``name`` and its camelCase spelling
+    (``session_id`` or ``sessionId``), for every event model."""
     camel = _camel(name)
     return AliasChoices(name, camel) if camel != name else AliasChoices(name)
 
 
 def _opt_str(name: str, max_length: int = 8192):
     return Field(default=None, max_length=max_length,
-                 validation_alias=_aliases(name))
+                 validation_alias=field_aliases(name))
 
 
 class _Payload(BaseModel):
@@ -215,8 +218,8 @@ class FrontendEvent(_Payload):
 
     event_id: typing.Optional[str] = _opt_str("event_id", 200)
     # Stripped and checked non-empty in the Rust core (no Python validator).
-    event_type: _RequiredText = Field(max_length=100, validation_alias=_aliases("event_type"))
-    session_id: _RequiredText = Field(max_length=200, validation_alias=_aliases("session_id"))
+    event_type: _RequiredText = Field(max_length=100, validation_alias=field_aliases("event_type"))
+    session_id: _RequiredText = Field(max_length=200, validation_alias=field_aliases("session_id"))
     user_id: typing.Optional[str] = _opt_str("user_id", 200)
     page_url: typing.Optional[str] = _opt_str("page_url")
     page_title: typing.Optional[str] = _opt_str("page_title")
@@ -228,16 +231,16 @@ class FrontendEvent(_Payload):
     interaction_type: typing.Optional[str] = _opt_str("interaction_type", 100)
     timestamp: typing.Optional[typing.Any] = None
     time_on_page: typing.Optional[float] = Field(
-        default=None, ge=0, validation_alias=_aliases("time_on_page"))
+        default=None, ge=0, validation_alias=field_aliases("time_on_page"))
     element_id: typing.Optional[str] = _opt_str("element_id", 1024)
     element_class: typing.Optional[str] = _opt_str("element_class", 2048)
     element_text: typing.Optional[str] = _opt_str("element_text")
     click_coordinates: typing.Optional[typing.Dict[str, float]] = Field(
-        default=None, validation_alias=_aliases("click_coordinates"))
+        default=None, validation_alias=field_aliases("click_coordinates"))
     country: typing.Optional[str] = _opt_str("country", 100)
     timezone: typing.Optional[str] = _opt_str("timezone", 100)
     message_length: typing.Optional[int] = Field(
-        default=None, ge=0, validation_alias=_aliases("message_length"))
+        default=None, ge=0, validation_alias=field_aliases("message_length"))
 
     @field_validator("timestamp", mode="before")
     @classmethod

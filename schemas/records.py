@@ -21,6 +21,7 @@ __all__ = [
     "failed_from_source",
     "failed_from_event",
     "utc_now_iso",
+    "ms_to_iso",
 ]
 
 # Written into every dead letter and into transformation_metadata so a row can
@@ -55,6 +56,17 @@ class FailedRecord(typing.NamedTuple):
 
 def utc_now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat()
+
+
+def ms_to_iso(ms: typing.Optional[float], timespec: str = "auto") -> typing.Optional[str]:
+    """UTC epoch milliseconds -> ISO-8601 text with ``+00:00`` (None stays
+    None). ``timespec`` as for ``datetime.isoformat``: ``"auto"`` writes
+    microseconds only when there are any; ``"milliseconds"`` always three
+    digits."""
+    if ms is None:
+        return None
+    return _dt.datetime.fromtimestamp(ms / 1000.0, tz=_dt.timezone.utc).isoformat(
+        timespec=timespec)
 
 
 def failed_from_source(

@@ -63,7 +63,7 @@ from pydantic import (
     field_validator,
 )
 
-from schemas.events import normalize_timestamp_ms
+from schemas.events import field_aliases, normalize_timestamp_ms
 
 __all__ = [
     "TextAgentTurn",
@@ -80,22 +80,12 @@ _EVENT_TYPE_ALIASES = frozenset(
 )
 
 
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
-
-
-def _name_or_camel(name: str) -> AliasChoices:
-    camel = _camel(name)
-    return AliasChoices(name, camel) if camel != name else AliasChoices(name)
-
-
 _CONFIG = ConfigDict(
     extra="allow",
     coerce_numbers_to_str=True,
     populate_by_name=True,
     str_max_length=262_144,
-    alias_generator=AliasGenerator(validation_alias=_name_or_camel),
+    alias_generator=AliasGenerator(validation_alias=field_aliases),
 )
 
 

@@ -114,8 +114,11 @@ __all__ = [
 
 PII_KINDS = ("email", "phone", "ipv4", "ipv6", "card", "ssn", "iban", "token")
 
-# Free-text fields of a frontend event that may carry PII.
-FRONTEND_TEXT_FIELDS = ("page_url", "referrer", "page_title", "element_text")
+# Free-text fields of a frontend event searched for PII (the frontend
+# pipeline's, and RedactPii's default); the page URL includes its query string.
+FRONTEND_TEXT_FIELDS = ("element_text", "page_url", "page_title", "referrer", "element_id",
+                        "element_class")
+# Fields that identify a person outright: replaced by a keyed token whole.
 FRONTEND_TOKEN_FIELDS: typing.Tuple[str, ...] = ()
 
 TEXT_CACHE_SIZE = 16384  # distinct texts cached per worker (~ a few MB)

@@ -67,6 +67,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger as trig
 from apache_beam.transforms import window
 
+from schemas.records import ms_to_iso
+from transforms.frontend_enrich import STAGE_RANK
+
 __all__ = [
     "AggregateSessions",
     "SessionSummaryFn",
@@ -80,18 +83,15 @@ __all__ = [
 ]
 
 DEFAULT_GAP_SECONDS = 1800  # 30 min of inactivity ends a visit (web-analytics norm)
-DEFAULT_ALLOWED_LATENESS_SECONDS = 3600  # mobile clients flush queued events late
+# Late events still restate a session this long after the watermark passed its
+# end (mobile clients flush queued events late); the pipelines' default too.
+DEFAULT_ALLOWED_LATENESS_SECONDS = 24 * 60 * 60
 
-_STAGE_RANK = {"page_view": 1, "widget_open": 2, "user_message": 3,
-               "product_interest": 4, "conversion": 5}
-_RANK_STAGE = {rank: stage for stage, rank in _STAGE_RANK.items()}
+_RANK_STAGE = {rank: stage for stage, rank in STAGE_RANK.items()}
 
 
 def _iso(ms: typing.Optional[float]) -> typing.Optional[str]:
-    if ms is None:
-        return None
-    return _dt.datetime.fromtimestamp(ms / 1000.0, tz=_dt.timezone.utc).isoformat(
-        timespec="milliseconds")
+    return ms_to_iso(ms, timespec="milliseconds")
 
 
 def _page_key(url) -> typing.Optional[str]:
@@ -145,7 +145,7 @@ def add_event(acc: dict, event: dict) -> dict:
         acc["messages"] += 1
     elif type_stage == "conversion":
         acc["conversions"] += 1
-    rank = _STAGE_RANK.get(event.get("conversion_stage"), 0)
+    rank = STAGE_RANK.get(event.get("conversion_stage"), 0)
     if rank > acc["max_rank"]:
         acc["max_rank"] = rank
     score = event.get("engagement_score")

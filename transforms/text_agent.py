@@ -1,8 +1,12 @@
-"""Text-agent turns: redaction, model metrics, scores, content, conversations, billing.
+"""Text-agent turns: identity, redaction, model metrics, scores, content.
 
-Pure core first (``redact_turn``, ``TurnEnricher.enrich``, ``tenant_of``,
-``cached_tokens_of``, ``summarise_conversation``, ``billing_row``), then the
-thin Beam wrappers:
+The aggregates (conversations, hourly billing) are in
+``transforms.text_agent_aggregates``; the Redis layout of the live state
+(conversation hashes, a tenant's daily cost) in ``iheard_io.redis_io``.
+
+Pure core first (``turn_key``, ``redact_turn``, ``TurnEnricher.enrich``,
+``tenant_of``, ``cached_tokens_of``, ``archive_record``), then the thin Beam
+wrapper:
 
 ``EnrichTurns`` - parsed ``TextAgentTurn`` dicts -> ``valid`` enriched turns
 (``agent_turns`` rows, redacted) and ``failed`` ``FailedRecord``s::
@@ -17,26 +21,6 @@ so no later step, sink, archive or dead letter ever sees the raw text. The
 redactor's counts (kinds only, never values) feed ``lead_captured``: an email
 address or phone number in the user message is a captured lead.
 
-``AggregateConversations`` - turns -> ``agent_conversations`` rows, one per
-session window and pane::
-
-    turns -> KeyBySession -> Sessions(gap) [early: processing time,
-             late: every late turn, accumulating] -> CombineTurns -> rows
-
-``AggregateBillingHourly`` - turns -> ``agent_billing_hourly`` rows::
-
-    turns -> KeyByTenantAndModel -> FixedWindows(1 h, event time) [late: every
-             late turn, accumulating] -> CombineUsage -> rows
-
-Why both are idempotent under replay: panes accumulate, so every pane carries
-the whole window's aggregate and the sink upserts it on (session_id,
-window_start) / (tenant_id, model, hour); and both combiners keep their
-turns keyed by their identity (session_id, turn_id), so a duplicate delivered
-twice (producer retry, Flink replay of a range the dedupe step has forgotten)
-is counted once.
-Memory: the accumulators hold one small tuple per turn of the window, so a
-session or a tenant-model-hour with 10k turns is about 1 MB of state.
-
 Tenant: the first non-empty of the payload's ``tenant_id``, ``account_id``,
 ``widget_id`` (unknown fields the producer may add; the seed payload has
 none), else ``"default"``.
@@ -48,17 +32,14 @@ Cached input tokens: the first of ``cached_tokens_in``, ``tokens_in_cached``,
 from __future__ import annotations
 
 import collections
-import datetime as dt
 import json
 import typing
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.transforms import trigger as beam_trigger
-from apache_beam.transforms import window as beam_window
 
-from schemas.records import PIPELINE_VERSION, failed_from_event, utc_now_iso
-from transforms.deadletter import REDACTION_WITHHELD, RedactDeadLetters  # noqa: F401 (re-exported)
+from schemas.records import PIPELINE_VERSION, failed_from_event
+from transforms.deadletter import REDACTION_WITHHELD
 from transforms.pii import PII_KINDS, PiiRedactor
 from transforms.pii_regions import record_region_hints
 from transforms.text_agent_content import ContentAnalyzer, load_topic_taxonomy
@@ -76,23 +57,16 @@ from transforms.text_agent_scoring import (
 
 __all__ = [
     "PIPELINE",
+    "turn_key",
     "TENANT_FIELDS",
     "CACHED_TOKEN_FIELDS",
     "DEFAULT_TENANT",
     "EnrichTurns",
-    "AggregateConversations",
-    "AggregateBillingHourly",
     "TurnEnricher",
     "redact_turn",
     "tenant_of",
     "cached_tokens_of",
-    "summarise_conversation",
-    "billing_row",
-    "daily_cost_state",
-    "read_cost_today",
     "archive_record",
-    "RedactDeadLetters",
-    "ONE_HOUR_SECONDS",
 ]
 
 PIPELINE = "text_agent"
@@ -100,10 +74,6 @@ DEFAULT_TENANT = "default"
 TENANT_FIELDS = ("tenant_id", "account_id", "widget_id")
 CACHED_TOKEN_FIELDS = ("cached_tokens_in", "tokens_in_cached", "cache_read_input_tokens",
                        "cached_tokens")
-ONE_HOUR_SECONDS = 60 * 60
-# Redis hash with the running cost of a tenant's UTC day (see daily_cost_state).
-DAILY_COST_PREFIX = "iheard:text_agent:cost:"
-SESSION_STATE_PREFIX = "iheard:text_agent:session:"
 ANALYZERS = {"sentiment": "vaderSentiment",
              "language": "lingua(16 languages, low-accuracy then high-accuracy if unsure)",
              "keywords": "rake(yake-stopwords)", "topics": "taxonomy"}
@@ -112,6 +82,12 @@ ANALYZERS = {"sentiment": "vaderSentiment",
 # --------------------------------------------------------------------------
 # Pure core
 # --------------------------------------------------------------------------
+def turn_key(event: typing.Mapping) -> str:
+    """A turn's identity: (session_id, turn_id), the agent_turns key. A
+    re-sent turn with a new timestamp has a new event_id but the same key."""
+    return f"{event['session_id']}\x1f{event['turn_id']}"
+
+
 def _first_present(mapping: typing.Mapping, names: typing.Sequence[str]):
     for name in names:
         value = mapping.get(name)
@@ -330,228 +306,6 @@ def archive_record(turn: typing.Mapping) -> dict:
     }
 
 
-# -- conversations ---------------------------------------------------------
-def conversation_entry(turn: typing.Mapping) -> tuple:
-    """What a session aggregate keeps of one turn (small and picklable)."""
-    factors = turn.get("quality_factors") or {}
-    return (
-        int(turn["timestamp_ms"]),
-        int(turn["tokens_in"]),
-        int(turn["tokens_out"]),
-        turn.get("estimated_cost_usd"),
-        float(turn["latency_ms"]),
-        turn.get("user_sentiment_compound"),
-        tuple(turn.get("topics") or ()),
-        tuple(turn.get("tools_used") or ()),
-        int(factors.get("tool_calls") or 0),
-        int(factors.get("tool_successes") or 0),
-        int(turn["quality_score"]),
-        int(turn["business_value_score"]),
-        bool(turn.get("lead_captured")),
-        turn["model"],
-        turn.get("user_id"),
-        turn["tenant_id"],
-        turn.get("channel"),
-    )
-
-
-def _slope(values: typing.Sequence[float]) -> typing.Optional[float]:
-    """Least-squares slope of values against their index 0..n-1."""
-    n = len(values)
-    if n < 2:
-        return None
-    mean_x = (n - 1) / 2.0
-    mean_y = sum(values) / n
-    num = sum((i - mean_x) * (y - mean_y) for i, y in enumerate(values))
-    den = sum((i - mean_x) ** 2 for i in range(n))
-    return num / den
-
-
-def summarise_conversation(entries: typing.Mapping[str, tuple]) -> dict:
-    """Aggregate of one session's turns (``turn_id -> conversation_entry``).
-
-    ``sentiment_trend`` = last minus first user-message compound score (turns
-    in time order; turns without a user message skipped); ``sentiment_slope``
-    = least-squares slope of those scores per turn.
-    """
-    ordered = sorted(entries.items(), key=lambda kv: (kv[1][0], kv[0]))
-    rows = [e for _, e in ordered]
-    n = len(rows)
-    costs = [r[3] for r in rows if r[3] is not None]
-    latencies = [r[4] for r in rows]
-    sentiments = [r[5] for r in rows if r[5] is not None]
-    topic_counts: collections.Counter = collections.Counter()
-    tool_counts: collections.Counter = collections.Counter()
-    for r in rows:
-        topic_counts.update(set(r[6]))
-        tool_counts.update(r[7])
-    tool_calls = sum(r[8] for r in rows)
-    tool_successes = sum(r[9] for r in rows)
-    user_ids = [r[14] for r in rows if r[14]]
-    first, last = rows[0][0], rows[-1][0]
-    return {
-        "tenant_id": rows[0][15],
-        "user_id": user_ids[-1] if user_ids else None,
-        "channel": rows[-1][16],
-        "turn_count": n,
-        "first_turn_at": first,
-        "last_turn_at": last,
-        "duration_seconds": round((last - first) / 1000.0, 3),
-        "tokens_in": sum(r[1] for r in rows),
-        "tokens_out": sum(r[2] for r in rows),
-        "total_tokens": sum(r[1] + r[2] for r in rows),
-        "estimated_cost_usd": round(sum(costs), 6) if costs else None,
-        "unpriced_turns": n - len(costs),
-        "mean_latency_ms": round(sum(latencies) / n, 3),
-        "max_latency_ms": max(latencies),
-        "sentiment_first": sentiments[0] if sentiments else None,
-        "sentiment_last": sentiments[-1] if sentiments else None,
-        "sentiment_mean": round(sum(sentiments) / len(sentiments), 4) if sentiments else None,
-        "sentiment_trend": round(sentiments[-1] - sentiments[0], 4) if sentiments else None,
-        "sentiment_slope": (round(_slope(sentiments), 4)
-                            if len(sentiments) >= 2 else None),
-        "topics": [t for t, _ in sorted(topic_counts.items(), key=lambda kv: (-kv[1], kv[0]))],
-        "topic_counts": dict(sorted(topic_counts.items())),
-        "tools_used": dict(sorted(tool_counts.items())),
-        "tool_calls": tool_calls,
-        "tool_successes": tool_successes,
-        "tool_success_rate": round(tool_successes / tool_calls, 4) if tool_calls else None,
-        "models": sorted({r[13] for r in rows}),
-        "avg_quality_score": round(sum(r[10] for r in rows) / n, 2),
-        "avg_business_value_score": round(sum(r[11] for r in rows) / n, 2),
-        "max_business_value_score": max(r[11] for r in rows),
-        "lead_captured": any(r[12] for r in rows),
-    }
-
-
-class _EntriesByIdCombineFn(beam.CombineFn):
-    """Accumulator: ``{id: entry}`` from ``(id, entry)`` inputs, so a turn
-    delivered twice (retry, replay) is counted once."""
-
-    def create_accumulator(self):
-        return {}
-
-    def add_input(self, acc, keyed_entry):
-        acc[keyed_entry[0]] = keyed_entry[1]
-        return acc
-
-    def merge_accumulators(self, accs):
-        out = {}
-        for acc in accs:
-            out.update(acc)
-        return out
-
-    def extract_output(self, acc):
-        return acc
-
-
-class _ConversationCombineFn(_EntriesByIdCombineFn):
-    """``{turn_id: conversation_entry}`` -> the conversation summary."""
-
-    def extract_output(self, acc):
-        return summarise_conversation(acc)
-
-
-def _ms_to_iso(ms: typing.Optional[int]) -> typing.Optional[str]:
-    if ms is None:
-        return None
-    return dt.datetime.fromtimestamp(ms / 1000.0, tz=dt.timezone.utc).isoformat()
-
-
-class _ConversationRowFn(beam.DoFn):
-    def process(self, keyed, window=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
-        session_id, summary = keyed
-        row = dict(summary)
-        row["session_id"] = session_id
-        row["window_start"] = _ms_to_iso(int(window.start.micros // 1000))
-        row["window_end"] = _ms_to_iso(int(window.end.micros // 1000))
-        row["first_turn_at"] = _ms_to_iso(summary["first_turn_at"])
-        row["last_turn_at"] = _ms_to_iso(summary["last_turn_at"])
-        row["pane_index"] = pane.index if pane is not None else 0
-        row["is_final"] = bool(pane is not None and pane.is_last)
-        row["updated_at"] = utc_now_iso()
-        yield row
-
-
-# -- billing ---------------------------------------------------------------
-def billing_entry(turn: typing.Mapping) -> tuple:
-    return (
-        int(turn["tokens_in"]),
-        int(turn["tokens_out"]),
-        int(turn.get("cached_tokens_in") or 0),
-        turn.get("estimated_cost_usd"),
-        turn["price_book_version"],
-        turn["model_family"],
-        turn["model_provider"],
-    )
-
-
-def billing_row(tenant_id: str, model: str, hour_start_ms: int,
-                entries: typing.Mapping[str, tuple]) -> dict:
-    """The ``agent_billing_hourly`` row for one tenant, model and UTC hour."""
-    rows = list(entries.values())
-    costs = [r[3] for r in rows if r[3] is not None]
-    first = rows[0] if rows else (0, 0, 0, None, None, "unknown", "unknown")
-    return {
-        "tenant_id": tenant_id,
-        "model": model,
-        "hour": _ms_to_iso(hour_start_ms),
-        "model_family": first[5],
-        "model_provider": first[6],
-        "turns": len(rows),
-        "tokens_in": sum(r[0] for r in rows),
-        "tokens_out": sum(r[1] for r in rows),
-        "cached_tokens_in": sum(r[2] for r in rows),
-        "total_tokens": sum(r[0] + r[1] for r in rows),
-        "estimated_cost_usd": round(sum(costs), 6),
-        "unpriced_turns": len(rows) - len(costs),
-        "price_book_versions": sorted({r[4] for r in rows if r[4]}),
-    }
-
-
-class _UsageCombineFn(_EntriesByIdCombineFn):
-    """``{session_id + turn_id: billing_entry}``, returned as is."""
-
-
-class _BillingRowFn(beam.DoFn):
-    def process(self, keyed, window=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
-        (tenant_id, model), entries = keyed
-        row = billing_row(tenant_id, model, int(window.start.micros // 1000), entries)
-        row["pane_index"] = pane.index if pane is not None else 0
-        row["updated_at"] = utc_now_iso()
-        yield row
-
-
-def daily_cost_state(row: typing.Mapping) -> dict:
-    """A billing row as a Redis element for ``WriteSessionState``.
-
-    One hash per tenant and UTC day, ``iheard:text_agent:cost:<tenant>:<date>``,
-    with the fields ``cost:<model>:<HH>`` and ``turns:<model>:<HH>``. Each
-    hourly pane overwrites its own fields with the hour's full aggregate, so
-    replays leave the same hash; today's running cost is the sum of the
-    ``cost:*`` fields (``read_cost_today``).
-    """
-    hour = dt.datetime.fromisoformat(row["hour"])
-    return {
-        "_key": f"{row['tenant_id']}:{hour.strftime('%Y-%m-%d')}",
-        f"cost:{row['model']}:{hour.strftime('%H')}": row["estimated_cost_usd"],
-        f"turns:{row['model']}:{hour.strftime('%H')}": row["turns"],
-    }
-
-
-def read_cost_today(client, tenant_id: str, day: typing.Optional[dt.date] = None,
-                    prefix: str = DAILY_COST_PREFIX) -> float:
-    """Running cost of ``tenant_id`` for ``day`` (default today, UTC) from Redis."""
-    day = day or dt.datetime.now(dt.timezone.utc).date()
-    fields = client.hgetall(f"{prefix}{tenant_id}:{day.isoformat()}")
-    total = 0.0
-    for name, value in fields.items():
-        name = name.decode() if isinstance(name, bytes) else name
-        if name.startswith("cost:"):
-            total += float(value)
-    return round(total, 6)
-
-
 # --------------------------------------------------------------------------
 # Beam wrappers
 # --------------------------------------------------------------------------
@@ -629,103 +383,5 @@ class EnrichTurns(beam.PTransform):
         return turns | "RedactScoreAndAnalyse" >> beam.ParDo(
             _EnrichTurnFn(self._secret, self._pipeline, self._price_book_path, self._topics_path)
         ).with_outputs(self.FAILED, main=self.VALID)
-
-
-def _window_trigger(early_firing_seconds: typing.Optional[float]):
-    early = (beam_trigger.AfterProcessingTime(early_firing_seconds)
-             if early_firing_seconds else None)
-    return beam_trigger.AfterWatermark(early=early, late=beam_trigger.AfterCount(1))
-
-
-class AggregateConversations(beam.PTransform):
-    """Enriched turns -> ``agent_conversations`` rows (one per session pane).
-
-    Windowing: event-time session windows per ``session_id`` closing after
-    ``gap_seconds`` without a turn. A pane fires when the watermark passes
-    the session's end, every ``early_firing_seconds`` of processing time
-    before that (live state in streaming; omit for none), and once per late
-    turn up to ``allowed_lateness_seconds``. Panes ACCUMULATE, so each row is
-    the whole session so far and the sink's upsert on (session_id,
-    window_start) keeps the latest. Timeline with gap 30 min::
-
-        10:00 t1, 10:05 t2          -> window [10:00, 10:35)
-        watermark 10:35             -> on-time pane: 2 turns
-        late t3 at 10:20 (arrives 10:50, within lateness)
-                                    -> late pane, same window: 3 turns (upsert)
-        late t4 at 10:40            -> merges into [10:00, 11:10): same
-                                       window_start, so the row is upserted
-        late t0 at 09:50            -> merges into [09:50, 11:10): a new row;
-                                       the 10:00 row stays, superseded (readers
-                                       take the row with the latest
-                                       last_turn_at per session_id)
-
-    Observed on the local Flink 1.19 cluster (streaming, Kafka): turns that
-    arrive in time give one row per session with every turn (an early pane,
-    then the on-time pane). When a whole batch of turns arrives already
-    behind the watermark (e.g. a topic replayed minutes late), some merged
-    late windows did not fire again, so a row can miss turns; agent_turns
-    and agent_billing_hourly were complete. Restate such a period with a
-    bounded run (``--kafka_mode=bounded`` or ``--input``), which the upserts
-    make safe.
-    """
-
-    def __init__(self, gap_seconds: int, allowed_lateness_seconds: int = 0,
-                 early_firing_seconds: typing.Optional[float] = None):
-        super().__init__()
-        if gap_seconds <= 0:
-            raise ValueError("gap_seconds must be positive")
-        if allowed_lateness_seconds < 0:
-            raise ValueError("allowed_lateness_seconds must be >= 0")
-        self._gap_seconds = gap_seconds
-        self._lateness = allowed_lateness_seconds
-        self._early = early_firing_seconds
-
-    def expand(self, turns):
-        return (
-            turns
-            | "KeyBySession" >> beam.Map(
-                lambda t: (t["session_id"], (t["turn_id"], conversation_entry(t))))
-            | "SessionWindows" >> beam.WindowInto(
-                beam_window.Sessions(self._gap_seconds),
-                trigger=_window_trigger(self._early),
-                accumulation_mode=beam_trigger.AccumulationMode.ACCUMULATING,
-                allowed_lateness=self._lateness)
-            | "CombineTurns" >> beam.CombinePerKey(_ConversationCombineFn())
-            | "ToConversationRows" >> beam.ParDo(_ConversationRowFn())
-        )
-
-
-class AggregateBillingHourly(beam.PTransform):
-    """Enriched turns -> ``agent_billing_hourly`` rows per (tenant, model, hour).
-
-    Windowing: fixed one-hour event-time windows (UTC hours); a pane fires at
-    the watermark, optionally early every ``early_firing_seconds``, and once
-    per late turn within ``allowed_lateness_seconds``. Panes accumulate and
-    the sink upserts on (tenant_id, model, hour), so the row is always the
-    hour's full total and a replay rewrites the same values.
-    """
-
-    def __init__(self, allowed_lateness_seconds: int = 0,
-                 early_firing_seconds: typing.Optional[float] = None):
-        super().__init__()
-        if allowed_lateness_seconds < 0:
-            raise ValueError("allowed_lateness_seconds must be >= 0")
-        self._lateness = allowed_lateness_seconds
-        self._early = early_firing_seconds
-
-    def expand(self, turns):
-        return (
-            turns
-            | "KeyByTenantAndModel" >> beam.Map(
-                lambda t: ((t["tenant_id"], t["model"]),
-                           (f"{t['session_id']}\x1f{t['turn_id']}", billing_entry(t))))
-            | "HourlyWindows" >> beam.WindowInto(
-                beam_window.FixedWindows(ONE_HOUR_SECONDS),
-                trigger=_window_trigger(self._early),
-                accumulation_mode=beam_trigger.AccumulationMode.ACCUMULATING,
-                allowed_lateness=self._lateness)
-            | "CombineUsage" >> beam.CombinePerKey(_UsageCombineFn())
-            | "ToBillingRows" >> beam.ParDo(_BillingRowFn())
-        )
 
 

@@ -1,8 +1,10 @@
-"""Small client for the Flink REST API and the Prometheus reporter, for tests.
+"""What the Flink tests read from the REST API and the Prometheus reporter.
 
-How Beam metrics show up on Flink 1.19 with Beam 2.62 (portable runner) is
-written down in flink/README.md; the functions below read them the ways
-described there.
+The REST calls go through the project's client (``runners.flink_rest``,
+which deploys with them); ``FlinkRest`` adds the reads only tests and
+benchmarks need. How Beam metrics show up on Flink 1.19 with Beam 2.62
+(portable runner) is written down in flink/README.md; the functions below
+read them the ways described there.
 """
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ import typing
 import urllib.parse
 import urllib.request
 
+from runners.flink_rest import TERMINAL_STATES, FlinkRestClient, SubmitError
+
 __all__ = ["FlinkRest", "wait_for", "prometheus_samples", "metric_name"]
 
-TERMINAL_STATES = {"FINISHED", "FAILED", "CANCELED"}
 # Flink's watermark bounds (Long.MIN_VALUE / Long.MAX_VALUE) as the REST API shows them.
 MIN_WATERMARK = -(2**63)
 MAX_WATERMARK = 2**63 - 1
@@ -31,7 +34,7 @@ def wait_for(predicate: typing.Callable[[], typing.Any], timeout_s: float, what:
             value = predicate()
             if value:
                 return value
-        except (OSError, ValueError, KeyError) as e:  # server not answering yet, partial JSON
+        except (OSError, ValueError, KeyError, SubmitError) as e:  # server not answering yet, partial JSON
             last_error = e
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}" + (f" (last error: {last_error})" if last_error else ""))
@@ -48,23 +51,19 @@ def metric_name(namespace: str, name: str) -> str:
 
 
 class FlinkRest:
-    def __init__(self, base_url: str = "http://127.0.0.1:18081", timeout_s: float = 10.0):
-        self.base_url = base_url.rstrip("/")
-        self.timeout_s = timeout_s
+    """Test reads over the project's ``FlinkRestClient`` (``self.client``)."""
 
-    def _request(self, method: str, path: str) -> typing.Any:
-        req = urllib.request.Request(self.base_url + path, method=method)
-        with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-            body = resp.read()
-        return json.loads(body) if body else None
+    def __init__(self, base_url: str = "http://127.0.0.1:18081", timeout_s: float = 10.0):
+        self.client = FlinkRestClient(base_url, timeout_s=timeout_s)
+        self.base_url = self.client.base_url
 
     def get(self, path: str) -> typing.Any:
-        return self._request("GET", path)
+        return self.client.get(path)
 
     # ------------------------------------------------------------- jobs ---
 
     def jobs(self) -> typing.List[dict]:
-        return self.get("/jobs/overview")["jobs"]
+        return self.client.jobs_overview()["jobs"]
 
     def job_id_by_name(self, name: str) -> typing.Optional[str]:
         """The newest job called ``name`` (Beam passes --job_name to Flink as is)."""
@@ -74,7 +73,10 @@ class FlinkRest:
         return max(matches, key=lambda j: j["start-time"])["jid"]
 
     def job(self, jid: str) -> dict:
-        return self.get(f"/jobs/{jid}")
+        job = self.client.job(jid)
+        if job is None:
+            raise KeyError(f"Flink does not know job {jid}")
+        return job
 
     def state(self, jid: str) -> str:
         return self.job(jid)["state"]
@@ -84,8 +86,8 @@ class FlinkRest:
         return wait_for(lambda: (s := self.state(jid)) in wanted and s, timeout_s, f"job {jid} in {sorted(wanted)}")
 
     def cancel(self, jid: str) -> None:
-        if self.state(jid) not in TERMINAL_STATES:
-            self._request("PATCH", f"/jobs/{jid}?mode=cancel")
+        """Cancels ``jid`` unless it already ended."""
+        self.client.cancel_if_running(jid)
 
     def cancel_and_wait(self, jid: str, timeout_s: float = 60) -> str:
         """Cancels ``jid`` (unless it already ended) and waits until it has; returns its state."""
@@ -93,10 +95,10 @@ class FlinkRest:
         return self.wait_state(jid, TERMINAL_STATES, timeout_s)
 
     def checkpoint_counts(self, jid: str) -> dict:
-        return self.get(f"/jobs/{jid}/checkpoints")["counts"]
+        return self.client.checkpoints(jid)["counts"]
 
     def exceptions(self, jid: str) -> dict:
-        return self.get(f"/jobs/{jid}/exceptions")
+        return self.client.exceptions(jid)
 
     def watermarks_settled_at_max(self, jid: str) -> typing.Optional[bool]:
         """Whether every task's input watermark is +inf (None while some are still unset).
@@ -122,7 +124,7 @@ class FlinkRest:
                 marks = self.get(f"/jobs/{jid}/vertices/{vertex['id']}/watermarks")
                 lines.append(f"  {vertex['name'][:70]} {vertex['status']} watermarks={[m['value'] for m in marks]}")
             return "\n".join(lines)
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, SubmitError) as e:
             return f"job {jid}: no details ({e})"
 
     # ---------------------------------------------------------- metrics ---

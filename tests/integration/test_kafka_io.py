@@ -33,7 +33,6 @@ from iheard_io.kafka import _ReadFromKafkaPartitionUnboundedFn
 from iheard_io.kafka import avro_decoder
 from iheard_io.kafka import json_decoder
 from iheard_io.kafka import kafka_client_config
-from iheard_io.kafka import kafka_credentials_from_env
 from schemas.records import FailedRecord
 from schemas.records import SourceRecord
 
@@ -362,19 +361,15 @@ def test_write_to_kafka_round_trips_dead_letters(kafka_bootstrap):
     run(pipeline)
 
 
-def test_credentials_resolve_once_from_environment(monkeypatch):
-    monkeypatch.setenv("KAFKA_USER", "alice")
-    monkeypatch.setenv("KAFKA_PASSWORD", "s3cret")
+def test_credentials_are_arguments_fixed_at_construction():
     read = ReadFromKafka("127.0.0.1:1", "t", security_protocol="SASL_SSL",
-                         sasl_mechanism="SCRAM-SHA-512", ssl_cafile="/etc/ca.pem")
-    monkeypatch.delenv("KAFKA_USER")
-    monkeypatch.delenv("KAFKA_PASSWORD")
-    # Resolved at construction: later environment changes don't matter.
+                         sasl_mechanism="SCRAM-SHA-512", username="alice", password="s3cret",
+                         ssl_cafile="/etc/ca.pem")
+    # They travel with the pickled transform: workers read no environment.
     assert read._client_config["sasl_plain_username"] == "alice"
     assert read._client_config["sasl_plain_password"] == "s3cret"
     assert read._client_config["sasl_mechanism"] == "SCRAM-SHA-512"
     assert read._client_config["ssl_cafile"] == "/etc/ca.pem"
-    assert kafka_credentials_from_env("bob", "pw") == ("bob", "pw")
     with pytest.raises(ValueError):
         WriteToKafka("127.0.0.1:1", "t", security_protocol="SASL_PLAINTEXT")
     with pytest.raises(ValueError):

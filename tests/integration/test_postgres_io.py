@@ -16,9 +16,10 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that
 from apache_beam.testing.util import equal_to
 
+from beam_pipelines.options import IheardOptions
+from beam_pipelines.options import resolve_connections
 from iheard_io.postgres import WriteToPostgres
 from iheard_io.postgres import ensure_schema
-from iheard_io.postgres import postgres_dsn_from_env
 from schemas.records import FailedRecord
 from schemas.tables import failure_row
 
@@ -177,11 +178,11 @@ def test_ensure_schema_is_idempotent_under_concurrency(pg_dsn):
 
 def test_dsn_from_environment_connects(pg_dsn):
     info = psycopg.conninfo.conninfo_to_dict(pg_dsn)
-    dsn = postgres_dsn_from_env({
+    dsn = resolve_connections(IheardOptions([]), env={
         "POSTGRES_HOST": info["host"], "POSTGRES_PORT": str(info["port"]),
         "POSTGRES_USER": info["user"], "POSTGRES_PASSWORD": info.get("password", ""),
         "POSTGRES_DB": info["dbname"], "POSTGRES_SSLMODE": "disable",
-    })
+    }).postgres_dsn
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT current_database()").fetchone()[0] == info["dbname"]
     with pytest.raises(ValueError):

@@ -18,11 +18,11 @@ import pytest
 import redis
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from beam_pipelines import text_agent
+from beam_pipelines import generate, text_agent
+from iheard_io.redis_io import read_cost_today
 from schemas.text_agent import TextAgentTurn
 from tests.integration.test_kafka_io import make_topic, produce
 from transforms.parse import parse_record
-from transforms.text_agent import read_cost_today
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -31,7 +31,7 @@ SECRET = "integration-test-secret-0123456789"
 
 def _sample(tenant, seed):
     lines = []
-    for line in text_agent.sample_turns(n_sessions=25, seed=seed):
+    for line in generate.sample_turns(n_sessions=25, seed=seed):
         try:
             payload = json.loads(line)
         except ValueError:
@@ -210,7 +210,7 @@ def test_batch_job_on_flink_writes_postgres(services, flink_cluster, tmp_path):
     from tests.flink.conftest import REPO_ROOT, unique_job_name
 
     seed = uuid.uuid4().int % 1_000_000
-    lines = text_agent.sample_turns(n_sessions=15, seed=seed)
+    lines = generate.sample_turns(n_sessions=15, seed=seed)
     expected = _expected(lines)
     sessions = sorted({s for s, _ in expected})
     path = tmp_path / "turns.jsonl"

@@ -167,7 +167,7 @@ def test_no_raw_pii_reaches_any_output(run_output):
 
 
 def test_run_reports_counters(run_output):
-    from beam_pipelines.common import counter_values
+    from beam_pipelines.cli import counter_values
 
     c = counter_values(run_output["result"], "frontend")
     assert c["received"] == 9

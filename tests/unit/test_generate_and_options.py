@@ -104,9 +104,63 @@ def test_connections_read_the_seed_environment_when_flags_are_absent():
     assert conns.redis_url == "rediss://:rpw@cache.internal:6379/0"
     assert conns.kafka_security == {
         "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-256",
-        "sasl_plain_username": "ku", "sasl_plain_password": "kp",
+        "username": "ku", "password": "kp",
     }
     assert conns.pii_secret == b"s3cret"
+
+
+def test_postgres_dsn_from_environment_defaults_and_quoting():
+    # One builder (resolve_connections); iheard_io.postgres has no fallback of
+    # its own any more (it used to default to user iheard on 127.0.0.1).
+    from psycopg.conninfo import conninfo_to_dict
+
+    conns = resolve_connections(IheardOptions([]), env={
+        "POSTGRES_HOST": "db.internal", "POSTGRES_PASSWORD": "it's a secret"})
+    assert conninfo_to_dict(conns.postgres_dsn) == {
+        "host": "db.internal", "port": "5432", "user": "postgres",
+        "password": "it's a secret", "dbname": "analytics", "sslmode": "prefer"}
+    assert resolve_connections(IheardOptions([]), env={"POSTGRES_USER": "u"}).postgres_dsn is None
+
+
+def test_connectors_take_settings_as_arguments_not_from_the_environment(monkeypatch):
+    from iheard_io.kafka import ReadFromKafka, WriteToKafka
+    from iheard_io.postgres import WriteToPostgres
+
+    monkeypatch.setenv("POSTGRES_HOST", "db.internal")
+    monkeypatch.setenv("KAFKA_USER", "alice")
+    monkeypatch.setenv("KAFKA_PASSWORD", "s3cret")
+    with pytest.raises(ValueError, match="dsn is required"):
+        WriteToPostgres(None, "frontend_analytics")
+    with pytest.raises(ValueError, match="username and password"):
+        ReadFromKafka("127.0.0.1:1", "t", security_protocol="SASL_SSL")
+    with pytest.raises(ValueError, match="username and password"):
+        WriteToKafka("127.0.0.1:1", "t", security_protocol="SASL_PLAINTEXT")
+
+
+def test_kafka_tuning_config_cannot_override_validated_security():
+    from iheard_io.kafka import ReadFromKafka, WriteToKafka
+
+    with pytest.raises(ValueError, match="consumer_config may not set"):
+        ReadFromKafka("127.0.0.1:1", "t", consumer_config={"security_protocol": "SASL_SSL"})
+    with pytest.raises(ValueError, match="producer_config may not set"):
+        WriteToKafka("127.0.0.1:1", "t", producer_config={"sasl_plain_password": "x"})
+    read = ReadFromKafka("127.0.0.1:1", "t", consumer_config={"fetch_max_bytes": 1024})
+    assert read._consumer_config == {"fetch_max_bytes": 1024}
+
+
+def test_kafka_security_from_resolve_connections_reaches_the_source():
+    import apache_beam as beam
+
+    from beam_pipelines import common
+
+    opts = IheardOptions(["--kafka_bootstrap=127.0.0.1:1", "--kafka_security_protocol=SASL_SSL",
+                          "--kafka_sasl_mechanism=SCRAM-SHA-512"])
+    conns = resolve_connections(opts, env={"KAFKA_USER": "ku", "KAFKA_PASSWORD": "kp"})
+    records = common.read_source(beam.Pipeline(), conns, opts, "t", streaming=False)
+    discover = records.producer.inputs[0].producer.transform.fn
+    assert discover._client_config["sasl_plain_username"] == "ku"
+    assert discover._client_config["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert discover._consumer_config == {}
 
 
 def test_flags_win_over_environment():
@@ -120,7 +174,7 @@ def test_flags_win_over_environment():
 def test_streaming_on_the_direct_runner_is_refused_with_advice():
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from beam_pipelines.common import check_runner
+    from beam_pipelines.cli import check_runner
 
     for argv in (["--streaming"], ["--streaming", "--runner=DirectRunner"]):
         with pytest.raises(ValueError, match="profile=flink-local"):
@@ -145,12 +199,13 @@ def test_help_lists_the_project_options(capsys):
 def test_spaces_variables_fill_the_s3_options_not_given():
     from apache_beam.options.pipeline_options import PipelineOptions, S3Options
 
-    from beam_pipelines.options import apply_spaces_credentials
+    from beam_pipelines.options import apply_s3_options
 
     options = PipelineOptions(["--s3_access_key_id=flag-key"])
-    apply_spaces_credentials(options, env={
+    conns = resolve_connections(options, env={
         "SPACES_ACCESS_KEY": "env-key", "SPACES_SECRET_KEY": "env-secret",
         "SPACES_ENDPOINT": "https://nyc3.digitaloceanspaces.com"})
+    apply_s3_options(options, conns)
     s3 = options.view_as(S3Options)
     assert s3.s3_access_key_id == "flag-key"  # the flag wins
     assert s3.s3_secret_access_key == "env-secret"

@@ -69,7 +69,7 @@ def test_text_logs_and_format_choice(restore_logging, monkeypatch):
 
 
 def test_pipelines_cli_logging_goes_through_the_shared_setup(restore_logging, monkeypatch, capsys):
-    from beam_pipelines.common import configure_cli_logging
+    from beam_pipelines.cli import configure_cli_logging
 
     monkeypatch.setenv("IHEARD_LOG_FORMAT", "json")
     configure_cli_logging()

@@ -231,6 +231,18 @@ def test_redact_record_text_token_and_extra_fields():
     assert record["element_text"] == "Call me at +1 650-253-0000"  # input not mutated
 
 
+def test_frontend_fields_are_the_pipelines_and_include_element_attributes():
+    # One definition: the frontend pipeline, RedactPii's default and the chain
+    # benchmark all redact these fields.
+    import beam_pipelines.frontend  # noqa: F401 (must not define its own list)
+
+    assert not hasattr(beam_pipelines.frontend, "PII_TEXT_FIELDS")
+    out, counts = R.redact_record(
+        {"element_id": "a@b.io", "element_class": "call +1 650-253-0000"}, FRONTEND_TEXT_FIELDS)
+    assert counts == {"email": 1, "phone": 1}
+    assert "a@b.io" not in out["element_id"]
+
+
 def test_none_and_non_string_fields_untouched():
     out, counts = R.redact_record({"page_url": None, "element_text": 5}, FRONTEND_TEXT_FIELDS)
     assert out == {"page_url": None, "element_text": 5} and not counts

@@ -1,11 +1,12 @@
-"""Pure parts of ``runners.submit``: argument handling and Flink REST answer parsing.
+"""Pure parts of ``runners.submit``, ``runners.flink_rest`` and ``runners.uberjar``:
+argument handling, Flink REST answer parsing, the runner's flags.
 
 The REST answers below have the shape Flink 1.19 returns (taken from the local
 cluster's responses); the end-to-end behaviour is in tests/flink/test_submit.py.
 """
 import pytest
 
-from runners import submit
+from runners import flink_rest, submit, uberjar
 
 
 def test_split_argv_at_first_double_dash():
@@ -24,22 +25,22 @@ def test_split_argv_at_first_double_dash():
     ],
 )
 def test_normalize_master(given, expected):
-    assert submit.normalize_master(given) == expected
+    assert flink_rest.normalize_master(given) == expected
 
 
 @pytest.mark.parametrize("bad", ["", "   ", "ftp://flink:21"])
 def test_normalize_master_rejects(bad):
     with pytest.raises(ValueError):
-        submit.normalize_master(bad)
+        flink_rest.normalize_master(bad)
 
 
 def test_job_ids():
     job_id = submit.new_job_id()
-    assert submit.check_job_id(job_id) == job_id
+    assert flink_rest.check_job_id(job_id) == job_id
     assert job_id != submit.new_job_id()
     for bad in ["", "xyz", "A" * 32, "0" * 31]:
         with pytest.raises(ValueError):
-            submit.check_job_id(bad)
+            flink_rest.check_job_id(bad)
 
 
 def test_parse_pipeline_ref():
@@ -54,16 +55,16 @@ def test_parse_pipeline_ref():
 
 
 def test_flink_version_ok():
-    assert submit.flink_version_ok({"flink-version": "1.19.3"})
-    assert submit.flink_version_ok({"flink-version": "1.19"})
-    assert not submit.flink_version_ok({"flink-version": "1.20.1"})
-    assert not submit.flink_version_ok({"flink-version": "1.190.0"})
-    assert not submit.flink_version_ok({})
+    assert uberjar.flink_version_ok({"flink-version": "1.19.3"})
+    assert uberjar.flink_version_ok({"flink-version": "1.19"})
+    assert not uberjar.flink_version_ok({"flink-version": "1.20.1"})
+    assert not uberjar.flink_version_ok({"flink-version": "1.190.0"})
+    assert not uberjar.flink_version_ok({})
 
 
 def test_run_request_body():
-    assert submit.run_request_body() == {"entryClass": "org.apache.beam.runners.flink.FlinkPipelineRunner"}
-    body = submit.run_request_body(
+    assert uberjar.run_request_body() == {"entryClass": "org.apache.beam.runners.flink.FlinkPipelineRunner"}
+    body = uberjar.run_request_body(
         job_id="0" * 32, savepoint_path="s3://b/sp-1", allow_non_restored_state=True, parallelism=4
     )
     assert body == {
@@ -74,16 +75,16 @@ def test_run_request_body():
         "parallelism": 4,
     }
     with pytest.raises(ValueError):
-        submit.run_request_body(allow_non_restored_state=True)
+        uberjar.run_request_body(allow_non_restored_state=True)
     with pytest.raises(ValueError):
-        submit.run_request_body(job_id="not-hex")
+        uberjar.run_request_body(job_id="not-hex")
 
 
 def test_jar_id_from_upload():
     answer = {"filename": "/tmp/flink-web-x/flink-web-upload/1a2b_beam-pipeline.jar", "status": "success"}
-    assert submit.jar_id_from_upload(answer) == "1a2b_beam-pipeline.jar"
-    with pytest.raises(submit.SubmitError):
-        submit.jar_id_from_upload({"status": "failure"})
+    assert flink_rest.jar_id_from_upload(answer) == "1a2b_beam-pipeline.jar"
+    with pytest.raises(flink_rest.SubmitError):
+        flink_rest.jar_id_from_upload({"status": "failure"})
 
 
 def test_root_exception_prefers_history_and_keeps_python_error():
@@ -97,12 +98,12 @@ def test_root_exception_prefers_history_and_keeps_python_error():
         "root-exception": "older field",
         "exceptionHistory": {"entries": [{"exceptionName": "java.lang.RuntimeException", "stacktrace": stack}]},
     }
-    text = submit.root_exception(answer, max_lines=5)
+    text = flink_rest.root_exception(answer, max_lines=5)
     assert text.splitlines()[0] == "java.lang.RuntimeException: Error received from SDK harness"
     assert "ValueError: boom [while running 'Explode']" in text
     assert "Frame39" not in text
-    assert submit.root_exception({"root-exception": "java.io.IOException: x"}) == "java.io.IOException: x"
-    assert submit.root_exception({"exceptionHistory": {"entries": []}, "root-exception": None}) is None
+    assert flink_rest.root_exception({"root-exception": "java.io.IOException: x"}) == "java.io.IOException: x"
+    assert flink_rest.root_exception({"exceptionHistory": {"entries": []}, "root-exception": None}) is None
 
 
 def test_blocking_failure_skips_missing_slots_only():
@@ -110,25 +111,25 @@ def test_blocking_failure_skips_missing_slots_only():
                 "scheduler.NoResourceAvailableException: Could not acquire the minimum required resources."}
     python_error = {"stacktrace": "java.lang.RuntimeException: Error received from SDK harness\nValueError: boom"}
     only_slots = {"exceptionHistory": {"entries": [no_slots, no_slots]}}
-    assert submit.blocking_failure(only_slots) is None
-    assert "NoResourceAvailableException" in submit.root_exception(only_slots)
+    assert flink_rest.blocking_failure(only_slots) is None
+    assert "NoResourceAvailableException" in flink_rest.root_exception(only_slots)
     # A code failure counts even when a slot shortage was recorded after it.
     mixed = {"exceptionHistory": {"entries": [no_slots, python_error]}}
-    assert "ValueError: boom" in submit.blocking_failure(mixed)
-    assert submit.blocking_failure({"exceptionHistory": {"entries": []}}) is None
-    assert submit.blocking_failure({"root-exception": "java.io.IOException: disk"}) == "java.io.IOException: disk"
+    assert "ValueError: boom" in flink_rest.blocking_failure(mixed)
+    assert flink_rest.blocking_failure({"exceptionHistory": {"entries": []}}) is None
+    assert flink_rest.blocking_failure({"root-exception": "java.io.IOException: disk"}) == "java.io.IOException: disk"
 
 
 def test_savepoint_outcome():
-    assert submit.savepoint_outcome({"status": {"id": "IN_PROGRESS"}}) is None
+    assert flink_rest.savepoint_outcome({"status": {"id": "IN_PROGRESS"}}) is None
     done = {"status": {"id": "COMPLETED"}, "operation": {"location": "file:/sp/savepoint-1"}}
-    assert submit.savepoint_outcome(done) == "file:/sp/savepoint-1"
+    assert flink_rest.savepoint_outcome(done) == "file:/sp/savepoint-1"
     failed = {
         "status": {"id": "COMPLETED"},
         "operation": {"failure-cause": {"class": "x", "stack-trace": "CheckpointException: not all tasks running"}},
     }
-    with pytest.raises(submit.SubmitError, match="not all tasks running"):
-        submit.savepoint_outcome(failed)
+    with pytest.raises(flink_rest.SubmitError, match="not all tasks running"):
+        flink_rest.savepoint_outcome(failed)
 
 
 def _job(state, *statuses):
@@ -136,17 +137,17 @@ def _job(state, *statuses):
 
 
 def test_job_progress():
-    deploying = submit.JobProgress.from_job(_job("RUNNING", "RUNNING", "DEPLOYING"))
+    deploying = flink_rest.JobProgress.from_job(_job("RUNNING", "RUNNING", "DEPLOYING"))
     assert not deploying.all_running and not deploying.failed
-    running = submit.JobProgress.from_job(_job("RUNNING", "RUNNING", "FINISHED"))
+    running = flink_rest.JobProgress.from_job(_job("RUNNING", "RUNNING", "FINISHED"))
     assert running.all_running and not running.terminal
     # Restarting alone is not failed: the recorded exception decides (blocking_failure).
-    restarting = submit.JobProgress.from_job(_job("RESTARTING", "CANCELED"))
+    restarting = flink_rest.JobProgress.from_job(_job("RESTARTING", "CANCELED"))
     assert not restarting.failed and not restarting.terminal and not restarting.all_running
-    assert submit.JobProgress.from_job(_job("FAILING", "FAILED")).failed
-    finished = submit.JobProgress.from_job(_job("FINISHED", "FINISHED"))
+    assert flink_rest.JobProgress.from_job(_job("FAILING", "FAILED")).failed
+    finished = flink_rest.JobProgress.from_job(_job("FINISHED", "FINISHED"))
     assert finished.terminal and not finished.failed
-    assert not submit.JobProgress.from_job(_job("RUNNING")).all_running
+    assert not flink_rest.JobProgress.from_job(_job("RUNNING")).all_running
 
 
 def test_running_jobs_named():
@@ -158,12 +159,12 @@ def test_running_jobs_named():
             {"jid": "d", "name": "iheard-frontend", "state": "RESTARTING"},
         ]
     }
-    assert submit.running_jobs_named(overview, "iheard-frontend") == ["a", "d"]
-    assert submit.running_jobs_named({"jobs": []}, "x") == []
+    assert flink_rest.running_jobs_named(overview, "iheard-frontend") == ["a", "d"]
+    assert flink_rest.running_jobs_named({"jobs": []}, "x") == []
 
 
 def test_pipeline_argv_appends_imposed_flags_last():
-    argv = submit.pipeline_argv(
+    argv = uberjar.pipeline_argv(
         ["--runner=DirectRunner", "--streaming"],
         "http://flink:8081",
         "/jars/js.jar",
@@ -173,7 +174,7 @@ def test_pipeline_argv_appends_imposed_flags_last():
     )
     assert argv[:2] == ["--runner=DirectRunner", "--streaming"]
     assert argv[2:] == [
-        "--runner=runners.submit.FlinkUberJarRunner",
+        "--runner=runners.uberjar.FlinkUberJarRunner",
         "--flink_master=http://flink:8081",
         "--flink_version=1.19",
         "--flink_submit_uber_jar",
@@ -186,7 +187,7 @@ def test_pipeline_argv_appends_imposed_flags_last():
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
     # argparse keeps the last value: the imposed runner wins.
-    assert PipelineOptions(argv).view_as(StandardOptions).runner == "runners.submit.FlinkUberJarRunner"
+    assert PipelineOptions(argv).view_as(StandardOptions).runner == "runners.uberjar.FlinkUberJarRunner"
 
 
 def test_parse_args():
@@ -221,8 +222,8 @@ def test_parse_args_needs_a_master(monkeypatch):
 
 
 def test_main_reports_unreachable_cluster(capsys, monkeypatch):
-    monkeypatch.setattr(submit, "GET_ATTEMPTS", 2)
-    monkeypatch.setattr(submit, "GET_RETRY_DELAY_S", 0.01)
+    monkeypatch.setattr(flink_rest, "GET_ATTEMPTS", 2)
+    monkeypatch.setattr(flink_rest, "GET_RETRY_DELAY_S", 0.01)
     assert submit.main(["list", "--flink_master=http://127.0.0.1:9"]) == 1
     assert "runners.submit:" in capsys.readouterr().err
 
@@ -231,7 +232,7 @@ def test_runner_class_resolves_by_name():
     from apache_beam.runners.portability.flink_runner import FlinkRunner
     from apache_beam.runners.runner import create_runner
 
-    runner = create_runner("runners.submit.FlinkUberJarRunner")
+    runner = create_runner("runners.uberjar.FlinkUberJarRunner")
     assert isinstance(runner, FlinkRunner)
 
 
@@ -253,7 +254,7 @@ def test_artifact_server_wrapper_binds_loopback_only():
 
     import grpc
 
-    server = submit._LoopbackOnlyServer(grpc.server(futures.ThreadPoolExecutor(max_workers=1)))
+    server = uberjar._LoopbackOnlyServer(grpc.server(futures.ThreadPoolExecutor(max_workers=1)))
     port = server.add_insecure_port("[::]:0")  # what Beam asks for
     server.start()
     try:

@@ -11,6 +11,7 @@ from beam_pipelines import restate_costs, text_agent
 from schemas.records import SourceRecord
 from tests.unit.conftest import SECRET, fn_api_runner
 from transforms.text_agent_pricing import load_price_book
+from transforms.text_agent_restate import restate_turn
 
 UTC = dt.timezone.utc
 
@@ -34,12 +35,12 @@ def test_restate_turn_prices_under_the_named_version():
               "model": "o1-mini", "tokens_in": 1_000_000, "tokens_out": 100_000,
               "cached_tokens_in": 0, "estimated_cost_usd": 4.2,
               "price_book_version": "2024.10", "timestamp_ms": 1_730_000_000_000}
-    row = restate_costs.restate_turn(record, load_price_book(), "2025.02", "now")
+    row = restate_turn(record, load_price_book(), "2025.02", "now")
     # 2025.02 o1-mini: 1e6 * 1.10 / 1e6 + 1e5 * 4.40 / 1e6 = 1.10 + 0.44 = 1.54
     assert row["restated_cost_usd"] == 1.54
     assert row["difference_usd"] == pytest.approx(1.54 - 4.2)
     assert row["original_price_book_version"] == "2024.10"
-    unknown = restate_costs.restate_turn(dict(record, model="acme-llm"), load_price_book(),
+    unknown = restate_turn(dict(record, model="acme-llm"), load_price_book(),
                                          "2025.02", "now")
     assert unknown["restated_cost_usd"] is None and unknown["difference_usd"] is None
 
@@ -93,3 +94,47 @@ def test_restatement_job_over_the_archive(tmp_path):
     # the original rows are untouched
     assert originals[0] == 4 and float(originals[1]) == pytest.approx(0.06)
     assert originals[2] == "2024.10"
+
+
+RANGE = ["--from=2025-01-20", "--to=2025-01-21", "--price_book_version=2025.02"]
+
+
+def test_restatement_runs_like_every_pipeline(monkeypatch):
+    """One wiring: cli.run_job with --profile expanded, the archive as the
+    source; run_job's runner check refuses a streaming DirectRunner run."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    calls = {}
+
+    def fake_run_job(options, pipeline_name, source, build, runner=None):
+        calls.update(options=options, name=pipeline_name, source=source, build=build)
+
+    with monkeypatch.context() as m:
+        m.setattr(restate_costs.cli, "run_job", fake_run_job)
+        restate_costs.run(["--profile=direct", *RANGE])
+    assert calls["name"] == restate_costs.PIPELINE
+    assert calls["source"] is restate_costs.read_archived_turns
+    assert calls["build"] is restate_costs.build_pipeline
+    assert calls["options"].view_as(StandardOptions).runner.endswith("FnApiRunner")
+    with pytest.raises(ValueError, match="profile=flink-local"):
+        restate_costs.run(["--streaming", *RANGE])
+    with pytest.raises(SystemExit, match="--price_book_version"):
+        restate_costs.run(["--from=2025-01-20", "--to=2025-01-21"])
+
+
+def test_restatement_gets_the_spaces_credentials(monkeypatch, tmp_path):
+    """An s3:// archive needs Beam's S3 options; run_job fills them from the
+    Spaces variables, as for the streaming pipelines."""
+    from apache_beam.options.pipeline_options import S3Options
+
+    seen = {}
+
+    def source(pipeline, conns, opts, streaming):
+        seen["s3"] = opts.view_as(S3Options).s3_access_key_id
+        return pipeline | beam.Create([])
+
+    monkeypatch.setenv("SPACES_ACCESS_KEY", "spaces-key")
+    monkeypatch.setattr(restate_costs, "read_archived_turns", source)
+    restate_costs.run([f"--output_dir={tmp_path}", f"--pii_secret={SECRET.decode()}", *RANGE],
+                      runner=fn_api_runner())
+    assert seen["s3"] == "spaces-key"

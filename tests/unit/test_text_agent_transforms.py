@@ -17,14 +17,12 @@ from schemas.records import SourceRecord
 from schemas.text_agent import TextAgentTurn
 from tests.unit.conftest import SECRET, fn_api_runner
 from transforms.parse import parse_record
-from transforms.text_agent import (
+from transforms.text_agent import EnrichTurns, TurnEnricher, redact_turn
+from transforms.text_agent_aggregates import (
     AggregateBillingHourly,
     AggregateConversations,
-    EnrichTurns,
-    TurnEnricher,
-    redact_turn,
-    summarise_conversation,
     conversation_entry,
+    summarise_conversation,
 )
 from transforms.pii import PiiRedactor
 
@@ -193,9 +191,7 @@ def test_summarise_conversation_slope():
     entries = {r["turn_id"]: conversation_entry(r) for r in rows}
     # Patch compounds -0.5, 0.0, 0.5: slope = sum((i-1)*(y-0))/sum((i-1)^2) = 1.0/2 = 0.5
     for key, value in zip(sorted(entries), (-0.5, 0.0, 0.5)):
-        e = list(entries[key])
-        e[5] = value
-        entries[key] = tuple(e)
+        entries[key] = entries[key]._replace(user_sentiment_compound=value)
     summary = summarise_conversation(entries)
     assert summary["sentiment_slope"] == 0.5 and summary["sentiment_trend"] == 1.0
     assert summary["sentiment_mean"] == 0.0
@@ -303,7 +299,7 @@ def test_late_turn_restates_conversation_and_billing_panes():
 
 
 def test_daily_cost_state_fields_are_per_model_and_hour():
-    from transforms.text_agent import daily_cost_state
+    from iheard_io.redis_io import daily_cost_state
 
     row = {"tenant_id": "acme", "model": "gpt-4o", "hour": "2025-03-03T11:00:00+00:00",
            "estimated_cost_usd": 0.0123, "turns": 4}

@@ -1,0 +1,173 @@
+"""Running a pipeline module and its command line, the same for every pipeline.
+
+Each runnable module (``beam_pipelines.frontend``, ``beam_pipelines.text_agent``,
+``beam_pipelines.restate_costs``) has the same short ``run``::
+
+    options = cli.parse_options(argv, prog, description)   # --help, --profile
+    return cli.run_job(options, PIPELINE, source, build_pipeline)
+
+and ``run_job`` does the rest: runner check, connections (the only place the
+environment is read, ``beam_pipelines.options.resolve_connections``), Spaces
+credentials, table creation, ``source`` -> ``build`` (chain, shared sinks,
+dead letters), run, wait, summary. ``beam_pipelines.common`` holds the
+shared sources and sinks the pipelines wire.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import typing
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions, S3Options, StandardOptions
+
+from beam_pipelines import common
+from beam_pipelines.options import (
+    Connections,
+    IheardOptions,
+    apply_s3_options,
+    batched_hot_path,
+    resolve_connections,
+)
+from monitoring.logs import configure_logging
+from runners.profiles import expand_argv
+
+__all__ = [
+    "run_job",
+    "parse_options",
+    "check_runner",
+    "exit_with_help_if_asked",
+    "configure_cli_logging",
+    "summary",
+    "counter_values",
+]
+
+_LOG = logging.getLogger(__name__)
+
+
+def counter_values(result, namespace: str) -> typing.Dict[str, int]:
+    """Committed (else attempted) counter values of one namespace, by name."""
+    values: typing.Dict[str, int] = {}
+    try:
+        counters = result.metrics().query(MetricsFilter().with_namespace(namespace))["counters"]
+    except Exception as exc:  # some runners cannot report metrics
+        _LOG.warning("metrics unavailable: %s", exc)
+        return values
+    for counter in counters:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        values[counter.key.metric.name] = values.get(counter.key.metric.name, 0) + (value or 0)
+    return values
+
+
+def summary(result, conns: Connections, pipeline: str) -> str:
+    """A short human summary of one run: counts and where the outputs are."""
+    c = counter_values(result, pipeline)
+    lines = [
+        f"[{pipeline}] state={result.state}",
+        f"  events in: {c.get('received', 0)}  valid: {c.get('valid', 0)}  "
+        f"failed (dead letters): {c.get('dead_letters', 0)}  "
+        f"duplicates dropped: {c.get('duplicates_dropped', 0)}  "
+        f"session panes: {c.get('session_panes', 0)}",
+    ]
+    pii = {k: v for k, v in sorted(c.items()) if k.startswith("pii_")}
+    if pii:
+        lines.append("  PII redacted: " + ", ".join(f"{k[4:]}={v}" for k, v in pii.items()))
+    if conns.postgres_dsn:
+        lines.append("  tables: PostgreSQL (" + _redact_dsn(conns.postgres_dsn) + ")")
+    else:
+        lines.append(f"  tables: DuckDB file {conns.embedded_db}")
+    lines.append(f"  archive: {conns.archive_path}")
+    if conns.redis_url:
+        lines.append("  live state: Redis")
+    return "\n".join(lines)
+
+
+def _redact_dsn(dsn: str) -> str:
+    dsn = re.sub(r"password=\S+", "password=***", dsn)
+    return re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", dsn)
+
+
+def check_runner(options) -> None:
+    """Refuses a combination that would hang or fail obscurely.
+
+    Beam 2.62's DirectRunner hands streaming pipelines to the Prism runner,
+    which downloads a binary from the internet at run time: offline that
+    fails, and on a network that drops packets it hangs. A streaming job
+    belongs on Flink (``--profile=flink-local``); a bounded Kafka backfill
+    runs fine on the DirectRunner without ``--streaming``.
+    """
+    std = options.view_as(StandardOptions)
+    runner = std.runner
+    name = runner if isinstance(runner, str) or runner is None else type(runner).__name__
+    if std.streaming and name in (None, "DirectRunner", "SwitchingDirectRunner"):
+        raise ValueError(
+            "--streaming on the DirectRunner would start Beam's Prism runner, which "
+            "downloads a binary at run time; run streaming jobs on Flink "
+            "(--profile=flink-local) or drop --streaming for a bounded run "
+            "(--kafka_mode=bounded)."
+        )
+
+
+def run_job(options: PipelineOptions, pipeline_name: str, source, build, runner=None,
+            batches: bool = False):
+    """Runs one pipeline module's job, the same way for every pipeline.
+
+    Refuses a runner combination that cannot work (``check_runner``),
+    resolves connections (flags, then the environment) and sets the Spaces
+    credentials on Beam's S3 options, creates the tables, then builds::
+
+        records = source(pipeline, conns, opts, streaming)
+        build(pipeline, records, conns, opts, streaming)   # chain, sinks, dead letters
+
+    ``batches``: the pipeline has a batched hot path; when this run takes it
+    (``batched_hot_path``: streaming Kafka, ``--hot_path=batched``), both are
+    called with ``batched=True`` (transforms/batches.py).
+
+    It runs, waits, and prints ``summary``. ``options`` are expanded already
+    (``parse_options``); ``runner`` (a runner instance) overrides ``--runner``
+    (tests name theirs). Returns the PipelineResult."""
+    check_runner(options)
+    streaming = bool(options.view_as(StandardOptions).streaming)
+    opts = options.view_as(IheardOptions)
+    conns = resolve_connections(options)
+    apply_s3_options(options, conns)
+    common.prepare_sinks(conns)
+    pipeline = beam.Pipeline(runner=runner, options=options)
+    extra = {"batched": True} if batches and batched_hot_path(opts, streaming) else {}
+    records = source(pipeline, conns, opts, streaming, **extra)
+    build(pipeline, records, conns, opts, streaming, **extra)
+    result = pipeline.run()
+    result.wait_until_finish()
+    print(summary(result, conns, pipeline_name), flush=True)
+    return result
+
+
+def parse_options(argv: typing.Sequence[str], prog: str, description: str,
+                  *option_classes) -> PipelineOptions:
+    """``--help`` (prints and exits), then ``--profile`` expansion, then Beam's
+    parsing: the command line of every pipeline module."""
+    argv = list(argv)
+    exit_with_help_if_asked(argv, prog, description, *option_classes)
+    return PipelineOptions(expand_argv(argv))
+
+
+def exit_with_help_if_asked(argv, prog: str, description: str, *option_classes) -> None:
+    """``--help``/``-h``: prints the project's options (and the Beam ones most
+    used with them), then exits. Beam's own parser would list only ``-h``."""
+    if "--help" not in argv and "-h" not in argv:
+        return
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    for options_class in (IheardOptions, *option_classes, StandardOptions, S3Options):
+        options_class._add_argparse_args(parser)
+    parser.print_help()
+    raise SystemExit(0)
+
+
+def configure_cli_logging() -> None:
+    """INFO for the project's own messages; Beam's per-step INFO chatter (type
+    hint conversions, state cache sizes ...) only from WARNING up. One JSON
+    object per line, or plain text on a terminal or with
+    ``IHEARD_LOG_FORMAT=text`` (monitoring/logs.py)."""
+    configure_logging()
