@@ -268,10 +268,10 @@ def main(argv=None) -> int:
             )
 
         tm_pids = _taskmanager_pids()
-        cpu_pids = tm_pids + [proc.pid]
 
-        def cpu_now() -> float:
-            return sum(_cpu_seconds(pid) for pid in cpu_pids)
+        def cpu_now() -> typing.Tuple[float, float]:
+            """(TaskManager CPU-s, Python worker CPU-s)."""
+            return sum(_cpu_seconds(pid) for pid in tm_pids), _cpu_seconds(proc.pid)
 
         conn = psycopg.connect(dsn, autocommit=True)
         row_samples: typing.List[typing.Tuple[float, int]] = []
@@ -311,10 +311,13 @@ def main(argv=None) -> int:
             print(f"sustained: {sustained:,.0f} events/s "
                   f"(first to last row {drained_at - first_row_at:.1f} s; "
                   f"{args.events / (drained_at - running):,.0f} events/s counting from tasks running)", flush=True)
-            cpu_s = cpu_at_last_change - cpu_at_first_row
+            tm_s = cpu_at_last_change[0] - cpu_at_first_row[0]
+            worker_s = cpu_at_last_change[1] - cpu_at_first_row[1]
+            cpu_s = tm_s + worker_s
             if cpu_s > 0:
                 print(f"events per CPU-second (TaskManager + Python worker, first to last row): "
-                      f"{args.events / cpu_s:,.0f} ({cpu_s:.1f} CPU-s)", flush=True)
+                      f"{args.events / cpu_s:,.0f} ({cpu_s:.1f} CPU-s: TaskManager {tm_s:.1f}, "
+                      f"worker {worker_s:.1f})", flush=True)
             tenth = max(1, expected_rows // 10)
             first = _rate_between(row_samples, 1, tenth)
             last = _rate_between(row_samples, expected_rows - tenth, expected_rows)

@@ -31,6 +31,19 @@ is already past its time + TTL) is emitted again. That is acceptable because
 every sink upserts on ``event_id``: dedupe here saves work and keeps session
 counts right in the common case, it is not the only line of defence.
 
+Batched path (``batched=True``, the streaming Kafka jobs' default): lists of
+events are split by ``bucket_key`` = (time slice of the event time, crc32 of
+the id % buckets); one bag of id lists, one small version value and ONE timer
+per (slice, bucket) key, at slice end + TTL, where the whole key is dropped.
+Slices are TTL / 24 long, so an id is remembered from its first occurrence
+until the watermark passes its slice's end + TTL: at least the TTL, at most
+TTL * 25 / 24. Within that a duplicate is dropped, exactly as above; after it
+the copy is emitted again and the sinks' upserts absorb it. State holds the
+ids of at most 25 slices per bucket, so it is bounded by the TTL whatever the
+job's age, and a batch touches one key per (slice, bucket) it contains: with
+16 buckets a 500-event poll costs about 16 state reads and writes instead of
+500 reads, 500 writes and 500 timers.
+
 Worked timeline (ttl_seconds = 3600, times in event time)::
 
     e1 id=A t=10:00  -> emitted, state[A]=seen, timer[A]=11:00

@@ -93,42 +93,44 @@ class SessionBook:
     """The session windows of one bucket, with Beam's merging and firing rules.
 
     Pure (no Beam): ``add`` folds events in and returns the LATE panes they
-    fire; ``fire(watermark_us)`` returns the ON_TIME panes due and drops
+    fire; ``fire(watermark_ms)`` returns the ON_TIME panes due and drops
     expired windows. A pane is ``(session_id, window)``; ``changed`` collects
     the session ids whose windows changed since it was last emptied.
-    Times: event times and window bounds in ms; deadlines and watermarks in
-    microseconds, as Beam compares a window's max timestamp (end - 1 us).
+    Times in milliseconds, as the runner's watermark on Flink: a window's
+    max timestamp is its end - 1 ms (Beam Java's ``IntervalWindow``); a
+    deadline in finer units would be truncated by the runner, and a timer
+    would fire before the deadline it was set for.
     """
 
     def __init__(self, gap_ms: int, lateness_ms: int):
         self.gap_ms = gap_ms
-        self.lateness_us = lateness_ms * 1000
+        self.lateness_ms = lateness_ms
         self.sessions: typing.Dict[str, list] = {}
-        self.watermark_us = -(2 ** 62)
+        self.watermark_ms = -(2 ** 62)
         self.changed: typing.Set[str] = set()
-        self._deadlines: list = []  # heap of (deadline_us, kind, session_id, start_ms)
+        self._deadlines: list = []  # heap of (deadline_ms, kind, session_id, start_ms)
 
     @staticmethod
-    def _max_us(end_ms: int) -> int:
-        return end_ms * 1000 - 1
+    def _max_ms(end_ms: int) -> int:
+        return end_ms - 1
 
     def _schedule(self, session_id: str, window: list) -> None:
         if window[_FIRED]:
-            deadline = self._max_us(window[_END]) + self.lateness_us
+            deadline = self._max_ms(window[_END]) + self.lateness_ms
             heapq.heappush(self._deadlines, (deadline, _GC, session_id, window[_START]))
         else:
             heapq.heappush(self._deadlines,
-                           (self._max_us(window[_END]), _FIRE, session_id, window[_START]))
+                           (self._max_ms(window[_END]), _FIRE, session_id, window[_START]))
 
-    def load(self, sessions: typing.Dict[str, list], watermark_us: int) -> None:
+    def load(self, sessions: typing.Dict[str, list], watermark_ms: int) -> None:
         self.sessions = sessions
-        self.watermark_us = watermark_us
+        self.watermark_ms = watermark_ms
         self._deadlines = []
         for session_id, windows in sessions.items():
             for window in windows:
                 self._schedule(session_id, window)
 
-    def next_deadline_us(self) -> typing.Optional[int]:
+    def next_deadline_ms(self) -> typing.Optional[int]:
         while self._deadlines:
             deadline, kind, session_id, start = self._deadlines[0]
             if self._current(deadline, kind, session_id, start) is not None:
@@ -139,7 +141,7 @@ class SessionBook:
     def _current(self, deadline, kind, session_id, start):
         for window in self.sessions.get(session_id, ()):
             if window[_START] == start and bool(window[_FIRED]) == (kind == _GC):
-                expected = self._max_us(window[_END]) + (self.lateness_us if kind == _GC else 0)
+                expected = self._max_ms(window[_END]) + (self.lateness_ms if kind == _GC else 0)
                 return window if expected == deadline else None
         return None
 
@@ -149,7 +151,7 @@ class SessionBook:
         if ts is None:
             return [], False
         start, end = ts, ts + self.gap_ms
-        if self._max_us(end) + self.lateness_us < self.watermark_us:
+        if self._max_ms(end) + self.lateness_ms < self.watermark_ms:
             return [], False  # its own window is already expired: too late
         acc = add_event(new_accumulator(), event)
         windows = self.sessions.setdefault(session_id, [])
@@ -180,12 +182,12 @@ class SessionBook:
         self._schedule(session_id, window)
         return [], True
 
-    def fire(self, watermark_us: int) -> typing.List[tuple]:
+    def fire(self, watermark_ms: int) -> typing.List[tuple]:
         """ON_TIME panes of windows whose end the watermark passed; drops the
         windows whose end + allowed lateness it passed."""
-        self.watermark_us = max(self.watermark_us, watermark_us)
+        self.watermark_ms = max(self.watermark_ms, watermark_ms)
         panes = []
-        while self._deadlines and self._deadlines[0][0] <= watermark_us:
+        while self._deadlines and self._deadlines[0][0] <= watermark_ms:
             deadline, kind, session_id, start = heapq.heappop(self._deadlines)
             window = self._current(deadline, kind, session_id, start)
             if window is None:
@@ -219,7 +221,7 @@ class _SessionizeFn(beam.DoFn):
     """``(bucket, [session fields])`` -> session rows; see the module docstring."""
 
     LOG = BagStateSpec("log", PickleCoder())
-    META = ReadModifyWriteStateSpec("meta", PickleCoder())  # (version, watermark_us, log_len)
+    META = ReadModifyWriteStateSpec("meta", PickleCoder())  # (version, watermark_ms, log_len)
     DEADLINE = TimerSpec("deadline", TimeDomain.WATERMARK)
 
     def __init__(self, gap_seconds: int, lateness_seconds: int, namespace: str):
@@ -243,9 +245,9 @@ class _SessionizeFn(beam.DoFn):
             return entry
         book = SessionBook(self._gap_ms, self._lateness_ms)
         sessions: typing.Dict[str, list] = {}
-        watermark_us, log_len = -(2 ** 62), 0
+        watermark_ms, log_len = -(2 ** 62), 0
         if durable is not None:
-            _, watermark_us, log_len = durable
+            _, watermark_ms, log_len = durable
             for changes in log.read():
                 # A private copy: the SDK's state cache may hold these objects.
                 changes = pickle.loads(pickle.dumps(changes, pickle.HIGHEST_PROTOCOL))
@@ -254,7 +256,7 @@ class _SessionizeFn(beam.DoFn):
                         sessions[session_id] = windows
                     else:
                         sessions.pop(session_id, None)
-        book.load(sessions, watermark_us)
+        book.load(sessions, watermark_ms)
         entry = [None if durable is None else durable[0], book, log_len, None]
         self._books[key] = entry
         return entry
@@ -273,10 +275,10 @@ class _SessionizeFn(beam.DoFn):
                 log.add(changes)
                 entry[2] += 1
             entry[0] = random.getrandbits(62) + 1
-            meta.write((entry[0], book.watermark_us, entry[2]))
-        due = book.next_deadline_us()
+            meta.write((entry[0], book.watermark_ms, entry[2]))
+        due = book.next_deadline_ms()
         if due is not None and due != entry[3]:
-            deadline.set(Timestamp(micros=due))
+            deadline.set(Timestamp(micros=due * 1000))
             entry[3] = due
 
     def _emit(self, panes):
@@ -307,7 +309,7 @@ class _SessionizeFn(beam.DoFn):
                     deadline=beam.DoFn.TimerParam(DEADLINE)):
         entry = self._book(key, log, meta)
         entry[3] = None  # this timer is spent
-        panes = entry[1].fire(fired_at.micros)
+        panes = entry[1].fire(fired_at.micros // 1000)
         self._save(entry, log, meta, deadline)
         yield from self._emit(panes)
 

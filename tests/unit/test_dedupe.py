@@ -94,3 +94,117 @@ def test_ttl_expiry_on_watermark_streaming():
 def test_rejects_bad_ttl():
     with pytest.raises(ValueError):
         DedupeEvents(ttl_seconds=0)
+
+
+# --- batched path ------------------------------------------------------------------
+class _Value:
+    def __init__(self):
+        self.value = None
+
+    def read(self):
+        return self.value
+
+    def write(self, value):
+        self.value = value
+
+    def clear(self):
+        self.value = None
+
+
+def _events(*ids, t_ms=1_705_314_600_000):
+    return [{"event_id": i, "timestamp_ms": t_ms, "n": n} for n, i in enumerate(ids)]
+
+
+def _batch_fn(ttl_seconds=3600):
+    from transforms.dedupe import _DedupeBatchFn, _event_id, slice_ms_for
+
+    fn = _DedupeBatchFn(_event_id, ttl_seconds, slice_ms_for(ttl_seconds), "test")
+    fn.setup()
+    return fn
+
+
+T_MS = 1_705_314_600_000
+
+
+def _key():
+    from transforms.dedupe import bucket_key, slice_ms_for
+
+    return bucket_key("A", T_MS, 1, slice_ms_for(3600))
+
+
+def _ids(outputs):
+    return [e["event_id"] for out in outputs for e in out.value]
+
+
+def test_batch_fn_drops_duplicates_within_and_across_batches_one_timer_per_key():
+    from transforms.dedupe import slice_ms_for
+
+    fn = _batch_fn()
+    bag, version, timer = _Bag(), _Value(), _Timer()
+    first = list(fn.process((_key(), _events("A", "B", "A")), ids=bag, version=version, expiry=timer))
+    second = list(fn.process((_key(), _events("B", "C")), ids=bag, version=version, expiry=timer))
+    assert _ids(first) == ["A", "B"] and _ids(second) == ["C"]
+    # One timer for the key, at its slice's end + TTL; one bag entry per batch.
+    slice_ms = slice_ms_for(3600)
+    start = 1_705_314_600_000 - 1_705_314_600_000 % slice_ms
+    assert timer.set_to == [Timestamp(micros=(start + slice_ms + 3_600_000) * 1000)]
+    assert bag.items == [["A", "B"], ["C"]]
+    # The output list keeps the oldest event's time.
+    assert first[0].timestamp == Timestamp(1_705_314_600)
+
+
+def test_batch_fn_rebuilds_from_state_when_the_version_differs():
+    """A restore (or a failed bundle) leaves the durable state behind the
+    instance's memory: the set is rebuilt from the bag, so an id whose write
+    was rolled back is emitted again (never lost), a durable one is still a
+    duplicate."""
+    fn = _batch_fn()
+    bag, version, timer = _Bag(), _Value(), _Timer()
+    list(fn.process((_key(), _events("A")), ids=bag, version=version, expiry=timer))
+    durable_bag, durable_version = list(bag.items), version.value
+    list(fn.process((_key(), _events("B")), ids=bag, version=version, expiry=timer))
+    bag.items, version.value = durable_bag, durable_version  # B's bundle rolled back
+    again = list(fn.process((_key(), _events("A", "B")), ids=bag, version=version, expiry=timer))
+    assert _ids(again) == ["B"]
+    fresh = _batch_fn()  # another worker after a restore
+    assert list(fresh.process((_key(), _events("A", "B")), ids=bag, version=version, expiry=timer)) == []
+
+
+def test_batch_fn_expiry_forgets_the_key():
+    fn = _batch_fn()
+    bag, version, timer = _Bag(), _Value(), _Timer()
+    list(fn.process((_key(), _events("A")), ids=bag, version=version, expiry=timer))
+    fn.expire(key=_key(), ids=bag, version=version)
+    assert bag.items == [] and version.value is None
+    assert _ids(fn.process((_key(), _events("A")), ids=bag, version=version, expiry=timer)) == ["A"]
+
+
+def test_batched_ttl_expiry_on_watermark_streaming():
+    """ttl 240 s -> slices of 10 s. A@100 s kept, its copy dropped; the key
+    (slice [100, 110)) expires when the watermark passes 110 + 240 = 350: a
+    copy after watermark 340 is still dropped, one after 360 is emitted."""
+    from transforms.dedupe import DEFAULT_BUCKETS
+
+    options = PipelineOptions()
+    options.view_as(StandardOptions).streaming = True
+
+    def batch(*pairs):
+        return [TimestampedValue([{"event_id": i, "timestamp_ms": 100_000, "n": n} for i, n in pairs], 100)]
+
+    stream = (
+        BeamTestStream()
+        .add_elements(batch(("A", 1), ("A", 2)))
+        .advance_watermark_to(340)
+        .add_elements(batch(("A", 3), ("B", 4)))
+        .advance_watermark_to(360)
+        .add_elements(batch(("A", 5), ("B", 6)))
+        .advance_watermark_to_infinity()
+    )
+    with BeamTestPipeline(runner="BundleBasedDirectRunner", options=options) as p:
+        out = p | stream | DedupeEvents(ttl_seconds=240, batched=True, buckets=DEFAULT_BUCKETS)
+        assert_that(out | beam.FlatMap(lambda b: [e["n"] for e in b]), equal_to([1, 4, 5, 6]))
+
+
+def test_batched_needs_streaming():
+    with pytest.raises(ValueError):
+        DedupeEvents(batched=True, streaming=False)

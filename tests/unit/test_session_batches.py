@@ -18,8 +18,8 @@ GAP_MS = 1800 * 1000
 HOUR_MS = 3600 * 1000
 
 
-def _us(minute):
-    return (T0 + minute * 60) * 1_000_000
+def _ms(minute):
+    return (T0 + minute * 60) * 1000
 
 
 def _brief(pane):
@@ -33,12 +33,12 @@ def test_book_follows_the_sessions_timeline():
     book = SessionBook(GAP_MS, HOUR_MS)
     for e in [ev(0), ev(10, "widget_open"), ev(25, "user_message"), ev(40, session="s2", user="u2")]:
         assert book.add(e["session_id"], e) == ([], True)
-    assert book.next_deadline_us() == _us(55) - 1  # s1's window [10:00, 10:55)
-    assert [_brief(p) for p in book.fire(_us(56))] == [("s1", 0, 3, 0, "user_message", 1500.0)]
+    assert book.next_deadline_ms() == _ms(55) - 1  # s1's window [10:00, 10:55)
+    assert [_brief(p) for p in book.fire(_ms(56))] == [("s1", 0, 3, 0, "user_message", 1500.0)]
     late, kept = book.add("s1", ev(20, "conversion"))
     assert kept and [_brief(p) for p in late] == [("s1", 1, 4, 1, "conversion", 1500.0)]
     # 11:56: s2 fires on time, s1 is past 10:55 + 1 h and is dropped.
-    assert [_brief(p) for p in book.fire(_us(116))] == [("s2", 0, 1, 0, "page_view", 0.0)]
+    assert [_brief(p) for p in book.fire(_ms(116))] == [("s2", 0, 1, 0, "page_view", 0.0)]
     assert "s1" not in book.sessions
     assert book.add("s1", ev(5)) == ([], False)  # too late: [10:05, 10:35) + 1 h < 11:56
 
@@ -46,11 +46,11 @@ def test_book_follows_the_sessions_timeline():
 def test_book_late_event_extending_a_fired_window_opens_a_new_one():
     book = SessionBook(GAP_MS, HOUR_MS)
     book.add("s1", ev(0))
-    book.fire(_us(31))  # [10:00, 10:30) fired
+    book.fire(_ms(31))  # [10:00, 10:30) fired
     late, kept = book.add("s1", ev(20))  # extends the window to 10:50: new window, pane 0
     assert kept and late == []
-    assert book.next_deadline_us() == _us(50) - 1
-    assert [_brief(p) for p in book.fire(_us(51))] == [("s1", 0, 2, 0, "page_view", 1200.0)]
+    assert book.next_deadline_ms() == _ms(50) - 1
+    assert [_brief(p) for p in book.fire(_ms(51))] == [("s1", 0, 2, 0, "page_view", 1200.0)]
 
 
 def test_book_bridging_event_merges_two_sessions():
@@ -145,3 +145,15 @@ def test_timeline_rows_equal_on_both_paths(batched):
 def test_constructor_checks(gap, lateness, buckets):
     with pytest.raises(ValueError):
         AggregateSessionBatches(gap_seconds=gap, allowed_lateness_seconds=lateness, buckets=buckets)
+
+
+def test_book_fires_at_its_own_deadline_in_whole_milliseconds():
+    """A runner keeps watermarks and timers in milliseconds (Flink): a timer set
+    for a deadline must find that deadline due when it fires. (With microsecond
+    deadlines of end - 1 us the timer fired at the truncated millisecond, found
+    nothing due and re-armed itself forever.)"""
+    book = SessionBook(GAP_MS, HOUR_MS)
+    book.add("s1", ev(0))
+    due = book.next_deadline_ms()
+    assert due == _ms(30) - 1
+    assert [_brief(p) for p in book.fire(due)] == [("s1", 0, 1, 0, "page_view", 0.0)]
