@@ -105,6 +105,8 @@ class IheardOptions(PipelineOptions):
             "--dead_letter_topic",
             help="Also publish dead letters to this Kafka topic (needs --kafka_bootstrap).",
         )
+        for name, variable, text in _SNOWFLAKE_FLAGS:
+            sink.add_argument(f"--snowflake_{name}", help=f"{text} Default: env {variable}.")
         sink.add_argument(
             "--output_dir",
             default="output",
@@ -160,6 +162,19 @@ class IheardOptions(PipelineOptions):
 
 HOT_PATHS = ("batched", "per_event")
 
+# Snowflake loading (optional): flag suffix, the seed's variable, help text.
+# Configured when an account is given (flag or variable).
+_SNOWFLAKE_FLAGS = (
+    ("account", "SNOWFLAKE_ACCOUNT", "Snowflake account identifier; enables loading "
+     "FRONTEND_EVENTS / AGENT_TURNS."),
+    ("user", "SNOWFLAKE_USER", "Snowflake user."),
+    ("password", "SNOWFLAKE_PASSWORD", "Snowflake password (prefer the variable)."),
+    ("database", "SNOWFLAKE_DATABASE", "Snowflake database (must exist)."),
+    ("schema", "SNOWFLAKE_SCHEMA", "Snowflake schema (must exist; PUBLIC if unset)."),
+    ("warehouse", "SNOWFLAKE_WAREHOUSE", "Snowflake virtual warehouse."),
+    ("role", "SNOWFLAKE_ROLE", "Snowflake role (the user's default if unset)."),
+)
+
 
 def batched_hot_path(opts, streaming: bool) -> bool:
     """Whether this run carries lists of events: a streaming Kafka source with
@@ -181,6 +196,7 @@ class Connections:
     dead_letter_topic: typing.Optional[str]
     pii_secret: bytes
     kafka_security: typing.Mapping[str, typing.Any]
+    snowflake: typing.Optional[typing.Any] = None  # iheard_io.snowflake.SnowflakeSettings
 
 
 def _postgres_dsn_from_env(env) -> typing.Optional[str]:
@@ -206,6 +222,21 @@ def _redis_url_from_env(env) -> typing.Optional[str]:
     password = env.get("REDIS_PASSWORD")
     auth = f":{password}@" if password else ""
     return f"{scheme}://{auth}{host}:{env.get('REDIS_PORT', '6379')}/0"
+
+
+def _snowflake_settings(opts, env):
+    values = {name: getattr(opts, f"snowflake_{name}", None) or env.get(variable)
+              for name, variable, _ in _SNOWFLAKE_FLAGS}
+    if not values["account"]:
+        return None
+    missing = [f"--snowflake_{n} / {v}" for n, v, _ in _SNOWFLAKE_FLAGS
+               if n in ("user", "database") and not values[n]]
+    if missing:
+        raise ValueError("Snowflake account given but not " + ", ".join(missing))
+    from iheard_io.snowflake import SnowflakeSettings
+
+    values["schema"] = values["schema"] or "PUBLIC"
+    return SnowflakeSettings(**values)
 
 
 def resolve_connections(opts: IheardOptions, env=None) -> Connections:
@@ -238,6 +269,7 @@ def resolve_connections(opts: IheardOptions, env=None) -> Connections:
         dead_letter_topic=opts.dead_letter_topic,
         pii_secret=secret.encode("utf-8"),
         kafka_security=security,
+        snowflake=_snowflake_settings(opts, env),
     )
 
 
