@@ -2,7 +2,7 @@
 
 Configuration enters here once: every connection setting is a flag, and the
 seed's environment variables (``KAFKA_USER``, ``POSTGRES_HOST``, ``REDIS_HOST``,
-``SPACES_ACCESS_KEY`` ...) are read only by ``resolve_connections`` when a flag
+``SPACES_ACCESS_KEY``, ``SNOWFLAKE_ACCOUNT`` ...) are read only by ``resolve_connections`` when a flag
 is absent. DoFns never read options or the environment themselves.
 
 With no connection flag at all a pipeline writes to embedded defaults: a DuckDB
