@@ -50,6 +50,9 @@ from iheard_io.embedded import close_embedded
 from iheard_io.snowflake import SnowflakeSettings
 from schemas.warehouse import snowflake_query
 
+# fakesnow notes each Arrow result copy; nothing to act on here.
+pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
+
 fakesnow = pytest.importorskip("fakesnow")
 
 SF_ARGS = [

@@ -29,6 +29,9 @@ from schemas.warehouse import (
     warehouse_table_for,
 )
 
+# fakesnow notes each Arrow result copy; nothing to act on here.
+pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
+
 T0_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 SETTINGS = SnowflakeSettings(account="fake_acct", user="loader", password="pw",
                              database="IHEARDAI_ANALYTICS", schema="EVENTS",
