@@ -45,6 +45,9 @@ REQUIRED = [
     "prometheus-client>=0.20",
     "structlog>=24.1",
     "aiohttp>=3.9",  # the load-test tool's HTTP client (collector/loadtest.py)
+    # Snowflake loading (iheard_io.snowflake), used only when configured.
+    # 5.x needs protobuf 6, which apache-beam 2.62 refuses.
+    "snowflake-connector-python>=3.12,<5",
 ]
 
 TEST = [
@@ -53,6 +56,7 @@ TEST = [
     "moto[server]>=5.0",
     "boto3>=1.28",
     "httpx>=0.27",  # starlette's TestClient
+    "fakesnow>=0.12",  # in-process Snowflake emulator (tests of iheard_io.snowflake)
 ]
 
 PACKAGES = [
@@ -75,7 +79,7 @@ setuptools.setup(
     packages=PACKAGES,
     package_dir={"iheard_io": "io"},
     package_data={
-        "schemas": ["avro/*.avsc", "sql/*.sql"],
+        "schemas": ["avro/*.avsc", "sql/*.sql", "sql/snowflake/*.sql"],
         "beam_pipelines": ["sample_data/*"],
         "transforms": ["data/*"],
         "collector": ["demo/*"],

@@ -79,6 +79,9 @@ def summary(result, conns: Connections, pipeline: str) -> str:
     else:
         lines.append(f"  tables: DuckDB file {conns.embedded_db}")
     lines.append(f"  archive: {conns.archive_path}")
+    if conns.snowflake is not None:
+        sf = conns.snowflake
+        lines.append(f"  warehouse: Snowflake ({sf.account}, {sf.database}.{sf.schema})")
     if conns.redis_url:
         lines.append("  live state: Redis")
     return "\n".join(lines)

@@ -7,6 +7,7 @@ reads and writes the same way (running a job and its command line are in
 
 - source: ``--input`` file pattern (JSONL) or Kafka (bounded or streaming);
 - SQL rows: PostgreSQL when configured, else the embedded DuckDB file;
+- warehouse rows: Snowflake too, when configured (``write_warehouse_rows``);
 - dead letters: the ``failed_events`` table, plus a Kafka topic if asked.
 """
 from __future__ import annotations
@@ -38,6 +39,7 @@ __all__ = [
     "event_source",
     "read_source",
     "write_rows",
+    "write_warehouse_rows",
     "write_dead_letters",
     "kafka_decoder",
     "prepare_sinks",
@@ -120,6 +122,27 @@ def write_rows(
     )
 
 
+def write_warehouse_rows(
+    rows: beam.PCollection, table: str, conns: Connections, pipeline: str,
+    streaming: bool = False, batched: bool = False,
+) -> typing.List[beam.PCollection]:
+    """Also merges ``table``'s rows into its Snowflake table
+    (schemas/warehouse.py) when Snowflake is configured; returns the rejected
+    rows as ``FailedRecord`` collections (none when it is not)."""
+    if conns.snowflake is None:
+        return []
+    from iheard_io.snowflake import WriteToSnowflake
+    from schemas.warehouse import warehouse_table_for
+
+    target = warehouse_table_for(table)
+    if target is None:
+        raise ValueError(f"no Snowflake table is fed by {table!r}")
+    return [rows | f"WriteToSnowflake[{target.name}]" >> WriteToSnowflake(
+        conns.snowflake, target.name, pipeline=pipeline, reshuffle=not streaming,
+        batched=batched,
+    )]
+
+
 def write_dead_letters(
     failed: typing.Sequence[beam.PCollection], conns: Connections, pipeline: str
 ) -> None:
@@ -174,6 +197,10 @@ def prepare_sinks(conns: Connections) -> None:
         # DuckDB locks the file per process: release it for the workers,
         # which may run in another process (e.g. a Flink worker pool).
         close_embedded(conns.embedded_db)
+    if conns.snowflake is not None:
+        from iheard_io.snowflake import ensure_snowflake_schema
+
+        ensure_snowflake_schema(conns.snowflake)
     if "://" not in conns.archive_path:
         os.makedirs(conns.archive_path, exist_ok=True)
 

@@ -21,6 +21,7 @@ The chain (every step labelled as it appears in the Flink dashboard)::
         |-> WriteToPostgres[frontend_analytics] (or WriteToEmbeddedDb)
         |-> ArchiveEvents (Avro, source=frontend/date=/hour=)
         |-> WriteLiveKpis (Redis, when configured)
+        |-> WriteToSnowflake[FRONTEND_EVENTS] (when configured)
         '-> AggregateSessions -> frontend_sessions table (+ WriteSessionState)
     every failed output -> FlattenFailures -> failed_events (+ dead-letter topic)
 
@@ -112,6 +113,8 @@ def build_pipeline(
             events, conns, PIPELINE, load_schema("frontend_enriched_v1"), streaming, batched
         ),
     ]
+    failures.extend(common.write_warehouse_rows(
+        events, "frontend_analytics", conns, PIPELINE, streaming, batched))
     if conns.redis_url:
         failures.extend(common.write_live_state(events, sessions, conns, PIPELINE, batched))
     common.write_dead_letters(failures, conns, PIPELINE)

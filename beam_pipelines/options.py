@@ -2,8 +2,8 @@
 
 Configuration enters here once: every connection setting is a flag, and the
 seed's environment variables (``KAFKA_USER``, ``POSTGRES_HOST``, ``REDIS_HOST``,
-``SPACES_ACCESS_KEY`` ...) are read only by ``resolve_connections`` when a flag
-is absent. Connectors (``iheard_io``) take every setting as an argument and
+``SPACES_ACCESS_KEY``, ``SNOWFLAKE_ACCOUNT`` ...) are read only by
+``resolve_connections`` when a flag is absent. Connectors (``iheard_io``) take every setting as an argument and
 have no environment fallbacks; DoFns never read options or the environment.
 
 With no connection flag at all a pipeline writes to embedded defaults: a DuckDB
@@ -106,6 +106,8 @@ class IheardOptions(PipelineOptions):
             "--dead_letter_topic",
             help="Also publish dead letters to this Kafka topic (needs --kafka_bootstrap).",
         )
+        for name, variable, text in _SNOWFLAKE_FLAGS:
+            sink.add_argument(f"--snowflake_{name}", help=f"{text} Default: env {variable}.")
         sink.add_argument(
             "--output_dir",
             default="output",
@@ -161,6 +163,19 @@ class IheardOptions(PipelineOptions):
 
 HOT_PATHS = ("batched", "per_event")
 
+# Snowflake loading (optional): flag suffix, the seed's variable, help text.
+# Configured when an account is given (flag or variable).
+_SNOWFLAKE_FLAGS = (
+    ("account", "SNOWFLAKE_ACCOUNT", "Snowflake account identifier; enables loading "
+     "FRONTEND_EVENTS / AGENT_TURNS."),
+    ("user", "SNOWFLAKE_USER", "Snowflake user."),
+    ("password", "SNOWFLAKE_PASSWORD", "Snowflake password (prefer the variable)."),
+    ("database", "SNOWFLAKE_DATABASE", "Snowflake database (must exist)."),
+    ("schema", "SNOWFLAKE_SCHEMA", "Snowflake schema (must exist; PUBLIC if unset)."),
+    ("warehouse", "SNOWFLAKE_WAREHOUSE", "Snowflake virtual warehouse."),
+    ("role", "SNOWFLAKE_ROLE", "Snowflake role (the user's default if unset)."),
+)
+
 
 def batched_hot_path(opts, streaming: bool) -> bool:
     """Whether this run carries lists of events: a streaming Kafka source with
@@ -187,6 +202,7 @@ class Connections:
     # Beam S3Options (s3_access_key_id ...) that the flags left empty, filled
     # from the Spaces variables; ``apply_s3_options`` sets them.
     s3_options: typing.Mapping[str, str] = dataclasses.field(default_factory=dict)
+    snowflake: typing.Optional[typing.Any] = None  # iheard_io.snowflake.SnowflakeSettings
 
 
 def _postgres_dsn_from_env(env) -> typing.Optional[str]:
@@ -218,6 +234,21 @@ def _redis_url_from_env(env) -> typing.Optional[str]:
     password = env.get("REDIS_PASSWORD")
     auth = f":{password}@" if password else ""
     return f"{scheme}://{auth}{host}:{env.get('REDIS_PORT', '6379')}/0"
+
+
+def _snowflake_settings(opts, env):
+    values = {name: getattr(opts, f"snowflake_{name}", None) or env.get(variable)
+              for name, variable, _ in _SNOWFLAKE_FLAGS}
+    if not values["account"]:
+        return None
+    missing = [f"--snowflake_{n} / {v}" for n, v, _ in _SNOWFLAKE_FLAGS
+               if n in ("user", "database") and not values[n]]
+    if missing:
+        raise ValueError("Snowflake account given but not " + ", ".join(missing))
+    from iheard_io.snowflake import SnowflakeSettings
+
+    values["schema"] = values["schema"] or "PUBLIC"
+    return SnowflakeSettings(**values)
 
 
 def resolve_connections(opts: PipelineOptions, env=None) -> Connections:
@@ -255,6 +286,7 @@ def resolve_connections(opts: PipelineOptions, env=None) -> Connections:
         pii_secret=secret.encode("utf-8"),
         kafka_security=security,
         s3_options=_s3_options_from_env(opts, env),
+        snowflake=_snowflake_settings(opts, env),
     )
 
 

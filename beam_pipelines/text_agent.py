@@ -23,6 +23,7 @@ The chain (every step labelled as it appears in the Flink dashboard)::
 
     ReadJsonLines | ReadFromKafka -> ParseTurns -> DedupeTurns -> EnrichTurns (PII first)
         |-> WriteToPostgres[agent_turns]        (or WriteToEmbeddedDb[agent_turns])
+        |-> WriteToSnowflake[AGENT_TURNS]       (when configured)
         |-> ToArchiveRecords -> ArchiveTurns (Avro, source=text_agent/date=/hour=)
         |-> AggregateConversations -> agent_conversations (+ WriteConversationState)
         '-> AggregateBillingHourly -> agent_billing_hourly (+ WriteCostToday)
@@ -128,6 +129,7 @@ def build_pipeline(
             turns | "ToArchiveRecords" >> beam.Map(archive_record), conns, PIPELINE,
             load_schema("agent_turn_v1"), streaming, label="ArchiveTurns"),
     ]
+    failures.extend(common.write_warehouse_rows(turns, "agent_turns", conns, PIPELINE, streaming))
     if conns.redis_url:
         failures.extend(_write_live_state(conversations, billing, conns))
     common.write_dead_letters(failures, conns, PIPELINE)
