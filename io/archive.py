@@ -63,7 +63,7 @@ from schemas.records import FailedRecord
 from schemas.records import failed_from_event
 from schemas.tables import to_utc_datetime
 
-__all__ = ["WriteToArchive", "archive_path", "window_id"]
+__all__ = ["WriteToArchive", "archive_path", "window_id", "container_bytes"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -166,21 +166,101 @@ class _KeyByPartitionFn(beam.DoFn):
 
 
 class _KeyBatchByPartitionFn(_KeyByPartitionFn):
-    """A list of records -> one ``(partition key, [(sort key, record), ...])``
-    per partition the list touches."""
+    """A list of records -> one ``(partition key, [(sort key, Avro bytes), ...])``
+    per partition the list touches.
+
+    Records are Avro-encoded here, before the GroupByKey: the runner then
+    shuffles and buffers compact bytes instead of pickled dicts (on Flink the
+    buffered window contents live in RocksDB until the window fires), and a
+    record the schema rejects becomes a dead letter at once."""
+
+    def __init__(self, shards, timestamp_fn, sort_key_fn, pipeline, schema):
+        super().__init__(shards, timestamp_fn, sort_key_fn, pipeline)
+        self._schema = schema
+        self._parsed = None
+
+    def setup(self):
+        import fastavro
+
+        self._parsed = fastavro.parse_schema(self._schema)
 
     def process(self, records, timestamp=beam.DoFn.TimestampParam,
                 window=beam.DoFn.WindowParam):
+        import fastavro
+
         groups: typing.Dict[tuple, list] = {}
+        buf = io.BytesIO()
         for record in records:
             try:
-                key, value = self._key(record, timestamp, window)
+                key, (sort_key, _) = self._key(record, timestamp, window)
+                buf.seek(0)
+                buf.truncate()
+                try:
+                    fastavro.schemaless_writer(buf, self._parsed, record)
+                except Exception:  # pylint: disable=broad-except
+                    _check_encodes(record, self._parsed)  # raises the validator's message
+                    raise
             except Exception as exc:  # pylint: disable=broad-except
                 self._failed.inc()
                 yield beam.pvalue.TaggedOutput(self.FAILED, _failure(record, exc, self._pipeline))
                 continue
-            groups.setdefault(key, []).append(value)
+            groups.setdefault(key, []).append((sort_key, buf.getvalue()))
         yield from groups.items()
+
+
+def _zigzag_varint(value: int) -> bytes:
+    """An Avro ``long``."""
+    n = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while n & ~0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+# Uncompressed bytes per block of a container written from encoded records.
+_BLOCK_BYTES = 64 * 1024
+
+
+def container_bytes(schema, codec: str, sync_marker: bytes,
+                    encoded_records: typing.Iterable[bytes]) -> bytes:
+    """An Avro object container file (the format ``fastavro.writer`` writes)
+    from records already encoded with the schema, in the given order.
+    ``codec``: ``null`` or ``deflate``."""
+    import zlib
+
+    if codec not in ("null", "deflate"):
+        raise ValueError(f"codec must be 'null' or 'deflate', got {codec!r}")
+    out = io.BytesIO()
+    out.write(b"Obj\x01")
+    if isinstance(schema, dict):  # fastavro's parse_schema adds private keys
+        schema = {k: v for k, v in schema.items() if not k.startswith("__")}
+    meta = {"avro.schema": json.dumps(schema).encode(), "avro.codec": codec.encode()}
+    out.write(_zigzag_varint(len(meta)))
+    for key, value in meta.items():
+        out.write(_zigzag_varint(len(key)) + key.encode())
+        out.write(_zigzag_varint(len(value)) + value)
+    out.write(_zigzag_varint(0))
+    out.write(sync_marker)
+
+    def flush(block, count):
+        data = b"".join(block)
+        if codec == "deflate":
+            compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
+            data = compressor.compress(data) + compressor.flush()
+        out.write(_zigzag_varint(count) + _zigzag_varint(len(data)) + data + sync_marker)
+
+    block, size = [], 0
+    for encoded in encoded_records:
+        block.append(encoded)
+        size += len(encoded)
+        if size >= _BLOCK_BYTES:
+            flush(block, len(block))
+            block, size = [], 0
+    if block:
+        flush(block, len(block))
+    return out.getvalue()
 
 
 def _split_by_window(window_ms: int):
@@ -239,11 +319,20 @@ class _WriteAvroFileFn(beam.DoFn):
 
     def process(self, keyed, pane=beam.DoFn.PaneInfoParam):
         (date, hour, shard, window), values = keyed
-        if self._batched:
-            values = [value for group in values for value in group]
         key = _PartitionKey(date, hour, shard, window,
                             pane.index if pane is not None and pane.index else 0)
         path = archive_path(self._base_path, self._source, key, self._shards)
+        if self._batched:
+            # Encoded before the shuffle: sort key, then bytes, fix the order.
+            encoded = sorted(value for group in values for value in group)
+            data = container_bytes(self._schema, self._codec,
+                                   hashlib.md5(path.encode()).digest(), (e for _, e in encoded))
+            with self._create(path) as handle:
+                handle.write(data)
+            self._files.inc()
+            self._records.inc(len(encoded))
+            yield path
+            return
         ordered = _deterministic_order(values)
         records = [record for _, record in ordered]
         try:
@@ -336,8 +425,9 @@ class WriteToArchive(beam.PTransform):
       pipeline: written into dead letters.
       batched: each element is a list of records with ``timestamp_ms``
         (transforms/batches.py; needs ``window_seconds``): lists are split
-        per window and per partition, so the files hold the same records
-        as with one element per record.
+        per window and per partition, and each record is Avro-encoded before
+        the shuffle (``container_bytes`` assembles the files), so the files
+        hold the same records as with one element per record.
     """
 
     def __init__(
@@ -357,6 +447,8 @@ class WriteToArchive(beam.PTransform):
         super().__init__()
         if batched and window_seconds is None:
             raise ValueError("batched input needs window_seconds (streaming archive windows)")
+        if batched and codec not in ("null", "deflate"):
+            raise ValueError("batched archiving writes the 'null' or 'deflate' codec")
         if not base_path:
             raise ValueError("base_path is required")
         if not source or "/" in source or "=" in source:
@@ -400,10 +492,14 @@ class WriteToArchive(beam.PTransform):
             # Session windows would be merged per (partition) key after the
             # keys were computed from unmerged windows: archive them whole.
             records = records | "RewindowForArchive" >> beam.WindowInto(beam_window.GlobalWindows())
-        key_fn_class = _KeyBatchByPartitionFn if self._batched else _KeyByPartitionFn
-        keyed = records | "KeyByPartition" >> beam.ParDo(key_fn_class(
-            self._shards, self._timestamp_fn, self._sort_key_fn,
-            self._pipeline)).with_outputs(_KeyByPartitionFn.FAILED, main="keyed")
+        if self._batched:
+            key_fn = _KeyBatchByPartitionFn(self._shards, self._timestamp_fn, self._sort_key_fn,
+                                            self._pipeline, self._schema)
+        else:
+            key_fn = _KeyByPartitionFn(self._shards, self._timestamp_fn, self._sort_key_fn,
+                                       self._pipeline)
+        keyed = records | "KeyByPartition" >> beam.ParDo(key_fn).with_outputs(
+            _KeyByPartitionFn.FAILED, main="keyed")
         written = (
             keyed.keyed
             | "GroupByPartition" >> beam.GroupByKey()
