@@ -171,7 +171,10 @@ def _log_unwritable(failed) -> None:
 
 def prepare_sinks(conns: Connections) -> None:
     """Creates tables (and the local archive folder) before the job starts, so
-    workers never race to run DDL."""
+    workers never race to run DDL. A server that refuses our credentials or
+    TLS settings stops the run here, with a clear error, before any worker
+    starts retrying; one that is merely down is left to the workers' retries."""
+    check_connections(conns)
     if conns.postgres_dsn:
         from iheard_io.postgres import ensure_schema
 
@@ -187,6 +190,37 @@ def prepare_sinks(conns: Connections) -> None:
         import os
 
         os.makedirs(conns.archive_path, exist_ok=True)
+
+
+def check_connections(conns: Connections) -> None:
+    """Raises ``KafkaConnectionRefused`` / ``RedisConnectionRefused`` when
+    Kafka or Redis refuse the configured credentials or TLS (PostgreSQL does
+    so in ``ensure_schema``); only warns when they do not answer at all."""
+    checks = []
+    if conns.kafka_bootstrap:
+        from iheard_io.kafka import check_kafka_connection
+
+        checks.append(lambda: check_kafka_connection(
+            {"bootstrap_servers": conns.kafka_bootstrap, **conns.kafka_security}))
+    if conns.redis_url:
+        from iheard_io.redis_io import check_redis_connection
+
+        kwargs = {"password_file": conns.redis_password_file} if conns.redis_password_file else None
+        checks.append(lambda: check_redis_connection(conns.redis_url, kwargs))
+    for check in checks:
+        try:
+            check()
+        except (PermissionError,) + _refusals():
+            raise
+        except ConnectionError as exc:
+            _LOG.warning("%s (the job starts anyway and retries)", exc)
+
+
+def _refusals():
+    from iheard_io.kafka import KafkaConnectionRefused
+    from iheard_io.redis_io import RedisConnectionRefused
+
+    return (KafkaConnectionRefused, RedisConnectionRefused)
 
 
 def archive_records(
@@ -225,9 +259,11 @@ def write_live_state(
 
     return [
         events | "WriteLiveKpis" >> WriteLiveKpis(
-            conns.redis_url, pipeline=pipeline, batched=batched),
+            conns.redis_url, pipeline=pipeline, batched=batched,
+            password_file=conns.redis_password_file),
         sessions | "WriteSessionState" >> WriteSessionState(
-            conns.redis_url, key_prefix=f"iheard:{pipeline}:session:", pipeline=pipeline
+            conns.redis_url, key_prefix=f"iheard:{pipeline}:session:", pipeline=pipeline,
+            password_file=conns.redis_password_file,
         ),
     ]
 

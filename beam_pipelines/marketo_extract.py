@@ -249,7 +249,8 @@ def _make_publisher(conns, opts, mopts):
         config = kafka_client_config(
             conns.kafka_bootstrap, security.get("security_protocol", "PLAINTEXT"),
             security.get("sasl_mechanism"), security.get("sasl_plain_username"),
-            security.get("sasl_plain_password"))
+            security.get("sasl_plain_password"), security.get("ssl_cafile"),
+            security.get("sasl_plain_password_file"))
         return KafkaDeltaPublisher(config, opts.kafka_topic or MARKETO_TOPIC,
                                    conns.dead_letter_topic or "pipeline_dead_letter")
     if mopts.output_jsonl:

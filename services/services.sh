@@ -120,7 +120,7 @@ svc_signatures() {
     redis) echo "$(svc_dir redis)/redis.conf" ;;
     # moto's command line names no file of ours, so start_s3 adds one as
     # an (ignored) interpreter option.
-    s3) echo "-X iheard_service=$(svc_dir s3) -m moto.server" ;;
+    s3) echo "-X iheard_service=$(svc_dir s3) $( ((SECURE)) && echo "$SERVICES_DIR/s3/signed_server.py" || echo "-m moto.server")" ;;
   esac
 }
 
@@ -267,6 +267,10 @@ ensure_tls_and_secrets() {
   for name in kafka_admin_password kafka_password postgres_password redis_password; do
     make_secret "$name"
   done
+  # The PostgreSQL password as a pgpass file: a DSN with passfile= carries
+  # only this path (libpq reads it where the client runs).
+  (umask 077 && printf '%s:%s:*:%s:%s\n' "$HOST" "$PG_PORT" "$PG_USER" "$(secret postgres_password)" \
+    >"$SECRETS_DIR/pgpass")
 }
 
 # --- installing -------------------------------------------------------------
@@ -632,8 +636,10 @@ start_s3() {
     # (ready_s3) has spent the unsigned requests. A new server has no users:
     # its key is made again.
     rm -f "$(s3_credentials_file)"
+    # signed_server.py: moto.server with a fix to its signature check.
     INITIAL_NO_AUTH_ACTION_COUNT=$S3_BOOTSTRAP_ACTIONS spawn s3 "$PYTHON" -X iheard_service="$(svc_dir s3)" \
-      -m moto.server -H "$HOST" -p "$S3_PORT" --ssl-cert "$TLS_DIR/server.pem" --ssl-key "$TLS_DIR/server.key"
+      "$SERVICES_DIR/s3/signed_server.py" -H "$HOST" -p "$S3_PORT" \
+      --ssl-cert "$TLS_DIR/server.pem" --ssl-key "$TLS_DIR/server.key"
   else
     spawn s3 "$PYTHON" -X iheard_service="$(svc_dir s3)" -m moto.server -H "$HOST" -p "$S3_PORT"
   fi
@@ -798,10 +804,17 @@ cmd_env() {
       [REDIS_URL]="rediss://:$redis_password@$HOST:$REDIS_PORT/0?ssl_ca_certs=$ca"
       [S3_ENDPOINT_URL]="$(s3_endpoint)"
       [S3_CA_BUNDLE]="$ca"
+      [SPACES_ENDPOINT]="$(s3_endpoint)"
+      [SPACES_REGION]="$S3_REGION"
+      [SPACES_CA_BUNDLE]="$ca"
       [SPACES_ACCESS_KEY]="$s3_key"
       [SPACES_SECRET_KEY]="$s3_secret"
       [IHEARD_SECRETS_DIR]="$SECRETS_DIR"
+      [IHEARD_SECURE_HOME]="$IHEARD_HOME"
     )
+    # Not IHEARD_HOME: a shell that evals this must not point a later plain
+    # `services.sh up` at the secure set's directories.
+    unset 'settings[IHEARD_HOME]'
   fi
   # Shell-quoted, so `eval "$(services.sh env)"` is safe for any IHEARD_HOME.
   for name in $(printf '%s\n' "${!settings[@]}" | sort); do
