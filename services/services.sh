@@ -589,10 +589,10 @@ tls-auth-clients no
 requirepass $(secret redis_password)
 EOF
   else
-    echo "port $REDIS_PORT" >>"$dir/redis.conf"
+    printf '%s\n' "# Written by services/services.sh on every start; edit the script, not this." \
+      "port $REDIS_PORT" >>"$dir/redis.conf"
   fi
   cat >>"$dir/redis.conf" <<EOF
-# Written by services/services.sh on every start; edit the script, not this.
 bind $HOST
 protected-mode yes
 daemonize no
