@@ -118,7 +118,8 @@ def test_postgres_dsn_from_environment_defaults_and_quoting():
         "POSTGRES_HOST": "db.internal", "POSTGRES_PASSWORD": "it's a secret"})
     assert conninfo_to_dict(conns.postgres_dsn) == {
         "host": "db.internal", "port": "5432", "user": "postgres",
-        "password": "it's a secret", "dbname": "analytics", "sslmode": "prefer"}
+        "password": "it's a secret", "dbname": "analytics", "sslmode": "prefer",
+        "connect_timeout": "10"}
     assert resolve_connections(IheardOptions([]), env={"POSTGRES_USER": "u"}).postgres_dsn is None
 
 
