@@ -213,9 +213,12 @@ class Connections:
     # ssl_cafile, and for SASL sasl_mechanism, username, and password or
     # password_file (a path the workers read the password from).
     kafka_security: typing.Mapping[str, typing.Any]
-    # Beam S3Options (s3_access_key_id ...) that the flags left empty, filled
-    # from the Spaces variables; ``apply_s3_options`` sets them.
+    # Beam S3Options (endpoint, region, CA bundle) that the flags left empty,
+    # filled from the Spaces variables; ``apply_s3_options`` sets them.
     s3_options: typing.Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # boto3's AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY from the Spaces keys:
+    # handed to workers through the environment, never as pipeline options.
+    s3_credentials: typing.Mapping[str, str] = dataclasses.field(default_factory=dict)
     snowflake: typing.Optional[typing.Any] = None  # iheard_io.snowflake.SnowflakeSettings
     # A file the workers read the Redis password from (REDIS_PASSWORD_FILE).
     redis_password_file: typing.Optional[str] = None
@@ -330,20 +333,27 @@ def resolve_connections(opts: PipelineOptions, env=None) -> Connections:
         pii_secret=secret.encode("utf-8"),
         kafka_security=security,
         s3_options=_s3_options_from_env(opts, env),
+        s3_credentials=_s3_credentials_from_env(opts, env),
         snowflake=_snowflake_settings(opts, env),
         redis_password_file=env.get("REDIS_PASSWORD_FILE") if redis_url and not opts.redis_url else None,
     )
 
 
 # Beam's S3 options <- the design document's DigitalOcean Spaces variables.
+# Only settings that are not secret become pipeline options: every pipeline
+# option is shown in the Flink dashboard's job configuration.
 _SPACES_ENV = (
-    ("s3_access_key_id", "SPACES_ACCESS_KEY"),
-    ("s3_secret_access_key", "SPACES_SECRET_KEY"),
     ("s3_endpoint_url", "SPACES_ENDPOINT"),
     ("s3_region_name", "SPACES_REGION"),
     # A CA bundle for an https endpoint with a private CA.
     ("s3_verify", "SPACES_CA_BUNDLE"),
 )
+# The keys go to boto3's own variables instead (see ``apply_s3_options``).
+_SPACES_CREDENTIALS_ENV = (
+    ("AWS_ACCESS_KEY_ID", "SPACES_ACCESS_KEY"),
+    ("AWS_SECRET_ACCESS_KEY", "SPACES_SECRET_KEY"),
+)
+_SECRET_S3_OPTIONS = ("s3_secret_access_key", "s3_session_token")
 
 
 def _s3_options_from_env(options: PipelineOptions, env) -> typing.Dict[str, str]:
@@ -354,14 +364,49 @@ def _s3_options_from_env(options: PipelineOptions, env) -> typing.Dict[str, str]
             if not getattr(s3, option, None) and env.get(variable)}
 
 
-def apply_s3_options(options: PipelineOptions, conns: Connections) -> None:
-    """Sets Beam's ``--s3_*`` options that the flags left empty to the values
-    ``resolve_connections`` took from the Spaces variables (Spaces speaks the
-    S3 API), so an ``s3://`` archive works with the same variables the rest of
-    the platform uses, and the values reach the workers with the options."""
+def _s3_credentials_from_env(options: PipelineOptions, env) -> typing.Dict[str, str]:
     from apache_beam.options.pipeline_options import S3Options
 
+    s3 = options.view_as(S3Options)
+    if s3.s3_access_key_id or s3.s3_secret_access_key:
+        return {}  # keys given as flags win (and are visible: see apply_s3_options)
+    return {name: env[variable] for name, variable in _SPACES_CREDENTIALS_ENV if env.get(variable)}
+
+
+def apply_s3_options(options: PipelineOptions, conns: Connections, environ=None) -> None:
+    """Gives Beam's S3 filesystem (boto3) what ``resolve_connections`` took
+    from the Spaces variables (Spaces speaks the S3 API), so an ``s3://``
+    archive works with the variables the rest of the platform uses.
+
+    Endpoint, region and CA bundle become ``--s3_*`` pipeline options (the
+    flags win). The keys do NOT: pipeline options travel with the job and are
+    shown in the Flink dashboard's job configuration. Beam's S3 client leaves
+    ``aws_access_key_id`` unset then, and boto3 finds the keys itself, on each
+    worker, in its usual places:
+
+    * ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` in the worker's
+      environment. This function sets them in this process (``environ``,
+      default ``os.environ``) from ``SPACES_ACCESS_KEY`` / ``SPACES_SECRET_KEY``,
+      which covers in-process runners and Flink ``LOOPBACK`` workers (they run
+      in the submitting process);
+    * an ``AWS_SHARED_CREDENTIALS_FILE`` (``[default]`` profile) mounted on
+      the workers, e.g. a Kubernetes Secret volume beside an ``EXTERNAL``
+      worker pool, or the pool's own environment from that Secret.
+
+    ``--s3_access_key_id`` / ``--s3_secret_access_key`` given as flags still
+    work, but then the secret is among the job's options: warned about.
+    """
+    from apache_beam.options.pipeline_options import S3Options
+
+    environ = os.environ if environ is None else environ
     s3 = options.view_as(S3Options)
     for option, value in conns.s3_options.items():
         if not getattr(s3, option, None):
             setattr(s3, option, value)
+    if any(getattr(s3, option, None) for option in _SECRET_S3_OPTIONS):
+        _LOG.warning(
+            "--s3_secret_access_key/--s3_session_token are pipeline options: the Flink "
+            "dashboard shows them in the job configuration. Prefer SPACES_SECRET_KEY or "
+            "an AWS_SHARED_CREDENTIALS_FILE on the workers.")
+    for name, value in conns.s3_credentials.items():
+        environ[name] = value
