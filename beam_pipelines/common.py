@@ -27,9 +27,22 @@ from iheard_io.archive import DEFAULT_STREAMING_WINDOW_S as ARCHIVE_WINDOW_SECON
 from iheard_io.archive import WriteToArchive
 from iheard_io.embedded import WriteToEmbeddedDb, close_embedded, ensure_embedded_schema
 from iheard_io.files import ReadFromJsonLines
-from iheard_io.kafka import ReadFromKafka, WriteToKafka, avro_decoder
+from iheard_io.kafka import (
+    KafkaConnectionRefused,
+    ReadFromKafka,
+    WriteToKafka,
+    avro_decoder,
+    check_kafka_connection,
+    kafka_client_config,
+)
 from iheard_io.postgres import WriteToPostgres, ensure_schema
-from iheard_io.redis_io import WriteLiveKpis, WriteSessionState, session_state_prefix
+from iheard_io.redis_io import (
+    RedisConnectionRefused,
+    WriteLiveKpis,
+    WriteSessionState,
+    check_redis_connection,
+    session_state_prefix,
+)
 from schemas.avro import load_schema
 from schemas.tables import failure_row
 from transforms.batches import ExplodeBatches
@@ -43,6 +56,7 @@ __all__ = [
     "write_dead_letters",
     "kafka_decoder",
     "prepare_sinks",
+    "check_connections",
     "archive_records",
     "write_live_state",
     "count",
@@ -189,7 +203,10 @@ def _log_unwritable(failed) -> None:
 
 def prepare_sinks(conns: Connections) -> None:
     """Creates tables (and the local archive folder) before the job starts, so
-    workers never race to run DDL."""
+    workers never race to run DDL. A server that refuses our credentials or
+    TLS settings stops the run here, with a clear error, before any worker
+    starts retrying; one that is merely down is left to the workers' retries."""
+    check_connections(conns)
     if conns.postgres_dsn:
         ensure_schema(conns.postgres_dsn)
     else:
@@ -203,6 +220,27 @@ def prepare_sinks(conns: Connections) -> None:
         ensure_snowflake_schema(conns.snowflake)
     if "://" not in conns.archive_path:
         os.makedirs(conns.archive_path, exist_ok=True)
+
+
+def check_connections(conns: Connections) -> None:
+    """Raises ``KafkaConnectionRefused`` / ``RedisConnectionRefused`` when
+    Kafka or Redis refuse the configured credentials or TLS (PostgreSQL does
+    so in ``ensure_schema``), or ``PermissionError`` when a password file
+    cannot be read; only warns when a server does not answer at all."""
+    checks = []
+    if conns.kafka_bootstrap:
+        checks.append(lambda: check_kafka_connection(
+            kafka_client_config(conns.kafka_bootstrap, **conns.kafka_security)))
+    if conns.redis_url:
+        kwargs = {"password_file": conns.redis_password_file} if conns.redis_password_file else None
+        checks.append(lambda: check_redis_connection(conns.redis_url, kwargs))
+    for check in checks:
+        try:
+            check()
+        except (PermissionError, KafkaConnectionRefused, RedisConnectionRefused):
+            raise
+        except ConnectionError as exc:
+            _LOG.warning("%s (the job starts anyway and retries)", exc)
 
 
 def archive_records(
@@ -238,9 +276,11 @@ def write_live_state(
     session state from session panes (Redis)."""
     return [
         events | "WriteLiveKpis" >> WriteLiveKpis(
-            conns.redis_url, pipeline=pipeline, batched=batched),
+            conns.redis_url, pipeline=pipeline, batched=batched,
+            password_file=conns.redis_password_file),
         sessions | "WriteSessionState" >> WriteSessionState(
-            conns.redis_url, key_prefix=session_state_prefix(pipeline), pipeline=pipeline
+            conns.redis_url, key_prefix=session_state_prefix(pipeline), pipeline=pipeline,
+            password_file=conns.redis_password_file,
         ),
     ]
 

@@ -67,10 +67,23 @@ class IheardOptions(PipelineOptions):
         )
         src.add_argument(
             "--kafka_security_protocol",
-            default="PLAINTEXT",
+            default=None,
             choices=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"],
+            help="Default: env KAFKA_SECURITY_PROTOCOL, else PLAINTEXT.",
         )
-        src.add_argument("--kafka_sasl_mechanism", default="PLAIN")
+        src.add_argument(
+            "--kafka_sasl_mechanism",
+            default=None,
+            help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512. Default: env "
+            "KAFKA_SASL_MECHANISM, else PLAIN. User and password come from "
+            "KAFKA_USER and KAFKA_PASSWORD (or KAFKA_PASSWORD_FILE, read by the "
+            "workers), never from a flag.",
+        )
+        src.add_argument(
+            "--kafka_ssl_cafile",
+            help="CA bundle the broker's certificate must chain to (SSL, SASL_SSL). "
+            "Default: env KAFKA_SSL_CAFILE, else the system's CAs.",
+        )
         src.add_argument(
             "--kafka_max_read_seconds",
             type=float,
@@ -197,12 +210,27 @@ class Connections:
     dead_letter_topic: typing.Optional[str]
     pii_secret: bytes
     # Keyword arguments of ReadFromKafka / WriteToKafka: security_protocol,
-    # and for SASL sasl_mechanism, username, password.
+    # ssl_cafile, and for SASL sasl_mechanism, username, and password or
+    # password_file (a path the workers read the password from).
     kafka_security: typing.Mapping[str, typing.Any]
-    # Beam S3Options (s3_access_key_id ...) that the flags left empty, filled
-    # from the Spaces variables; ``apply_s3_options`` sets them.
+    # Beam S3Options (endpoint, region, CA bundle) that the flags left empty,
+    # filled from the Spaces variables; ``apply_s3_options`` sets them.
     s3_options: typing.Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # boto3's AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY from the Spaces keys:
+    # handed to workers through the environment, never as pipeline options.
+    s3_credentials: typing.Mapping[str, str] = dataclasses.field(default_factory=dict)
     snowflake: typing.Optional[typing.Any] = None  # iheard_io.snowflake.SnowflakeSettings
+    # A file the workers read the Redis password from (REDIS_PASSWORD_FILE).
+    redis_password_file: typing.Optional[str] = None
+
+    def __repr__(self) -> str:
+        # Connections hold passwords (DSN, Redis URL, Kafka SASL, PII key):
+        # a log line or traceback that shows one must not show them.
+        from iheard_io.security import redact
+
+        fields = ", ".join(
+            f"{f.name}={redact(getattr(self, f.name), f.name)!r}" for f in dataclasses.fields(self))
+        return f"Connections({fields})"
 
 
 def _postgres_dsn_from_env(env) -> typing.Optional[str]:
@@ -222,7 +250,13 @@ def _postgres_dsn_from_env(env) -> typing.Optional[str]:
         "password": env.get("POSTGRES_PASSWORD", ""),
         "dbname": env.get("POSTGRES_DB", "analytics"),
         "sslmode": env.get("POSTGRES_SSLMODE", "prefer"),
+        "sslrootcert": env.get("POSTGRES_SSLROOTCERT", ""),
+        # libpq reads the password from this pgpass file itself, on the worker.
+        "passfile": env.get("POSTGRES_PASSFILE", ""),
+        "connect_timeout": env.get("POSTGRES_CONNECT_TIMEOUT", "10"),
     }
+    if parts["passfile"]:
+        parts["password"] = ""
     return make_conninfo(**{k: v for k, v in parts.items() if v != ""})
 
 
@@ -230,10 +264,14 @@ def _redis_url_from_env(env) -> typing.Optional[str]:
     host = env.get("REDIS_HOST")
     if not host:
         return None
-    scheme = "rediss" if env.get("REDIS_TLS", "").lower() in ("1", "true", "yes") else "redis"
-    password = env.get("REDIS_PASSWORD")
-    auth = f":{password}@" if password else ""
-    return f"{scheme}://{auth}{host}:{env.get('REDIS_PORT', '6379')}/0"
+    from urllib.parse import quote
+
+    tls = env.get("REDIS_TLS", "").lower() in ("1", "true", "yes")
+    scheme = "rediss" if tls else "redis"
+    password = env.get("REDIS_PASSWORD") if not env.get("REDIS_PASSWORD_FILE") else None
+    auth = f":{quote(password, safe='')}@" if password else ""
+    query = f"?ssl_ca_certs={quote(env['REDIS_CA_CERT'])}" if tls and env.get("REDIS_CA_CERT") else ""
+    return f"{scheme}://{auth}{host}:{env.get('REDIS_PORT', '6379')}/0{query}"
 
 
 def _snowflake_settings(opts, env):
@@ -268,13 +306,22 @@ def resolve_connections(opts: PipelineOptions, env=None) -> Connections:
             "PII tokens are NOT secret."
         )
         secret = DEV_PII_SECRET
-    security = {"security_protocol": opts.kafka_security_protocol}
-    if opts.kafka_security_protocol.startswith("SASL"):
+    protocol = opts.kafka_security_protocol or env.get("KAFKA_SECURITY_PROTOCOL") or "PLAINTEXT"
+    security = {"security_protocol": protocol}
+    if protocol.startswith("SASL"):
         security.update(
-            sasl_mechanism=opts.kafka_sasl_mechanism,
+            sasl_mechanism=opts.kafka_sasl_mechanism or env.get("KAFKA_SASL_MECHANISM") or "PLAIN",
             username=env.get("KAFKA_USER"),
-            password=env.get("KAFKA_PASSWORD"),
         )
+        if env.get("KAFKA_PASSWORD_FILE"):
+            # Read by the workers (iheard_io.security): only the path
+            # travels with the job.
+            security["password_file"] = env["KAFKA_PASSWORD_FILE"]
+        else:
+            security["password"] = env.get("KAFKA_PASSWORD")
+    cafile = opts.kafka_ssl_cafile or env.get("KAFKA_SSL_CAFILE")
+    if protocol.endswith("SSL") and cafile:
+        security["ssl_cafile"] = cafile
     return Connections(
         input=opts.input,
         kafka_bootstrap=opts.kafka_bootstrap,
@@ -286,17 +333,27 @@ def resolve_connections(opts: PipelineOptions, env=None) -> Connections:
         pii_secret=secret.encode("utf-8"),
         kafka_security=security,
         s3_options=_s3_options_from_env(opts, env),
+        s3_credentials=_s3_credentials_from_env(opts, env),
         snowflake=_snowflake_settings(opts, env),
+        redis_password_file=env.get("REDIS_PASSWORD_FILE") if redis_url and not opts.redis_url else None,
     )
 
 
 # Beam's S3 options <- the design document's DigitalOcean Spaces variables.
+# Only settings that are not secret become pipeline options: every pipeline
+# option is shown in the Flink dashboard's job configuration.
 _SPACES_ENV = (
-    ("s3_access_key_id", "SPACES_ACCESS_KEY"),
-    ("s3_secret_access_key", "SPACES_SECRET_KEY"),
     ("s3_endpoint_url", "SPACES_ENDPOINT"),
     ("s3_region_name", "SPACES_REGION"),
+    # A CA bundle for an https endpoint with a private CA.
+    ("s3_verify", "SPACES_CA_BUNDLE"),
 )
+# The keys go to boto3's own variables instead (see ``apply_s3_options``).
+_SPACES_CREDENTIALS_ENV = (
+    ("AWS_ACCESS_KEY_ID", "SPACES_ACCESS_KEY"),
+    ("AWS_SECRET_ACCESS_KEY", "SPACES_SECRET_KEY"),
+)
+_SECRET_S3_OPTIONS = ("s3_secret_access_key", "s3_session_token")
 
 
 def _s3_options_from_env(options: PipelineOptions, env) -> typing.Dict[str, str]:
@@ -307,14 +364,49 @@ def _s3_options_from_env(options: PipelineOptions, env) -> typing.Dict[str, str]
             if not getattr(s3, option, None) and env.get(variable)}
 
 
-def apply_s3_options(options: PipelineOptions, conns: Connections) -> None:
-    """Sets Beam's ``--s3_*`` options that the flags left empty to the values
-    ``resolve_connections`` took from the Spaces variables (Spaces speaks the
-    S3 API), so an ``s3://`` archive works with the same variables the rest of
-    the platform uses, and the values reach the workers with the options."""
+def _s3_credentials_from_env(options: PipelineOptions, env) -> typing.Dict[str, str]:
     from apache_beam.options.pipeline_options import S3Options
 
+    s3 = options.view_as(S3Options)
+    if s3.s3_access_key_id or s3.s3_secret_access_key:
+        return {}  # keys given as flags win (and are visible: see apply_s3_options)
+    return {name: env[variable] for name, variable in _SPACES_CREDENTIALS_ENV if env.get(variable)}
+
+
+def apply_s3_options(options: PipelineOptions, conns: Connections, environ=None) -> None:
+    """Gives Beam's S3 filesystem (boto3) what ``resolve_connections`` took
+    from the Spaces variables (Spaces speaks the S3 API), so an ``s3://``
+    archive works with the variables the rest of the platform uses.
+
+    Endpoint, region and CA bundle become ``--s3_*`` pipeline options (the
+    flags win). The keys do NOT: pipeline options travel with the job and are
+    shown in the Flink dashboard's job configuration. Beam's S3 client leaves
+    ``aws_access_key_id`` unset then, and boto3 finds the keys itself, on each
+    worker, in its usual places:
+
+    * ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` in the worker's
+      environment. This function sets them in this process (``environ``,
+      default ``os.environ``) from ``SPACES_ACCESS_KEY`` / ``SPACES_SECRET_KEY``,
+      which covers in-process runners and Flink ``LOOPBACK`` workers (they run
+      in the submitting process);
+    * an ``AWS_SHARED_CREDENTIALS_FILE`` (``[default]`` profile) mounted on
+      the workers, e.g. a Kubernetes Secret volume beside an ``EXTERNAL``
+      worker pool, or the pool's own environment from that Secret.
+
+    ``--s3_access_key_id`` / ``--s3_secret_access_key`` given as flags still
+    work, but then the secret is among the job's options: warned about.
+    """
+    from apache_beam.options.pipeline_options import S3Options
+
+    environ = os.environ if environ is None else environ
     s3 = options.view_as(S3Options)
     for option, value in conns.s3_options.items():
         if not getattr(s3, option, None):
             setattr(s3, option, value)
+    if any(getattr(s3, option, None) for option in _SECRET_S3_OPTIONS):
+        _LOG.warning(
+            "--s3_secret_access_key/--s3_session_token are pipeline options: the Flink "
+            "dashboard shows them in the job configuration. Prefer SPACES_SECRET_KEY or "
+            "an AWS_SHARED_CREDENTIALS_FILE on the workers.")
+    for name, value in conns.s3_credentials.items():
+        environ[name] = value

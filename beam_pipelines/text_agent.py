@@ -140,7 +140,8 @@ def _write_live_state(conversations, billing, conns: Connections):
     return [
         conversations | "WriteConversationState" >> WriteSessionState(
             conns.redis_url, key_prefix=session_state_prefix(PIPELINE),
-            version_fn=conversation_version, pipeline=PIPELINE),
+            version_fn=conversation_version, pipeline=PIPELINE,
+            password_file=conns.redis_password_file),
         billing
         | "ToDailyCostFields" >> beam.Map(daily_cost_state)
         | "WriteCostToday" >> WriteSessionState(
@@ -148,7 +149,8 @@ def _write_live_state(conversations, billing, conns: Connections):
             ttl_seconds=DAILY_COST_TTL_SECONDS,
             session_key_fn=lambda e: e["_key"],
             # Every hour's fields are independent: never skip a write.
-            version_fn=lambda e: 0, pipeline=PIPELINE),
+            version_fn=lambda e: 0, pipeline=PIPELINE,
+            password_file=conns.redis_password_file),
     ]
 
 

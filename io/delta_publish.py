@@ -50,11 +50,13 @@ class KafkaDeltaPublisher:
             raise ValueError("topic is required")
         from kafka import KafkaProducer
 
+        from iheard_io.security import resolve_secret_files
+
         self.topic = topic
         self._dead_letter_topic = dead_letter_topic
         self._timeout_s = ack_timeout_s
-        self._producer = KafkaProducer(**{"acks": "all", "retries": 5, "linger_ms": 5,
-                                          **dict(client_config)})
+        self._producer = KafkaProducer(**resolve_secret_files({
+            "acks": "all", "retries": 5, "linger_ms": 5, **dict(client_config)}))
 
     def _send_all(self, topic: str, records: typing.Sequence[Record]) -> None:
         from kafka.errors import KafkaError

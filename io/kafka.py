@@ -47,9 +47,13 @@ Security: ``security_protocol`` PLAINTEXT, SASL_PLAINTEXT or SASL_SSL;
 ``KAFKA_PASSWORD`` in ``beam_pipelines.options.resolve_connections``; this
 module reads no environment), so they travel with the pickled transform and
 workers need no environment of their own; ``ssl_cafile`` names the broker CA
-bundle for SASL_SSL. ``consumer_config`` / ``producer_config`` are for tuning
-only: a key that ``kafka_client_config`` sets (servers, security, credentials)
-is refused there, so it cannot override what was validated.
+bundle for SASL_SSL. ``password_file`` instead of ``password`` names a file
+the workers read in ``setup()`` (iheard_io.security), so the password itself
+never travels with the job. ``consumer_config`` / ``producer_config`` are for
+tuning only: a key that ``kafka_client_config`` sets (servers, security,
+credentials) is refused there, so it cannot override what was validated.
+``check_kafka_connection`` tells a refused connection (TLS, authentication)
+apart from an absent broker, within seconds.
 """
 from __future__ import annotations
 
@@ -76,12 +80,18 @@ from schemas.records import FailedRecord
 from schemas.records import SourceRecord
 from schemas.records import utc_now_iso
 
+from iheard_io.security import resolve_secret_files
+from iheard_io.security import speaks_tls
+from iheard_io.security import tls_handshake
+
 __all__ = [
     "ReadFromKafka",
     "WriteToKafka",
     "json_decoder",
     "avro_decoder",
     "kafka_client_config",
+    "check_kafka_connection",
+    "KafkaConnectionRefused",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -121,8 +131,11 @@ def kafka_client_config(
     username: typing.Optional[str] = None,
     password: typing.Optional[str] = None,
     ssl_cafile: typing.Optional[str] = None,
+    password_file: typing.Optional[str] = None,
 ) -> dict:
-    """kafka-python keyword arguments shared by consumers and producers."""
+    """kafka-python keyword arguments shared by consumers and producers
+    (with ``password_file``: a ``sasl_plain_password_file`` key that
+    ``resolve_secret_files`` turns into the password on the worker)."""
     if security_protocol not in SECURITY_PROTOCOLS:
         raise ValueError(
             f"security_protocol must be one of {SECURITY_PROTOCOLS}, "
@@ -137,14 +150,14 @@ def kafka_client_config(
             raise ValueError(
                 f"sasl_mechanism must be one of {SASL_MECHANISMS}, "
                 f"got {mechanism!r}")
-        if not username or password is None:
+        if not username or (password is None and not password_file):
             raise ValueError(
-                f"{security_protocol} needs a username and password")
-        config.update(
-            sasl_mechanism=mechanism,
-            sasl_plain_username=username,
-            sasl_plain_password=password,
-        )
+                f"{security_protocol} needs a username and password (or password_file)")
+        config.update(sasl_mechanism=mechanism, sasl_plain_username=username)
+        if password_file and password is None:
+            config["sasl_plain_password_file"] = password_file
+        else:
+            config["sasl_plain_password"] = password
     if security_protocol in ("SASL_SSL", "SSL") and ssl_cafile:
         config["ssl_cafile"] = ssl_cafile
     return config
@@ -154,7 +167,8 @@ def kafka_client_config(
 # override them (they would bypass its validation).
 _CLIENT_KEYS = frozenset({
     "bootstrap_servers", "security_protocol", "sasl_mechanism",
-    "sasl_plain_username", "sasl_plain_password", "ssl_cafile"})
+    "sasl_plain_username", "sasl_plain_password", "sasl_plain_password_file",
+    "ssl_cafile"})
 
 
 def _tuning_config(extra: typing.Optional[dict], name: str) -> dict:
@@ -164,8 +178,86 @@ def _tuning_config(extra: typing.Optional[dict], name: str) -> dict:
     if clashing:
         raise ValueError(
             f"{name} may not set {clashing}: pass them as the transform's own "
-            "arguments (security_protocol, sasl_mechanism, username, password, ssl_cafile)")
+            "arguments (security_protocol, sasl_mechanism, username, password, password_file, "
+            "ssl_cafile)")
     return extra
+
+
+class KafkaConnectionRefused(ConnectionError):
+    """The broker is there but refused us: TLS or authentication."""
+
+
+def _first_server(bootstrap_servers) -> typing.Tuple[str, int]:
+    first = bootstrap_servers if isinstance(bootstrap_servers, str) else bootstrap_servers[0]
+    first = first.split(",")[0].strip()
+    host, _, port = first.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def check_kafka_connection(client_config: typing.Mapping[str, typing.Any],
+                           timeout_s: float = 10.0) -> None:
+    """Raises a clear error unless a client with ``client_config`` (as made
+    by ``kafka_client_config``, ``*_file`` keys allowed) gets cluster
+    metadata within ``timeout_s``.
+
+    kafka-python itself keeps reconnecting and, after its bootstrap timeout,
+    says only "Unable to bootstrap": a wrong password, a plaintext client on
+    a TLS listener and an untrusted certificate all look alike. On failure
+    this probes the first bootstrap server directly to say which it was:
+    ``KafkaConnectionRefused`` for TLS and authentication problems,
+    ``ConnectionError`` when nothing answers. Messages name the user and the
+    protocol, never the password.
+    """
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    config = resolve_secret_files(client_config)
+    servers = config["bootstrap_servers"]
+    protocol = config.get("security_protocol", "PLAINTEXT")
+    kafka_logger = logging.getLogger("kafka")
+    level = kafka_logger.level
+    # kafka-python logs every reconnect attempt at ERROR; the one error that
+    # matters is raised below.
+    kafka_logger.setLevel(logging.CRITICAL)
+    try:
+        admin = KafkaAdminClient(**{
+            k: v for k, v in config.items()
+            if k not in ("group_id", "enable_auto_commit", "auto_offset_reset", "acks",
+                         "retries", "linger_ms")},
+            bootstrap_timeout_ms=int(timeout_s * 1000),
+            request_timeout_ms=int(timeout_s * 1000))
+        admin.close()
+        return
+    except KafkaError as exc:
+        failure = exc
+    finally:
+        kafka_logger.setLevel(level)
+
+    host, port = _first_server(servers)
+    where = f"Kafka at {host}:{port}"
+    tls = speaks_tls(host, port, timeout_s)
+    if tls is None:
+        raise ConnectionError(f"{where}: no connection; is the broker running?")
+    if protocol in ("PLAINTEXT", "SASL_PLAINTEXT") and tls:
+        raise KafkaConnectionRefused(
+            f"{where} refused a {protocol} client: its listener speaks TLS "
+            "(use security_protocol SSL or SASL_SSL with ssl_cafile)")
+    if protocol in ("SSL", "SASL_SSL"):
+        if not tls:
+            raise KafkaConnectionRefused(f"{where} does not speak TLS but {protocol} was asked for")
+        try:
+            tls_handshake(host, port, config.get("ssl_cafile"), verify=True, timeout_s=timeout_s)
+        except OSError as exc:
+            raise KafkaConnectionRefused(
+                f"{where}: TLS certificate not trusted with ssl_cafile="
+                f"{config.get('ssl_cafile')!r} ({exc})") from None
+    if protocol.startswith("SASL_"):
+        raise KafkaConnectionRefused(
+            f"{where} refused SASL authentication as user "
+            f"{config.get('sasl_plain_username')!r} ({config.get('sasl_mechanism')}): "
+            "wrong password, unknown user or mechanism not enabled")
+    raise ConnectionError(f"{where}: no metadata within {timeout_s:g}s over {protocol} "
+                          f"({type(failure).__name__}); does the listener want SASL?")
 
 
 # --------------------------------------------------------------------------
@@ -269,12 +361,12 @@ class _DiscoverPartitionsFn(beam.DoFn):
         from kafka import KafkaConsumer
         from kafka import TopicPartition
 
-        consumer = KafkaConsumer(**{
+        consumer = KafkaConsumer(**resolve_secret_files({
             **self._client_config,
             **self._consumer_config,
             "group_id": self._group_id,
             "enable_auto_commit": False,
-        })
+        }))
         try:
             partitions = []
             for topic in self._topics:
@@ -388,7 +480,7 @@ class _ReadFromKafkaPartitionFn(beam.DoFn):
             # hand after the bundle is durable, never automatically.
             "enable_auto_commit": False,
         }
-        self._consumer = KafkaConsumer(**config)
+        self._consumer = KafkaConsumer(**resolve_secret_files(config))
 
     def teardown(self):
         if self._consumer is not None:
@@ -655,8 +747,8 @@ class ReadFromKafka(beam.PTransform):
       stop_after_idle_seconds: streaming only; ends a partition's restriction
         once it has been caught up with no new records for this long. For tests
         and backfills; ``None`` (default) reads forever.
-      security_protocol, sasl_mechanism, username, password, ssl_cafile: see
-        the module docstring.
+      security_protocol, sasl_mechanism, username, password, ssl_cafile,
+        password_file: see the module docstring.
     """
 
     def __init__(
@@ -681,6 +773,7 @@ class ReadFromKafka(beam.PTransform):
         username: typing.Optional[str] = None,
         password: typing.Optional[str] = None,
         ssl_cafile: typing.Optional[str] = None,
+        password_file: typing.Optional[str] = None,
     ):
         super().__init__()
         if mode not in ("bounded", "streaming"):
@@ -698,7 +791,8 @@ class ReadFromKafka(beam.PTransform):
         if commit_offsets is None:
             commit_offsets = mode == "streaming"
         self._client_config = kafka_client_config(
-            bootstrap_servers, security_protocol, sasl_mechanism, username, password, ssl_cafile)
+            bootstrap_servers, security_protocol, sasl_mechanism, username, password, ssl_cafile,
+            password_file)
         self._topics = list(topics)
         self._bounded = mode == "bounded"
         self._group_id = group_id
@@ -779,9 +873,9 @@ class _WriteToKafkaFn(beam.DoFn):
     def setup(self):
         from kafka import KafkaProducer
 
-        self._producer = KafkaProducer(**{
+        self._producer = KafkaProducer(**resolve_secret_files({
             "acks": "all", "retries": 5, "linger_ms": 5,
-            **self._client_config, **self._producer_config})
+            **self._client_config, **self._producer_config}))
 
     def start_bundle(self):
         self._pending = []
@@ -875,12 +969,14 @@ class WriteToKafka(beam.PTransform):
         password: typing.Optional[str] = None,
         ssl_cafile: typing.Optional[str] = None,
         pipeline: str = "",
+        password_file: typing.Optional[str] = None,
     ):
         super().__init__()
         if not topic:
             raise ValueError("topic is required")
         self._client_config = kafka_client_config(
-            bootstrap_servers, security_protocol, sasl_mechanism, username, password, ssl_cafile)
+            bootstrap_servers, security_protocol, sasl_mechanism, username, password, ssl_cafile,
+            password_file)
         self._topic = topic
         self._key_fn = key_fn
         self._value_fn = value_fn

@@ -75,6 +75,7 @@ __all__ = [
     "WriteToPostgres",
     "ensure_schema",
     "upsert_sql",
+    "is_refusal",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -128,13 +129,34 @@ def upsert_sql(spec: TableSpec, source: str) -> str:
             f"ON CONFLICT ({conflict}) {action}")
 
 
+# A server that refuses us (password, pg_hba.conf, TLS verification) will
+# refuse every retry too: a configuration error, raised at once. libpq
+# reports these at connect time without a SQLSTATE, so the text decides.
+_REFUSALS = (
+    "password authentication failed",
+    "no pg_hba.conf entry",
+    "certificate verify failed",
+    "server does not support SSL",
+    "root certificate file",
+    "does not match host name",
+    "fe_sendauth: no password supplied",
+)
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Whether ``exc`` is PostgreSQL refusing our credentials or TLS."""
+    message = str(exc)
+    return any(marker in message for marker in _REFUSALS)
+
+
 def _is_transient(exc: BaseException) -> bool:
     import psycopg
 
     # OperationalError covers lost connections, AdminShutdown (terminated
     # backend), CannotConnectNow (server starting), and TransactionRollback
     # (serialization failure, deadlock).
-    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+    return (isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+            and not is_refusal(exc))
 
 
 def _is_data_error(exc: BaseException) -> bool:

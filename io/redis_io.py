@@ -10,7 +10,13 @@ least valuable copy of the data, PostgreSQL holds the durable one.
 
 Connection, AUTH and TLS come from the URL: ``redis://[user:password@]host:
 port/db`` or ``rediss://...`` for TLS (extra ``redis.Redis`` keyword
-arguments, e.g. ``ssl_ca_certs``, via ``client_kwargs``).
+arguments, e.g. ``ssl_ca_certs``, via ``client_kwargs``). ``password_file``
+instead of a password in the URL: the workers read it in ``setup()``
+(iheard_io.security), so it never travels with the job. A refused AUTH
+or an untrusted server certificate is a configuration error, not an outage:
+it fails the bundle at once with ``RedisConnectionRefused`` instead of being
+retried and dead-lettered; ``check_redis_connection`` finds it before a job
+starts.
 
 Delivery guarantee: at-least-once, and every write below is idempotent, so a
 replay from a Flink checkpoint (or a retried batch) leaves the same state.
@@ -73,6 +79,9 @@ from apache_beam.utils.windowed_value import WindowedValue
 from schemas.records import failed_from_event
 from schemas.tables import to_utc_datetime
 
+from iheard_io.security import read_secret_file
+from iheard_io.security import speaks_tls
+
 __all__ = [
     "WriteSessionState",
     "WriteLiveKpis",
@@ -80,6 +89,8 @@ __all__ = [
     "session_state_prefix",
     "daily_cost_state",
     "read_cost_today",
+    "check_redis_connection",
+    "RedisConnectionRefused",
     "DEFAULT_SESSION_PREFIX",
     "DEFAULT_KPI_PREFIX",
     "DAILY_COST_PREFIX",
@@ -161,6 +172,65 @@ def _field_value(value) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+class RedisConnectionRefused(ConnectionError):
+    """Redis answered but refused us: AUTH or TLS verification."""
+
+
+def _refusal(exc: BaseException) -> typing.Optional[str]:
+    """Why Redis refused us, or None for an outage worth retrying."""
+    import redis
+
+    if isinstance(exc, redis.AuthenticationError):
+        return "authentication failed (wrong or missing password)"
+    if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        return "TLS certificate not trusted (check ssl_ca_certs)"
+    return None
+
+
+def _client_kwargs(client_kwargs) -> dict:
+    kwargs = {"socket_timeout": 10, "socket_connect_timeout": 5, **(client_kwargs or {})}
+    password_file = kwargs.pop("password_file", None)
+    if password_file:
+        kwargs["password"] = read_secret_file(password_file)
+    return kwargs
+
+
+def _where(redis_url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(redis_url)  # never the password
+    return f"Redis at {parts.scheme}://{parts.hostname}:{parts.port}"
+
+
+def check_redis_connection(redis_url: str, client_kwargs: typing.Optional[dict] = None,
+                           timeout_s: float = 5.0) -> None:
+    """PING with the sink's settings; raises ``RedisConnectionRefused`` (AUTH,
+    TLS) or ``ConnectionError`` (nothing answers, or a plaintext client on a
+    TLS port) with a message that names the server, never the password."""
+    import redis
+
+    kwargs = _client_kwargs({"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s,
+                             **(client_kwargs or {})})
+    client = redis.Redis.from_url(redis_url, **kwargs)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        reason = _refusal(exc)
+        if reason:
+            raise RedisConnectionRefused(f"{_where(redis_url)}: {reason}") from None
+        if redis_url.startswith("redis://"):
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(redis_url)
+            if speaks_tls(parts.hostname, parts.port or 6379, timeout_s):
+                raise RedisConnectionRefused(
+                    f"{_where(redis_url)}: the server wants TLS (use rediss:// with ssl_ca_certs)"
+                ) from None
+        raise ConnectionError(f"{_where(redis_url)}: {type(exc).__name__}: {exc}") from None
+    finally:
+        client.close()
+
+
 def _connection_errors():
     import redis
 
@@ -194,9 +264,7 @@ class _RedisBatchFn(beam.DoFn):
     def setup(self):
         import redis
 
-        self._client = redis.Redis.from_url(
-            self._redis_url,
-            **{"socket_timeout": 10, "socket_connect_timeout": 5, **self._client_kwargs})
+        self._client = redis.Redis.from_url(self._redis_url, **_client_kwargs(self._client_kwargs))
 
     def teardown(self):
         if self._client is not None:
@@ -253,6 +321,9 @@ class _RedisBatchFn(beam.DoFn):
                 # its slot, so only its element becomes a dead letter.
                 results = iter(pipe.execute(raise_on_error=False))
             except _connection_errors() as exc:
+                reason = _refusal(exc)
+                if reason:
+                    raise RedisConnectionRefused(f"{_where(self._redis_url)}: {reason}") from None
                 if attempt >= self._max_retries:
                     _LOG.error("Redis unreachable after %d retries; %d elements to the dead letter",
                                attempt, len(pipe_items))
@@ -431,6 +502,12 @@ class _WriteToRedis(beam.PTransform):
         return results[_RedisBatchFn.FAILED]
 
 
+def _with_password_file(client_kwargs, password_file):
+    if not password_file:
+        return client_kwargs
+    return {**(client_kwargs or {}), "password_file": password_file}
+
+
 def _check_common(redis_url, batch_size, max_retries):
     if not redis_url or not redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("redis_url must be a redis://, rediss:// or unix:// URL")
@@ -457,9 +534,11 @@ class WriteSessionState(_WriteToRedis):
         retry_backoff_seconds: float = DEFAULT_BACKOFF_S,
         pipeline: str = "",
         client_kwargs: typing.Optional[dict] = None,
+        password_file: typing.Optional[str] = None,
     ):
         super().__init__()
         _check_common(redis_url, batch_size, max_retries)
+        client_kwargs = _with_password_file(client_kwargs, password_file)
         if ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be positive")
         self._args = (redis_url, client_kwargs, batch_size, max_retries,
@@ -492,9 +571,11 @@ class WriteLiveKpis(_WriteToRedis):
         pipeline: str = "",
         client_kwargs: typing.Optional[dict] = None,
         batched: bool = False,
+        password_file: typing.Optional[str] = None,
     ):
         super().__init__()
         _check_common(redis_url, batch_size, max_retries)
+        client_kwargs = _with_password_file(client_kwargs, password_file)
         self._batched = batched
         self._args = (redis_url, client_kwargs, batch_size, max_retries,
                       retry_backoff_seconds, pipeline, key_prefix, active_window_seconds,

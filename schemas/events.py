@@ -231,7 +231,7 @@ class FrontendEvent(_Payload):
     interaction_type: typing.Optional[str] = _opt_str("interaction_type", 100)
     timestamp: typing.Optional[typing.Any] = None
     time_on_page: typing.Optional[float] = Field(
-        default=None, ge=0, validation_alias=field_aliases("time_on_page"))
+        default=None, ge=0, allow_inf_nan=False, validation_alias=field_aliases("time_on_page"))
     element_id: typing.Optional[str] = _opt_str("element_id", 1024)
     element_class: typing.Optional[str] = _opt_str("element_class", 2048)
     element_text: typing.Optional[str] = _opt_str("element_text")

@@ -19,10 +19,18 @@ __all__ = [
     "FailedRecord",
     "PIPELINE_VERSION",
     "failed_from_source",
+    "storable_raw",
+    "RAW_PAYLOAD_MAX_CHARS",
     "failed_from_event",
     "utc_now_iso",
     "ms_to_iso",
 ]
+
+# A dead letter keeps at most this much of its payload (a hostile client can
+# send 10 MB lines): enough to read what was sent, small enough for a Kafka
+# dead-letter message (1 MB by default) and for a log line. The cut payload
+# ends with a note giving the whole payload's length and SHA-256.
+RAW_PAYLOAD_MAX_CHARS = 256 * 1024
 
 # Written into every dead letter and into transformation_metadata so a row can
 # be traced to the code that produced it.
@@ -39,7 +47,7 @@ class SourceRecord(typing.NamedTuple):
 
 
 class FailedRecord(typing.NamedTuple):
-    raw: str  # the payload as text (undecodable bytes replaced), never dropped
+    raw: str  # the payload as text (see storable_raw), never dropped
     error_class: str  # e.g. "ValidationError", "JSONDecodeError"
     error_message: str
     stage: str  # "decode" | "validate" | "redact" | "enrich" | "sink:postgres" ...
@@ -69,14 +77,32 @@ def ms_to_iso(ms: typing.Optional[float], timespec: str = "auto") -> typing.Opti
         timespec=timespec)
 
 
+def storable_raw(value) -> str:
+    """A payload as text every dead-letter sink can store: undecodable bytes
+    and lone surrogates become U+FFFD, NUL (which PostgreSQL text cannot
+    hold) becomes U+FFFD too, and anything past ``RAW_PAYLOAD_MAX_CHARS`` is
+    cut, with a note of the whole payload's length and SHA-256."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+    else:
+        data = str(value).encode("utf-8", errors="surrogatepass")
+    text = data.decode("utf-8", errors="replace")
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    if len(text) > RAW_PAYLOAD_MAX_CHARS:
+        import hashlib
+
+        text = (f"{text[:RAW_PAYLOAD_MAX_CHARS]}... [cut: {len(data)} bytes in all, "
+                f"sha256 {hashlib.sha256(data).hexdigest()}]")
+    return text
+
+
 def failed_from_source(
     record: SourceRecord, exc: BaseException, stage: str, pipeline: str
 ) -> FailedRecord:
     """Builds the dead letter for a source record that failed at ``stage``."""
     return FailedRecord(
-        raw=record.value.decode("utf-8", errors="replace")
-        if isinstance(record.value, (bytes, bytearray))
-        else str(record.value),
+        raw=storable_raw(record.value),
         error_class=type(exc).__name__,
         error_message=str(exc)[:4000],
         stage=stage,

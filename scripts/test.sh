@@ -11,6 +11,8 @@ PYTHON=${PYTHON:-python3}
 cleanup() {
   bash flink/cluster.sh down >/dev/null 2>&1 || true
   bash services/services.sh down >/dev/null 2>&1 || true
+  # started by the secure-mode tests' fixture (tests/integration/conftest.py)
+  bash services/services.sh down --secure >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 

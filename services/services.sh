@@ -7,7 +7,19 @@
 #   redis     Redis 7                                     16380
 #   s3        moto server (S3 API), bucket iheardai-archive 19000
 #
-# Usage: services/services.sh install|up|down|status|env|reset [service...]
+# Usage: services/services.sh [--secure] install|up|down|status|env|reset [service...]
+#
+#   --secure runs a second, separate set (own IHEARD_HOME subdir, own ports)
+#   that only speaks TLS and wants passwords, beside the plain one:
+#
+#   kafka     SASL_SSL listener, SCRAM-SHA-512 users admin/iheard 29092 (controller 29093, mTLS)
+#   postgres  hostssl only, scram-sha-256 password             25433
+#   redis     TLS only (port 0), requirepass                   26380
+#   s3        moto over HTTPS, requests signed by an IAM key   29000
+#
+#   Certificates come from a throwaway CA made with openssl under
+#   <secure home>/tls; passwords are random, made once, in <secure home>/secrets
+#   (mode 0600). `env --secure` prints them with the CA path.
 #
 #   install  fetch what is missing (apt packages, Kafka jars via mvn, pip)
 #   up       install if needed, start what is not running, wait until healthy
@@ -25,6 +37,23 @@ set -euo pipefail
 SERVICES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 IHEARD_HOME="${IHEARD_HOME:-$HOME/.cache/iheardai}"
 CACHE_DIR="$IHEARD_HOME/cache"
+
+SECURE=0
+for arg in "$@"; do [[ "$arg" == --secure ]] && SECURE=1; done
+if ((SECURE)); then
+  # Its own state (data, pids, lock) and ports, so it runs beside the plain
+  # set and neither's up/down touches the other; the download cache is shared.
+  IHEARD_HOME="${IHEARD_SECURE_HOME:-$IHEARD_HOME/secure}"
+  IHEARD_KAFKA_PORT="${IHEARD_SECURE_KAFKA_PORT:-29092}"
+  IHEARD_KAFKA_CONTROLLER_PORT="${IHEARD_SECURE_KAFKA_CONTROLLER_PORT:-29093}"
+  IHEARD_POSTGRES_PORT="${IHEARD_SECURE_POSTGRES_PORT:-25433}"
+  IHEARD_REDIS_PORT="${IHEARD_SECURE_REDIS_PORT:-26380}"
+  IHEARD_S3_PORT="${IHEARD_SECURE_S3_PORT:-29000}"
+fi
+TLS_DIR="$IHEARD_HOME/tls"
+SECRETS_DIR="$IHEARD_HOME/secrets"
+KAFKA_ADMIN_USER=admin
+KAFKA_USER=iheard
 ALL_SERVICES=(kafka postgres redis s3)
 
 HOST=127.0.0.1
@@ -91,7 +120,7 @@ svc_signatures() {
     redis) echo "$(svc_dir redis)/redis.conf" ;;
     # moto's command line names no file of ours, so start_s3 adds one as
     # an (ignored) interpreter option.
-    s3) echo "-X iheard_service=$(svc_dir s3) -m moto.server" ;;
+    s3) echo "-X iheard_service=$(svc_dir s3) $( ((SECURE)) && echo "$SERVICES_DIR/s3/signed_server.py" || echo "-m moto.server")" ;;
   esac
 }
 
@@ -194,6 +223,56 @@ make_dirs() {
   mkdir -p "$(svc_dir "$svc")"/{data,log,run}
 }
 
+# --- secure mode: throwaway CA and passwords ---------------------------------
+
+secret() { tr -d '\n' <"$SECRETS_DIR/$1"; }
+
+# Writes a random password to secrets/NAME unless it is there (mode 0600).
+make_secret() {
+  [[ -s "$SECRETS_DIR/$1" ]] && return 0
+  (umask 077 && openssl rand -hex 16 >"$SECRETS_DIR/$1.tmp" && mv "$SECRETS_DIR/$1.tmp" "$SECRETS_DIR/$1")
+}
+
+# A CA made here and nowhere else, and one server certificate for 127.0.0.1
+# and localhost that every secure service presents (serverAuth) and that the
+# Kafka broker also shows its own controller (clientAuth, mutual TLS).
+# Made once; `reset --secure` deletes them with the rest of the state.
+ensure_tls_and_secrets() {
+  command -v openssl >/dev/null || die "secure mode needs openssl"
+  mkdir -p "$TLS_DIR" "$SECRETS_DIR"
+  chmod 0700 "$SECRETS_DIR"
+  if [[ ! -s "$TLS_DIR/server-keystore.pem" ]]; then
+    log "tls: making a throwaway CA and a server certificate in $TLS_DIR"
+    local tmp="$TLS_DIR/.tmp.$$"
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    (
+      umask 077
+      openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -keyout "$tmp/ca.key" -out "$tmp/ca.pem" \
+        -subj "/CN=iheardai throwaway test CA" 2>/dev/null
+      openssl req -newkey rsa:2048 -nodes -keyout "$tmp/server.key" -out "$tmp/server.csr" \
+        -subj "/CN=127.0.0.1" 2>/dev/null
+      printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=CA:FALSE" \
+        "keyUsage=digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth,clientAuth" >"$tmp/ext.cnf"
+      openssl x509 -req -in "$tmp/server.csr" -CA "$tmp/ca.pem" -CAkey "$tmp/ca.key" -CAcreateserial \
+        -days 825 -sha256 -extfile "$tmp/ext.cnf" -out "$tmp/server.pem" 2>/dev/null
+      # Kafka's PEM keystore: the PKCS#8 key, then the certificate chain.
+      cat "$tmp/server.key" "$tmp/server.pem" "$tmp/ca.pem" >"$tmp/server-keystore.pem"
+    ) || die "tls: openssl failed"
+    chmod 0644 "$tmp/ca.pem" "$tmp/server.pem"
+    mv "$tmp"/{ca.key,ca.pem,server.key,server.pem,server-keystore.pem} "$TLS_DIR/"
+    rm -rf "$tmp"
+  fi
+  local name
+  for name in kafka_admin_password kafka_password postgres_password redis_password; do
+    make_secret "$name"
+  done
+  # The PostgreSQL password as a pgpass file: a DSN with passfile= carries
+  # only this path (libpq reads it where the client runs).
+  (umask 077 && printf '%s:%s:*:%s:%s\n' "$HOST" "$PG_PORT" "$PG_USER" "$(secret postgres_password)" \
+    >"$SECRETS_DIR/pgpass")
+}
+
 # --- installing -------------------------------------------------------------
 
 APT_UPDATED=0
@@ -282,16 +361,42 @@ set_kafka_java() {
 write_kafka_config() {
   local dir
   dir="$(svc_dir kafka)"
-  cat >"$dir/server.properties" <<EOF
+  (umask 077 && : >"$dir/server.properties")
+  if ((SECURE)); then
+    # Clients get SASL_SSL only (SCRAM-SHA-512, users made at format time);
+    # the broker talks to itself over it as `admin`. The KRaft controller
+    # cannot use SCRAM (its credentials live in the metadata it serves), so
+    # its listener wants mutual TLS with a certificate of our CA.
+    cat >>"$dir/server.properties" <<EOF
+# Written by services/services.sh --secure on every start; holds a password (0600).
+listeners=SASL_SSL://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT
+advertised.listeners=SASL_SSL://$HOST:$KAFKA_PORT
+inter.broker.listener.name=SASL_SSL
+listener.security.protocol.map=CONTROLLER:SSL,SASL_SSL:SASL_SSL
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="$KAFKA_ADMIN_USER" password="$(secret kafka_admin_password)";
+listener.name.controller.ssl.client.auth=required
+ssl.keystore.type=PEM
+ssl.keystore.location=$TLS_DIR/server-keystore.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$TLS_DIR/ca.pem
+ssl.endpoint.identification.algorithm=https
+EOF
+  else
+    cat >>"$dir/server.properties" <<EOF
 # Written by services/services.sh on every start; edit the script, not this.
+listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+EOF
+  fi
+  cat >>"$dir/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@$HOST:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 log.dirs=$dir/data
 num.partitions=1
 # One node: internal topics cannot have more than one replica. And a few
@@ -325,23 +430,42 @@ start_kafka() {
       "$PYTHON" -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())' >"$dir/cluster.id"
     cluster_id="$(cat "$dir/cluster.id")"
     log "kafka: formatting storage (cluster id $cluster_id)"
+    local scram=()
+    if ((SECURE)); then
+      # SCRAM users of a KRaft cluster are made at format time (the broker
+      # needs its own before it can start). This short-lived command line is
+      # the one place the passwords appear; it runs once per data dir.
+      scram=(--add-scram "SCRAM-SHA-512=[name=$KAFKA_ADMIN_USER,password=$(secret kafka_admin_password)]"
+        --add-scram "SCRAM-SHA-512=[name=$KAFKA_USER,password=$(secret kafka_password)]")
+    fi
     "${KAFKA_JAVA[@]}" kafka.tools.StorageTool format --ignore-formatted \
-      -t "$cluster_id" -c "$dir/server.properties" >>"$(log_file kafka)" 2>&1 ||
+      -t "$cluster_id" -c "$dir/server.properties" "${scram[@]}" >>"$(log_file kafka)" 2>&1 ||
       fail_service kafka "storage format failed"
   fi
   spawn kafka "${KAFKA_JAVA[@]}" kafka.Kafka "$dir/server.properties"
 }
 
+# topics.py's security arguments: as admin over SASL_SSL, password from its file.
+kafka_admin_args() {
+  ((SECURE)) || return 0
+  printf '%s\n' --security-protocol SASL_SSL --sasl-mechanism SCRAM-SHA-512 \
+    --username "$KAFKA_ADMIN_USER" --password-file "$SECRETS_DIR/kafka_admin_password" \
+    --cafile "$TLS_DIR/ca.pem"
+}
+
 ready_kafka() {
-  local out deadline=$((SECONDS + KAFKA_TIMEOUT_S))
+  local out deadline=$((SECONDS + KAFKA_TIMEOUT_S)) security
+  mapfile -t security < <(kafka_admin_args)
   wait_for kafka "$KAFKA_TIMEOUT_S" "listener on port $KAFKA_PORT" port_open "$KAFKA_PORT"
-  out="$("$PYTHON" "$SERVICES_DIR/kafka/topics.py" --bootstrap "$HOST:$KAFKA_PORT" \
+  out="$("$PYTHON" "$SERVICES_DIR/kafka/topics.py" --bootstrap "$HOST:$KAFKA_PORT" "${security[@]}" \
     --timeout-s "$((deadline - SECONDS > 10 ? deadline - SECONDS : 10))" 2>&1)" ||
     fail_service kafka "broker metadata or topic setup failed: $out"
 }
 
 healthy_kafka() {
-  "$PYTHON" "$SERVICES_DIR/kafka/topics.py" --bootstrap "$HOST:$KAFKA_PORT" --check --timeout-s 5
+  local security
+  mapfile -t security < <(kafka_admin_args)
+  "$PYTHON" "$SERVICES_DIR/kafka/topics.py" --bootstrap "$HOST:$KAFKA_PORT" "${security[@]}" --check --timeout-s 5
 }
 
 # --- postgres ---------------------------------------------------------------
@@ -362,9 +486,12 @@ pg_psql_admin() {
     -U postgres -d postgres
 }
 
+pg_password() { if ((SECURE)); then secret postgres_password; else echo "$PG_PASSWORD"; fi; }
+
 pg_select_1() {
-  PGPASSWORD="$PG_PASSWORD" PGCONNECT_TIMEOUT=3 "$PG_BIN/psql" -X -At -h "$HOST" -p "$PG_PORT" \
-    -U "$PG_USER" -d "$PG_DB" -c 'select 1' | grep -qx 1
+  local conninfo="host=$HOST port=$PG_PORT user=$PG_USER dbname=$PG_DB connect_timeout=3"
+  ((SECURE)) && conninfo+=" sslmode=verify-full sslrootcert=$TLS_DIR/ca.pem"
+  PGPASSWORD="$(pg_password)" "$PG_BIN/psql" -X -At -d "$conninfo" -c 'select 1' | grep -qx 1
 }
 
 start_postgres() {
@@ -401,13 +528,26 @@ start_postgres() {
     fi
     rm -f "$lock"
   done
+  local tls_args=()
+  if ((SECURE)); then
+    # TCP only with TLS and a password; the admin's trust login stays on the
+    # Unix socket in run/ (0700), which no one else can reach.
+    install -m 0600 "$TLS_DIR/server.key" "$dir/server.key"
+    install -m 0644 "$TLS_DIR/server.pem" "$dir/server.pem"
+    printf '%s\n' "# Written by services.sh --secure on every start." \
+      "local all postgres trust" \
+      "hostssl all all $HOST/32 scram-sha-256" >"$data/pg_hba.conf"
+    if [[ $EUID -eq 0 ]]; then chown postgres: "$dir/server.key" "$dir/server.pem" "$data/pg_hba.conf"; fi
+    tls_args=(-c ssl=on -c ssl_cert_file="$dir/server.pem" -c ssl_key_file="$dir/server.key"
+      -c ssl_min_protocol_version=TLSv1.2 -c password_encryption=scram-sha-256)
+  fi
   # fsync/full_page_writes/synchronous_commit off: a disposable test
   # cluster; crash safety is not worth the slower DDL and inserts on a
   # shared 2-core box. Never use these settings for real data.
   spawn postgres "${AS_PG[@]}" "$PG_BIN/postgres" -D "$data" \
     -c listen_addresses="$HOST" -c port="$PG_PORT" \
     -c unix_socket_directories="$dir/run" -c max_connections=200 \
-    -c fsync=off -c full_page_writes=off -c synchronous_commit=off
+    -c fsync=off -c full_page_writes=off -c synchronous_commit=off "${tls_args[@]}"
 }
 
 ready_postgres() {
@@ -416,7 +556,7 @@ ready_postgres() {
   pg_psql_admin <<EOF >/dev/null || fail_service postgres "creating role/database failed"
 SELECT 'CREATE ROLE $PG_USER LOGIN CREATEDB'
   WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$PG_USER') \gexec
-ALTER ROLE $PG_USER LOGIN CREATEDB PASSWORD '$PG_PASSWORD';
+ALTER ROLE $PG_USER LOGIN CREATEDB PASSWORD '$(pg_password)';
 SELECT 'CREATE DATABASE $PG_DB OWNER $PG_USER'
   WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '$PG_DB') \gexec
 EOF
@@ -435,10 +575,25 @@ start_redis() {
   # Daemonized by spawn (its own session, detached from the caller) rather
   # than by redis' own fork, so the pid file is written before we return
   # and holds the server's pid.
-  cat >"$dir/redis.conf" <<EOF
-# Written by services/services.sh on every start; edit the script, not this.
+  (umask 077 && : >"$dir/redis.conf")
+  if ((SECURE)); then
+    # TLS only (no plaintext port), no client certificates, a password.
+    cat >>"$dir/redis.conf" <<EOF
+# Written by services/services.sh --secure on every start; holds a password (0600).
+port 0
+tls-port $REDIS_PORT
+tls-cert-file $TLS_DIR/server.pem
+tls-key-file $TLS_DIR/server.key
+tls-ca-cert-file $TLS_DIR/ca.pem
+tls-auth-clients no
+requirepass $(secret redis_password)
+EOF
+  else
+    printf '%s\n' "# Written by services/services.sh on every start; edit the script, not this." \
+      "port $REDIS_PORT" >>"$dir/redis.conf"
+  fi
+  cat >>"$dir/redis.conf" <<EOF
 bind $HOST
-port $REDIS_PORT
 protected-mode yes
 daemonize no
 # Keep the config path in the process title: it is what tells our server
@@ -452,7 +607,15 @@ EOF
   spawn redis redis-server "$dir/redis.conf"
 }
 
-redis_ping() { [[ "$(redis-cli -h "$HOST" -p "$REDIS_PORT" ping 2>/dev/null)" == PONG ]]; }
+redis_ping() {
+  if ((SECURE)); then
+    # REDISCLI_AUTH, not -a: a password on the command line is visible in ps.
+    [[ "$(REDISCLI_AUTH="$(secret redis_password)" redis-cli --tls --cacert "$TLS_DIR/ca.pem" \
+      -h "$HOST" -p "$REDIS_PORT" ping 2>/dev/null)" == PONG ]]
+  else
+    [[ "$(redis-cli -h "$HOST" -p "$REDIS_PORT" ping 2>/dev/null)" == PONG ]]
+  fi
+}
 
 ready_redis() { wait_for redis "$REDIS_TIMEOUT_S" "PONG" redis_ping; }
 
@@ -462,21 +625,42 @@ healthy_redis() { redis_ping; }
 
 # moto keeps every bucket and object in memory: a restart loses them, and
 # ready_s3 creates the archive bucket again.
+S3_BOOTSTRAP_ACTIONS=3 # bucket.py BOOTSTRAP_ACTIONS
+
+s3_credentials_file() { printf '%s/s3_credentials' "$SECRETS_DIR"; }
+
 start_s3() {
   make_dirs s3
-  spawn s3 "$PYTHON" -X iheard_service="$(svc_dir s3)" -m moto.server -H "$HOST" -p "$S3_PORT"
+  if ((SECURE)); then
+    # HTTPS with our certificate; signatures checked once the IAM bootstrap
+    # (ready_s3) has spent the unsigned requests. A new server has no users:
+    # its key is made again.
+    rm -f "$(s3_credentials_file)"
+    # signed_server.py: moto.server with a fix to its signature check.
+    INITIAL_NO_AUTH_ACTION_COUNT=$S3_BOOTSTRAP_ACTIONS spawn s3 "$PYTHON" -X iheard_service="$(svc_dir s3)" \
+      "$SERVICES_DIR/s3/signed_server.py" -H "$HOST" -p "$S3_PORT" \
+      --ssl-cert "$TLS_DIR/server.pem" --ssl-key "$TLS_DIR/server.key"
+  else
+    spawn s3 "$PYTHON" -X iheard_service="$(svc_dir s3)" -m moto.server -H "$HOST" -p "$S3_PORT"
+  fi
+}
+
+s3_endpoint() {
+  if ((SECURE)); then printf 'https://%s:%s' "$HOST" "$S3_PORT"; else printf 'http://%s:%s' "$HOST" "$S3_PORT"; fi
 }
 
 s3_bucket() {
-  "$PYTHON" "$SERVICES_DIR/s3/bucket.py" --endpoint "http://$HOST:$S3_PORT" \
-    --bucket "$ARCHIVE_BUCKET" --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" \
-    --region "$S3_REGION" "$@"
+  local auth=(--access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY")
+  ((SECURE)) && auth=(--credentials-file "$(s3_credentials_file)" --ca-bundle "$TLS_DIR/ca.pem")
+  "$PYTHON" "$SERVICES_DIR/s3/bucket.py" --endpoint "$(s3_endpoint)" \
+    --bucket "$ARCHIVE_BUCKET" "${auth[@]}" --region "$S3_REGION" "$@"
 }
 
 ready_s3() {
-  local out
+  local out bootstrap=()
   wait_for s3 "$S3_TIMEOUT_S" "listener on port $S3_PORT" port_open "$S3_PORT"
-  out="$(s3_bucket --timeout-s "$S3_TIMEOUT_S" 2>&1)" ||
+  if ((SECURE)) && [[ ! -s "$(s3_credentials_file)" ]]; then bootstrap=(--bootstrap-iam); fi
+  out="$(s3_bucket "${bootstrap[@]}" --timeout-s "$S3_TIMEOUT_S" 2>&1)" ||
     fail_service s3 "ListBuckets/CreateBucket failed: $out"
 }
 
@@ -498,6 +682,7 @@ cmd_install() {
 cmd_up() {
   local svc pid t0=$SECONDS started=()
   cmd_install "$@"
+  if ((SECURE)); then ensure_tls_and_secrets; fi
   ((SECONDS - t0 < 1)) || log "install: $((SECONDS - t0))s"
   # Start everything first, then wait: the JVM warms up while the others start.
   for svc in "$@"; do
@@ -593,6 +778,44 @@ cmd_env() {
     [SPACES_SECRET_KEY]="$S3_SECRET_KEY"
     [ARCHIVE_BUCKET]="$ARCHIVE_BUCKET"
   )
+  if ((SECURE)); then
+    local ca="$TLS_DIR/ca.pem" pg_password redis_password s3_key="" s3_secret=""
+    pg_password="$(secret postgres_password 2>/dev/null || true)"
+    redis_password="$(secret redis_password 2>/dev/null || true)"
+    if [[ -s "$(s3_credentials_file)" ]]; then
+      s3_key="$(sed -n 's/^aws_access_key_id *= *//p' "$(s3_credentials_file)")"
+      s3_secret="$(sed -n 's/^aws_secret_access_key *= *//p' "$(s3_credentials_file)")"
+    fi
+    settings+=(
+      [IHEARD_SECURE]=1
+      [IHEARD_CA_FILE]="$ca"
+      [KAFKA_SECURITY_PROTOCOL]=SASL_SSL
+      [KAFKA_SASL_MECHANISM]=SCRAM-SHA-512
+      [KAFKA_USER]="$KAFKA_USER"
+      [KAFKA_PASSWORD]="$(secret kafka_password 2>/dev/null || true)"
+      [KAFKA_SSL_CAFILE]="$ca"
+      [POSTGRES_PASSWORD]="$pg_password"
+      [POSTGRES_SSLMODE]=verify-full
+      [POSTGRES_SSLROOTCERT]="$ca"
+      [POSTGRES_DSN]="postgresql://$PG_USER:$pg_password@$HOST:$PG_PORT/$PG_DB?sslmode=verify-full&sslrootcert=$ca"
+      [REDIS_PASSWORD]="$redis_password"
+      [REDIS_TLS]=1
+      [REDIS_CA_CERT]="$ca"
+      [REDIS_URL]="rediss://:$redis_password@$HOST:$REDIS_PORT/0?ssl_ca_certs=$ca"
+      [S3_ENDPOINT_URL]="$(s3_endpoint)"
+      [S3_CA_BUNDLE]="$ca"
+      [SPACES_ENDPOINT]="$(s3_endpoint)"
+      [SPACES_REGION]="$S3_REGION"
+      [SPACES_CA_BUNDLE]="$ca"
+      [SPACES_ACCESS_KEY]="$s3_key"
+      [SPACES_SECRET_KEY]="$s3_secret"
+      [IHEARD_SECRETS_DIR]="$SECRETS_DIR"
+      [IHEARD_SECURE_HOME]="$IHEARD_HOME"
+    )
+    # Not IHEARD_HOME: a shell that evals this must not point a later plain
+    # `services.sh up` at the secure set's directories.
+    unset 'settings[IHEARD_HOME]'
+  fi
   # Shell-quoted, so `eval "$(services.sh env)"` is safe for any IHEARD_HOME.
   for name in $(printf '%s\n' "${!settings[@]}" | sort); do
     printf 'export %s=%q\n' "$name" "${settings[$name]}"
@@ -614,6 +837,9 @@ usage() {
 }
 
 main() {
+  local args=() arg
+  for arg in "$@"; do [[ "$arg" == --secure ]] || args+=("$arg"); done
+  set -- "${args[@]}"
   [[ $# -ge 1 ]] || usage
   local cmd=$1 svc
   shift

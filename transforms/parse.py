@@ -96,7 +96,81 @@ def _loads(text):
             return _orjson.loads(text)
         except ValueError:
             pass  # re-parse with json: its error messages are the readable ones
-    return json.loads(text)
+    try:
+        payload = json.loads(text)
+    except RecursionError:
+        # orjson stops at 1024 levels; the stdlib parser recurses until the
+        # interpreter's limit. Either way: not an event.
+        raise DecodeError("payload is not valid JSON: nested too deeply") from None
+    if _orjson is not None:
+        # orjson refused what the stdlib accepted: NaN/Infinity literals,
+        # numbers beyond a double, or lone surrogates; none is data a sink
+        # can store.
+        _check_stdlib_only_values(payload)
+    return payload
+
+
+def _check_stdlib_only_values(value, path: str = "") -> None:
+    """Raises ``DecodeError`` for a non-finite float or a string (or key)
+    that is not valid Unicode (a lone surrogate) anywhere in ``value``."""
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise DecodeError(f"payload is not valid JSON: {path or 'value'} is {value!r} "
+                              "(NaN/Infinity or a number beyond a double)")
+    elif isinstance(value, str):
+        _check_unicode(value, path)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_unicode(key, f"{path}.{key}" if path else "a key")
+            _check_stdlib_only_values(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_stdlib_only_values(item, f"{path}[{i}]")
+
+
+def _check_unicode(text: str, path: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DecodeError(
+            f"payload is not valid JSON text: {path or 'value'} holds a lone UTF-16 "
+            "surrogate") from None
+
+
+def _find_nul(value, path: str = "") -> typing.Optional[str]:
+    """The path of the first string or key holding U+0000, or None."""
+    if isinstance(value, str):
+        return (path or "value") if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and "\x00" in key:
+                return f"a key in {path}" if path else "a key"
+            found = _find_nul(item, where)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _find_nul(item, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _reject_nul(value, payload: dict) -> None:
+    """PostgreSQL text cannot hold U+0000 and a NUL in an id or a name is
+    never meant: the event fails validation, naming the field. JSON text is
+    searched for the escape first (one C-level scan), so an ordinary event
+    costs no walk; a decoded dict (Avro, tests) is walked."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        if b"\\u0000" not in bytes(value):
+            return
+    elif isinstance(value, str):
+        if "\\u0000" not in value:
+            return
+    found = _find_nul(payload)
+    if found:
+        raise ValueError(f"{found}: text holds a NUL character (U+0000), which is not stored")
 
 
 def event_id_for(payload: dict) -> str:
@@ -175,6 +249,7 @@ def parse_record(
     without their own.
     """
     payload = _decode(value, decoder)
+    _reject_nul(value, payload)
     # The core validator directly: same result as model.model_validate, without
     # its per-call Python wrapper (measurable at tens of thousands of events/s).
     obj = model.__pydantic_validator__.validate_python(payload)

@@ -35,7 +35,28 @@ REPLICATION_FACTOR = 1
 POLL_INTERVAL_S = 0.5
 
 
-def connect(bootstrap, deadline):
+def security_config(args):
+    """kafka-python settings for a SASL_SSL broker (services.sh --secure).
+
+    The password comes from a file, never from the command line (which any
+    local user can read in /proc)."""
+    if args.security_protocol == "PLAINTEXT":
+        return {}
+    config = {"security_protocol": args.security_protocol}
+    if args.cafile:
+        config["ssl_cafile"] = args.cafile
+    if args.security_protocol.startswith("SASL_"):
+        with open(args.password_file, encoding="utf-8") as f:
+            password = f.read().strip()
+        config.update(
+            sasl_mechanism=args.sasl_mechanism,
+            sasl_plain_username=args.username,
+            sasl_plain_password=password,
+        )
+    return config
+
+
+def connect(bootstrap, deadline, security=None):
     """Returns an admin client once the broker answers a metadata request."""
     last_error = None
     while time.monotonic() < deadline:
@@ -44,6 +65,7 @@ def connect(bootstrap, deadline):
                 bootstrap_servers=bootstrap,
                 client_id="iheard-services",
                 request_timeout_ms=10000,
+                **(security or {}),
             )
             admin.list_topics()
             return admin
@@ -139,10 +161,16 @@ def main(argv=None):
     parser.add_argument("--bootstrap", default="127.0.0.1:19092")
     parser.add_argument("--timeout-s", type=float, default=120.0)
     parser.add_argument("--check", action="store_true", help="verify only")
+    parser.add_argument("--security-protocol", default="PLAINTEXT",
+                        choices=["PLAINTEXT", "SSL", "SASL_SSL"])
+    parser.add_argument("--sasl-mechanism", default="SCRAM-SHA-512")
+    parser.add_argument("--username")
+    parser.add_argument("--password-file", help="file holding the SASL password")
+    parser.add_argument("--cafile", help="CA bundle that signed the broker's certificate")
     args = parser.parse_args(argv)
     deadline = time.monotonic() + args.timeout_s
     try:
-        admin = connect(args.bootstrap, deadline)
+        admin = connect(args.bootstrap, deadline, security_config(args))
     except TimeoutError as exc:
         print(exc, file=sys.stderr)
         return 2

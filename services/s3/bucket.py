@@ -9,8 +9,19 @@ The moto server keeps its buckets in memory, so after a restart the bucket is
 gone until this runs again (services.sh up does that every time). Exit status
 2 means ListBuckets did not answer before the timeout, 1 that the bucket is
 missing (``--check``) or could not be created.
+
+Secure mode (services.sh --secure): the server speaks HTTPS with the
+throwaway CA's certificate (``--ca-bundle``) and checks signatures against
+its IAM users. moto lets the first few requests through unsigned
+(INITIAL_NO_AUTH_ACTION_COUNT); ``--bootstrap-iam`` spends them on creating
+the user ``iheard`` with an access key and writes that key to
+``--credentials-file`` (AWS shared-credentials format, mode 0600), which
+every later call, and every client, signs with.
 """
 import argparse
+import configparser
+import json
+import os
 import sys
 import time
 
@@ -21,10 +32,17 @@ from botocore.exceptions import BotoCoreError, ClientError
 POLL_INTERVAL_S = 0.3
 
 
-def client(endpoint, access_key, secret_key, region):
+# Unsigned IAM calls --bootstrap-iam makes; services.sh starts moto with
+# INITIAL_NO_AUTH_ACTION_COUNT set to this.
+BOOTSTRAP_ACTIONS = 3
+IAM_USER = "iheard"
+
+
+def client(endpoint, access_key, secret_key, region, ca_bundle=None, service="s3"):
     return boto3.client(
-        "s3",
+        service,
         endpoint_url=endpoint,
+        verify=ca_bundle if ca_bundle else None,
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
         region_name=region,
@@ -50,6 +68,42 @@ def list_buckets(s3, deadline):
     raise TimeoutError(f"no ListBuckets answer: {last_error!r}")
 
 
+def bootstrap_iam(args):
+    """Creates the IAM user and its key with the server's unsigned requests;
+    writes the key to ``args.credentials_file``."""
+    iam = client(args.endpoint, "bootstrap", "bootstrap", args.region, args.ca_bundle, "iam")
+    deadline = time.monotonic() + args.timeout_s
+    while True:
+        try:
+            iam.create_user(UserName=IAM_USER)
+            break
+        except (BotoCoreError, ClientError) as exc:  # server still starting
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no CreateUser answer: {exc!r}") from exc
+            time.sleep(POLL_INTERVAL_S)
+    iam.put_user_policy(UserName=IAM_USER, PolicyName="archive", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+    }))
+    key = iam.create_access_key(UserName=IAM_USER)["AccessKey"]
+    creds = configparser.ConfigParser()
+    creds["default"] = {
+        "aws_access_key_id": key["AccessKeyId"],
+        "aws_secret_access_key": key["SecretAccessKey"],
+    }
+    tmp = args.credentials_file + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        creds.write(f)
+    os.replace(tmp, args.credentials_file)
+
+
+def read_credentials(path):
+    creds = configparser.ConfigParser()
+    creds.read(path)
+    return creds["default"]["aws_access_key_id"], creds["default"]["aws_secret_access_key"]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--endpoint", default="http://127.0.0.1:19000")
@@ -59,9 +113,24 @@ def main(argv=None):
     parser.add_argument("--region", default="us-east-1")
     parser.add_argument("--timeout-s", type=float, default=60.0)
     parser.add_argument("--check", action="store_true", help="verify only")
+    parser.add_argument("--ca-bundle", help="CA bundle for an https:// endpoint")
+    parser.add_argument("--credentials-file",
+                        help="AWS shared-credentials file with the key to sign with "
+                        "(instead of --access-key/--secret-key)")
+    parser.add_argument("--bootstrap-iam", action="store_true",
+                        help="first create the IAM user and write its key to --credentials-file")
     args = parser.parse_args(argv)
 
-    s3 = client(args.endpoint, args.access_key, args.secret_key, args.region)
+    if args.bootstrap_iam:
+        try:
+            bootstrap_iam(args)
+        except (TimeoutError, BotoCoreError, ClientError) as exc:
+            print(f"IAM bootstrap at {args.endpoint}: {exc}", file=sys.stderr)
+            return 2
+    access_key, secret_key = args.access_key, args.secret_key
+    if args.credentials_file:
+        access_key, secret_key = read_credentials(args.credentials_file)
+    s3 = client(args.endpoint, access_key, secret_key, args.region, args.ca_bundle)
     try:
         buckets = list_buckets(s3, time.monotonic() + args.timeout_s)
     except TimeoutError as exc:

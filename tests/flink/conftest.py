@@ -79,12 +79,14 @@ class BackgroundPipelines:
         self.log_dir = log_dir
         self._started: typing.List[typing.Tuple[subprocess.Popen, str, pathlib.Path]] = []
 
-    def start(self, module: str, args: typing.Sequence[str], job_name: str) -> subprocess.Popen:
+    def start(self, module: str, args: typing.Sequence[str], job_name: str,
+              env: typing.Optional[typing.Mapping[str, str]] = None) -> subprocess.Popen:
+        """``env``: the process's whole environment (default: ``process_env()``)."""
         log = self.log_dir / f"{job_name}.log"
         proc = subprocess.Popen(
             [sys.executable, "-m", module, *args, f"--job_name={job_name}"],
             cwd=REPO_ROOT,
-            env=self.cluster.process_env(),
+            env=dict(env) if env is not None else self.cluster.process_env(),
             stdout=log.open("w"),
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

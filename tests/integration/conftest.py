@@ -96,6 +96,22 @@ def services():
 
 
 @pytest.fixture(scope="session")
+def secure_services():
+    """Starts (or checks) the separate TLS + password set (``services.sh up
+    --secure``: own ports and state beside the plain one) and returns its
+    settings, secrets included (``services.sh env --secure``)."""
+    up = run_services_sh("up", "--secure", timeout_s=UP_TIMEOUT_S)
+    if up.returncode != 0:
+        pytest.fail(
+            f"services.sh up --secure failed (exit {up.returncode}):\n{up.stderr}{up.stdout}",
+            pytrace=False,
+        )
+    printed = run_services_sh("env", "--secure", timeout_s=ENV_TIMEOUT_S)
+    printed.check_returncode()
+    return Services(env=parse_exports(printed.stdout))
+
+
+@pytest.fixture(scope="session")
 def kafka_bootstrap(services):
     return services.kafka_bootstrap
 

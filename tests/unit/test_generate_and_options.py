@@ -118,7 +118,8 @@ def test_postgres_dsn_from_environment_defaults_and_quoting():
         "POSTGRES_HOST": "db.internal", "POSTGRES_PASSWORD": "it's a secret"})
     assert conninfo_to_dict(conns.postgres_dsn) == {
         "host": "db.internal", "port": "5432", "user": "postgres",
-        "password": "it's a secret", "dbname": "analytics", "sslmode": "prefer"}
+        "password": "it's a secret", "dbname": "analytics", "sslmode": "prefer",
+        "connect_timeout": "10"}
     assert resolve_connections(IheardOptions([]), env={"POSTGRES_USER": "u"}).postgres_dsn is None
 
 
@@ -201,16 +202,36 @@ def test_spaces_variables_fill_the_s3_options_not_given():
 
     from beam_pipelines.options import apply_s3_options
 
-    options = PipelineOptions(["--s3_access_key_id=flag-key"])
+    options = PipelineOptions(["--s3_region_name=flag-region"])
     conns = resolve_connections(options, env={
         "SPACES_ACCESS_KEY": "env-key", "SPACES_SECRET_KEY": "env-secret",
-        "SPACES_ENDPOINT": "https://nyc3.digitaloceanspaces.com"})
-    apply_s3_options(options, conns)
+        "SPACES_ENDPOINT": "https://nyc3.digitaloceanspaces.com", "SPACES_REGION": "nyc3"})
+    worker_env = {}
+    apply_s3_options(options, conns, environ=worker_env)
     s3 = options.view_as(S3Options)
-    assert s3.s3_access_key_id == "flag-key"  # the flag wins
-    assert s3.s3_secret_access_key == "env-secret"
+    assert s3.s3_region_name == "flag-region"  # the flag wins
     assert s3.s3_endpoint_url == "https://nyc3.digitaloceanspaces.com"
-    assert options.get_all_options()["s3_secret_access_key"] == "env-secret"  # reaches workers
+    # The keys are no pipeline options (the Flink dashboard shows those): boto3
+    # reads them from the workers' environment (or a credentials file).
+    assert s3.s3_access_key_id is None and s3.s3_secret_access_key is None
+    assert "env-secret" not in repr(options.get_all_options())
+    assert worker_env == {"AWS_ACCESS_KEY_ID": "env-key", "AWS_SECRET_ACCESS_KEY": "env-secret"}
+    assert "env-secret" not in repr(conns)
+
+
+def test_s3_keys_given_as_flags_win_and_are_warned_about(caplog):
+    from apache_beam.options.pipeline_options import PipelineOptions, S3Options
+
+    from beam_pipelines.options import apply_s3_options
+
+    options = PipelineOptions(["--s3_access_key_id=flag-key", "--s3_secret_access_key=flag-secret"])
+    conns = resolve_connections(options, env={
+        "SPACES_ACCESS_KEY": "env-key", "SPACES_SECRET_KEY": "env-secret"})
+    worker_env = {}
+    apply_s3_options(options, conns, environ=worker_env)
+    assert options.view_as(S3Options).s3_secret_access_key == "flag-secret"
+    assert worker_env == {}
+    assert "shows them in the job configuration" in caplog.text
 
 
 @pytest.mark.parametrize("mode, expected", [("streaming", 0.25), ("bounded", "default")])

@@ -222,3 +222,53 @@ def test_parse_setup_relaxes_the_worker_gc_and_never_lowers_it():
         assert gc.get_threshold()[0] == WORKER_GC_THRESHOLD0 * 2
     finally:
         gc.set_threshold(*saved)
+
+
+# --- hostile payloads (issue 15; the whole pipeline: tests/pipeline/test_hostile_input.py)
+
+_GOOD = '{"event_type": "page_view", "session_id": "s1", "timestamp": 1767225600000%s}'
+
+
+@pytest.mark.parametrize("tail, error", [
+    (', "x": ' + "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    (', "x": NaN', "NaN/Infinity"),
+    (', "x": 1e999', "NaN/Infinity"),
+    (', "x": "a\\ud800b"', "lone UTF-16 surrogate"),
+    (', "x\\ud800": 1', "lone UTF-16 surrogate"),
+])
+def test_values_only_the_stdlib_parser_accepts_are_decode_errors(tail, error):
+    with pytest.raises(DecodeError, match=error):
+        parse_record(_GOOD % tail, FrontendEvent)
+
+
+@pytest.mark.parametrize("tail, where", [
+    (', "element_text": "a\\u0000b"', "element_text"),
+    (', "x": {"y": ["ok", "a\\u0000"]}', "x.y[1]"),
+    (', "k\\u0000": 1', "a key"),
+])
+def test_a_nul_character_fails_validation_naming_the_field(tail, where):
+    with pytest.raises(ValueError, match=r"NUL character") as info:
+        parse_record((_GOOD % tail).encode(), FrontendEvent)
+    assert where in str(info.value)
+    with pytest.raises(ValueError, match=r"NUL character"):
+        parse_record(json.loads(_GOOD % tail), FrontendEvent)  # a decoded dict too
+
+
+def test_an_escaped_backslash_before_u0000_is_not_a_nul():
+    event = parse_record(_GOOD % ', "element_text": "C:\\\\u0000"', FrontendEvent)
+    assert event["element_text"] == "C:\\u0000"
+
+
+def test_infinite_time_on_page_is_refused():
+    with pytest.raises(ValueError, match="time_on_page"):
+        parse_record(_GOOD % ', "time_on_page": 1e999', FrontendEvent)
+
+
+def test_dead_letter_payloads_are_storable_and_bounded():
+    from schemas.records import RAW_PAYLOAD_MAX_CHARS, storable_raw
+
+    assert storable_raw(b"a\x00b\xff") == "a\ufffdb\ufffd"
+    assert storable_raw("x\ud800") == "x\ufffd\ufffd\ufffd"
+    cut = storable_raw(b"A" * (RAW_PAYLOAD_MAX_CHARS + 10))
+    assert cut.startswith("A" * RAW_PAYLOAD_MAX_CHARS)
+    assert f"[cut: {RAW_PAYLOAD_MAX_CHARS + 10} bytes in all, sha256 " in cut

@@ -123,18 +123,24 @@ def test_restatement_runs_like_every_pipeline(monkeypatch):
 
 
 def test_restatement_gets_the_spaces_credentials(monkeypatch, tmp_path):
-    """An s3:// archive needs Beam's S3 options; run_job fills them from the
-    Spaces variables, as for the streaming pipelines."""
+    """An s3:// archive needs credentials; run_job hands the Spaces keys to
+    boto3 through the workers' environment (never as pipeline options, which
+    the Flink dashboard shows), as for the streaming pipelines."""
+    import os
+
     from apache_beam.options.pipeline_options import S3Options
 
     seen = {}
 
     def source(pipeline, conns, opts, streaming):
-        seen["s3"] = opts.view_as(S3Options).s3_access_key_id
+        seen["option"] = opts.view_as(S3Options).s3_access_key_id
+        seen["boto3"] = os.environ.get("AWS_ACCESS_KEY_ID")
         return pipeline | beam.Create([])
 
     monkeypatch.setenv("SPACES_ACCESS_KEY", "spaces-key")
+    # Recorded by monkeypatch, so the variable run_job sets is undone after.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "before")
     monkeypatch.setattr(restate_costs, "read_archived_turns", source)
     restate_costs.run([f"--output_dir={tmp_path}", f"--pii_secret={SECRET.decode()}", *RANGE],
                       runner=fn_api_runner())
-    assert seen["s3"] == "spaces-key"
+    assert seen == {"option": None, "boto3": "spaces-key"}
