@@ -43,6 +43,7 @@ from apache_beam.transforms.window import TimestampedValue
 
 __all__ = [
     "ExplodeBatches",
+    "MapBatchMixin",
     "batch_timestamp",
     "split_by",
     "timestamped_batch",
@@ -70,6 +71,32 @@ def split_by(items: typing.Iterable, key_fn: typing.Callable) -> typing.Dict[typ
         else:
             group.append(item)
     return groups
+
+
+class MapBatchMixin:
+    """Makes a per-event DoFn take lists of events.
+
+    The DoFn's ``_one(item)`` returns ``(value, None)`` or ``(None,
+    FailedRecord)``; this ``process`` applies it to every item of a list,
+    yields each failure on the ``failed`` output and the values as one list
+    (``_batch_of`` can stamp it). Every per-event step of the batched path
+    (parse, PII, enrichment) is its per-event DoFn plus this mixin."""
+
+    FAILED_TAG = "failed"
+
+    def _batch_of(self, values: list):
+        return values
+
+    def process(self, items):
+        values = []
+        for item in items:
+            value, failed = self._one(item)
+            if failed is not None:
+                yield beam.pvalue.TaggedOutput(self.FAILED_TAG, failed)
+            else:
+                values.append(value)
+        if values:
+            yield self._batch_of(values)
 
 
 def _explode(batch):

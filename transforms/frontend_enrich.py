@@ -78,6 +78,7 @@ from apache_beam.metrics import Metrics
 
 from schemas.records import PIPELINE_VERSION
 from schemas.records import failed_from_event
+from transforms.batches import MapBatchMixin
 
 __all__ = [
     "EnrichmentConfig",
@@ -504,7 +505,7 @@ class _EnrichFn(beam.DoFn):
         self._enriched = Metrics.counter(pipeline, "enriched")
         self._failed = Metrics.counter(pipeline, "enrich_failed")
 
-    def _enrich(self, event: dict):
+    def _one(self, event: dict):
         """(enriched event, None) or (None, FailedRecord)."""
         try:
             out = enrich_frontend_event(event, self._config)
@@ -515,27 +516,16 @@ class _EnrichFn(beam.DoFn):
         return out, None
 
     def process(self, event: dict):
-        out, failed = self._enrich(event)
+        out, failed = self._one(event)
         if failed is not None:
             yield beam.pvalue.TaggedOutput(EnrichFrontendEvents.FAILED, failed)
         else:
             yield out
 
 
-class _EnrichBatchFn(_EnrichFn):
+class _EnrichBatchFn(MapBatchMixin, _EnrichFn):
     """A list of events -> the list of enriched events (+ one failure per
     event that could not be enriched)."""
-
-    def process(self, events: list):
-        out = []
-        for event in events:
-            enriched, failed = self._enrich(event)
-            if failed is not None:
-                yield beam.pvalue.TaggedOutput(EnrichFrontendEvents.FAILED, failed)
-            else:
-                out.append(enriched)
-        if out:
-            yield out
 
 
 class EnrichFrontendEvents(beam.PTransform):

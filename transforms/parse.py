@@ -46,7 +46,7 @@ from schemas.records import (
     SourceRecord,
     failed_from_source,
 )
-from transforms.batches import timestamped_batch
+from transforms.batches import MapBatchMixin, timestamped_batch
 from transforms.beam_compat import relax_gc
 
 __all__ = [
@@ -285,7 +285,7 @@ class _ParseFn(beam.DoFn):
         # First step of every pipeline: tunes the worker process it runs in.
         relax_gc()
 
-    def _parse(self, record: SourceRecord):
+    def _one(self, record: SourceRecord):
         """(event, None) or (None, FailedRecord); counts both."""
         self._received.inc()
         try:
@@ -306,27 +306,19 @@ class _ParseFn(beam.DoFn):
         return event, None
 
     def process(self, record: SourceRecord):
-        event, failed = self._parse(record)
+        event, failed = self._one(record)
         if failed is not None:
             yield beam.pvalue.TaggedOutput(ParseEvents.FAILED, failed)
         else:
             yield TimestampedValue(event, event["timestamp_ms"] / 1000.0)
 
 
-class _ParseBatchFn(_ParseFn):
+class _ParseBatchFn(MapBatchMixin, _ParseFn):
     """A list of records -> one list of events (stamped with the oldest event
     time) and one ``FailedRecord`` per record that did not parse."""
 
-    def process(self, records):
-        events = []
-        for record in records:
-            event, failed = self._parse(record)
-            if failed is not None:
-                yield beam.pvalue.TaggedOutput(ParseEvents.FAILED, failed)
-            else:
-                events.append(event)
-        if events:
-            yield timestamped_batch(events)
+    def _batch_of(self, values):
+        return timestamped_batch(values)
 
 
 class ParseEvents(beam.PTransform):

@@ -102,6 +102,7 @@ from apache_beam.metrics import Metrics
 from phonenumbers import Leniency, PhoneNumberFormat, PhoneNumberMatcher
 
 from schemas.records import failed_from_event
+from transforms.batches import MapBatchMixin
 from transforms.pii_regions import PHONE_CUE, cue_regions, record_region_hints, region_hints
 
 __all__ = [
@@ -800,7 +801,7 @@ class _RedactFn(beam.DoFn):
     def setup(self):
         self._redactor = PiiRedactor(self._secret, self._region)
 
-    def _redact(self, event: dict):
+    def _one(self, event: dict):
         """(redacted copy, None) or (None, FailedRecord)."""
         try:
             redacted, counts = self._redactor.redact_record(
@@ -815,27 +816,16 @@ class _RedactFn(beam.DoFn):
         return redacted, None
 
     def process(self, event: dict):
-        redacted, failed = self._redact(event)
+        redacted, failed = self._one(event)
         if failed is not None:
             yield beam.pvalue.TaggedOutput(RedactPii.FAILED, failed)
         else:
             yield redacted
 
 
-class _RedactBatchFn(_RedactFn):
+class _RedactBatchFn(MapBatchMixin, _RedactFn):
     """A list of events -> the list of redacted copies (+ one failure per
     event that could not be redacted)."""
-
-    def process(self, events: list):
-        out = []
-        for event in events:
-            redacted, failed = self._redact(event)
-            if failed is not None:
-                yield beam.pvalue.TaggedOutput(RedactPii.FAILED, failed)
-            else:
-                out.append(redacted)
-        if out:
-            yield out
 
 
 class RedactPii(beam.PTransform):
