@@ -28,8 +28,8 @@ from apache_beam.utils.timestamp import Timestamp
 
 from iheard_io.kafka import ReadFromKafka
 from iheard_io.kafka import WriteToKafka
-from iheard_io.kafka import _PartitionSpec
-from iheard_io.kafka import _ReadFromKafkaPartitionUnboundedFn
+from iheard_io.kafka_read import _PartitionSpec
+from iheard_io.kafka_read import _ReadFromKafkaPartitionUnboundedFn
 from iheard_io.kafka import avro_decoder
 from iheard_io.kafka import json_decoder
 from iheard_io.kafka import kafka_client_config
