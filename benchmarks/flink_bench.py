@@ -54,7 +54,7 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import io_bench  # noqa: E402  (raw consume and naive consumer, shared with io_bench)
 
 from tests.flink.flink_rest import FlinkRest, wait_for  # noqa: E402
-from tests.support import end_process, script_env  # noqa: E402
+from tests.support import end_process, proc_status_kib, script_env, taskmanager_pids  # noqa: E402
 
 KPI_PREFIX = "iheard:kpi:"
 
@@ -111,17 +111,6 @@ def _produce(bootstrap: str, topic: str, lines: typing.Iterable[str]) -> int:
     return n
 
 
-def _vm_hwm_kib(pid: int) -> typing.Optional[int]:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU time of one process (all its threads), from /proc."""
     try:
@@ -162,12 +151,6 @@ def _rows(conn, run_id: str) -> int:
     return conn.execute(
         "SELECT count(*) FROM frontend_analytics WHERE session_id LIKE %s", (run_id + "-%",)
     ).fetchone()[0]
-
-
-def _taskmanager_pids() -> typing.List[int]:
-    out = subprocess.run(["bash", os.path.join(REPO, "flink/cluster.sh"), "pids"],
-                         capture_output=True, text=True, check=True).stdout
-    return [int(line.split()[1]) for line in out.splitlines() if line.startswith("taskexecutor ")]
 
 
 def _percentile(values: typing.List[float], q: float) -> float:
@@ -267,7 +250,7 @@ def main(argv=None) -> int:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
 
-        tm_pids = _taskmanager_pids()
+        tm_pids = taskmanager_pids(REPO)
 
         def cpu_now() -> typing.Tuple[float, float]:
             """(TaskManager CPU-s, Python worker CPU-s)."""
@@ -407,8 +390,8 @@ def main(argv=None) -> int:
               f"to PostgreSQL p50 {_percentile(to_pg, 50):.2f} s p95 {_percentile(to_pg, 95):.2f} s", flush=True)
 
         for pid in tm_pids:
-            print(f"TaskManager {pid} peak RSS {(_vm_hwm_kib(pid) or 0) / 1024:,.0f} MiB (since it started)")
-        print(f"Python SDK worker (job process {proc.pid}) peak RSS {(_vm_hwm_kib(proc.pid) or 0) / 1024:,.0f} MiB")
+            print(f"TaskManager {pid} peak RSS {(proc_status_kib(pid, 'VmHWM') or 0) / 1024:,.0f} MiB (since it started)")
+        print(f"Python SDK worker (job process {proc.pid}) peak RSS {(proc_status_kib(proc.pid, 'VmHWM') or 0) / 1024:,.0f} MiB")
         if os.path.exists(profile_path):
             print(f"worker profile ({args.profile_seconds} s of the drain, self time, py-spy):")
             for line in _pyspy_summary(profile_path):

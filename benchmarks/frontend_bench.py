@@ -30,17 +30,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from beam_pipelines import generate  # noqa: E402
-
-
-def _rss_kib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+from tests.support import proc_status_kib, taskmanager_pids  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -70,13 +60,11 @@ def main(argv=None) -> int:
     tm_peak = {"kib": 0}
     stop = threading.Event()
     if args.profile == "flink-local":
-        tm_pids = [int(line.split()[1]) for line in subprocess.run(
-            ["bash", os.path.join(REPO, "flink/cluster.sh"), "pids"], capture_output=True, text=True,
-            check=True).stdout.splitlines() if line.startswith("taskexecutor ")]
+        tm_pids = taskmanager_pids(REPO)
 
         def sample():
             while not stop.wait(0.5):
-                tm_peak["kib"] = max(tm_peak["kib"], sum(_rss_kib(pid) for pid in tm_pids))
+                tm_peak["kib"] = max(tm_peak["kib"], sum(proc_status_kib(pid, 'VmRSS') or 0 for pid in tm_pids))
         threading.Thread(target=sample, daemon=True).start()
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)

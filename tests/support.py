@@ -66,3 +66,22 @@ def end_process(proc: subprocess.Popen, timeout_s: float = 30) -> None:
         os.killpg(proc.pid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def proc_status_kib(pid: int, field: str) -> typing.Optional[int]:
+    """A ``kB`` field of /proc/<pid>/status (``VmRSS``, ``VmHWM`` ...); None if gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def taskmanager_pids(repo: str) -> typing.List[int]:
+    """Pids of the local Flink cluster's TaskManagers (``flink/cluster.sh pids``)."""
+    out = subprocess.run(["bash", os.path.join(repo, "flink/cluster.sh"), "pids"],
+                         capture_output=True, text=True, check=True).stdout
+    return [int(line.split()[1]) for line in out.splitlines() if line.startswith("taskexecutor ")]

@@ -71,6 +71,7 @@ from transforms.sessions import (
     DEFAULT_ALLOWED_LATENESS_SECONDS,
     DEFAULT_GAP_SECONDS,
     add_event,
+    check_session_args,
     merge_accumulators,
     new_accumulator,
     session_fields,
@@ -331,10 +332,7 @@ class AggregateSessionBatches(beam.PTransform):
                  allowed_lateness_seconds: int = DEFAULT_ALLOWED_LATENESS_SECONDS,
                  pipeline: str = "frontend", buckets: int = DEFAULT_SESSION_BUCKETS):
         super().__init__()
-        if gap_seconds is None or gap_seconds <= 0:
-            raise ValueError("gap_seconds must be positive")
-        if allowed_lateness_seconds is None or allowed_lateness_seconds < 0:
-            raise ValueError("allowed_lateness_seconds must be >= 0")
+        check_session_args(gap_seconds, allowed_lateness_seconds)
         if buckets <= 0:
             raise ValueError("buckets must be positive")
         self._gap_seconds = gap_seconds

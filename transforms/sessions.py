@@ -77,6 +77,7 @@ __all__ = [
     "add_event",
     "merge_accumulators",
     "session_summary",
+    "check_session_args",
     "summarise_events",
     "DEFAULT_GAP_SECONDS",
     "DEFAULT_ALLOWED_LATENESS_SECONDS",
@@ -291,6 +292,14 @@ class _BoundedSessionsFn(beam.DoFn):
             yield beam.window.TimestampedValue(row, (end_ms - 1) / 1000.0)
 
 
+def check_session_args(gap_seconds, allowed_lateness_seconds) -> None:
+    """``ValueError`` unless the gap is positive and the lateness not negative."""
+    if gap_seconds is None or gap_seconds <= 0:
+        raise ValueError("gap_seconds must be positive")
+    if allowed_lateness_seconds is None or allowed_lateness_seconds < 0:
+        raise ValueError("allowed_lateness_seconds must be >= 0")
+
+
 class AggregateSessions(beam.PTransform):
     """Enriched event dicts -> ``frontend_sessions`` row dicts, one per pane
     (see the module docstring for windowing, triggers and late data).
@@ -305,10 +314,7 @@ class AggregateSessions(beam.PTransform):
                  allowed_lateness_seconds: int = DEFAULT_ALLOWED_LATENESS_SECONDS,
                  pipeline: str = "frontend", streaming: bool = True):
         super().__init__()
-        if gap_seconds is None or gap_seconds <= 0:
-            raise ValueError("gap_seconds must be positive")
-        if allowed_lateness_seconds is None or allowed_lateness_seconds < 0:
-            raise ValueError("allowed_lateness_seconds must be >= 0")
+        check_session_args(gap_seconds, allowed_lateness_seconds)
         self._gap_seconds = gap_seconds
         self._lateness_seconds = allowed_lateness_seconds
         self._pipeline = pipeline
