@@ -8,7 +8,7 @@
 #   - the submitter, `python -m runners.submit ...`, which needs Python, the
 #     pipelines and the Beam Flink job-server uber jar, but no Java: uber-jar
 #     submission only adds files to the jar and talks to Flink's REST API.
-# Both run the same apache-beam (2.62.0, pinned in setup.py), which the
+# Both run the same apache-beam (pinned in setup.py and constraints.txt), which the
 # pipeline proto and the SDK harness must agree on.
 #
 #   docker build -t iheardai-beam-pipelines .
@@ -29,7 +29,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /opt/iheardai
-COPY setup.py ./
+COPY setup.py constraints.txt ./
 COPY beam_pipelines/ beam_pipelines/
 COPY transforms/ transforms/
 COPY schemas/ schemas/
@@ -38,7 +38,9 @@ COPY flink/ flink/
 COPY io/ io/
 COPY collector/ collector/
 COPY monitoring/ monitoring/
-RUN pip install . \
+# The lock's versions (PIP_CONSTRAINT also pins the build environment's
+# setuptools and wheel), the same that `make test` passed on.
+RUN PIP_CONSTRAINT=/opt/iheardai/constraints.txt pip install . \
  && python -c "import apache_beam, beam_pipelines.frontend, beam_pipelines.text_agent, runners.submit"
 
 COPY --from=job-server-jar /beam-flink-job-server.jar /opt/iheardai/beam-flink-job-server.jar

@@ -2,10 +2,24 @@
 PYTHON ?= python3
 PIP_FLAGS ?= --disable-pip-version-check -q
 
-.PHONY: install demo demo-marketo test test-unit services-up services-down flink-up flink-down bench
+.PHONY: lock install demo demo-marketo test test-unit services-up services-down flink-up flink-down bench
+
+# Every install takes the versions pinned in constraints.txt (what the suite
+# last passed on). PIP_CONSTRAINT also reaches pip's isolated build
+# environments (setuptools, wheel), which `-c` alone does not.
+CONSTRAINTS := $(CURDIR)/constraints.txt
+UV_VERSION := 0.13.9
 
 install:
-	$(PYTHON) -m pip install $(PIP_FLAGS) -e '.[test]'
+	PIP_CONSTRAINT=$(CONSTRAINTS) $(PYTHON) -m pip install $(PIP_FLAGS) -e '.[test]'
+
+# Regenerates constraints.txt from setup.py's ranges (newest versions that
+# fit), for Python 3.11 as CI and the Dockerfile run it. Commit the result
+# after `make test` passes on it.
+lock:
+	$(PYTHON) -m pip install $(PIP_FLAGS) 'uv==$(UV_VERSION)'
+	$(PYTHON) -m uv pip compile setup.py constraints.in --extra test \
+	  --python-version 3.11 --custom-compile-command 'make lock' -o constraints.txt
 
 # Runs the frontend job on the bundled sample with embedded defaults
 # (DuckDB file and Avro folder under ./output); needs no servers.

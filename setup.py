@@ -53,7 +53,12 @@ REQUIRED = [
 TEST = [
     "pytest>=8",
     "pytest-timeout>=2.2",
-    "moto[server]>=5.0",
+    # The secure S3 server (services.sh --secure) is plain moto.server: from
+    # 5.2.6 moto checks SigV4 signatures against the raw request path, which
+    # archive keys (`=`, `:`) need. Capped below the next minor, the first
+    # release not tested here; services/s3/bucket.py probes a signed request
+    # at start-up and names the moto version when the check fails.
+    "moto[server]>=5.2.6,<5.3",
     "boto3>=1.28",
     "httpx>=0.27",  # starlette's TestClient
     "fakesnow>=0.12",  # in-process Snowflake emulator (tests of iheard_io.snowflake)

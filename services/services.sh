@@ -120,7 +120,7 @@ svc_signatures() {
     redis) echo "$(svc_dir redis)/redis.conf" ;;
     # moto's command line names no file of ours, so start_s3 adds one as
     # an (ignored) interpreter option.
-    s3) echo "-X iheard_service=$(svc_dir s3) $( ((SECURE)) && echo "$SERVICES_DIR/s3/signed_server.py" || echo "-m moto.server")" ;;
+    s3) echo "-X iheard_service=$(svc_dir s3) -m moto.server" ;;
   esac
 }
 
@@ -287,12 +287,17 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
+# The versions of the project's lock (constraints.txt), like `make install`.
+pip_install() {
+  PIP_CONSTRAINT="$SERVICES_DIR/../constraints.txt" "$PYTHON" -m pip install -q "$@"
+}
+
 pip_install_if_missing() {
   local module=$1 requirement=$2
   # find_spec instead of import: importing moto.server alone takes seconds.
   if ! "$PYTHON" -c "import importlib.util as u, sys; sys.exit(u.find_spec('$module') is None)" 2>/dev/null; then
     log "pip install $requirement"
-    "$PYTHON" -m pip install -q "$requirement"
+    pip_install "$requirement"
   fi
 }
 
@@ -309,7 +314,7 @@ install_kafka() {
   # topics.py uses the admin API of kafka-python 3 (dict topic specs).
   if ! "$PYTHON" -c 'import sys, importlib.metadata as m; sys.exit(int(m.version("kafka-python").split(".")[0]) < 3)' 2>/dev/null; then
     log "pip install kafka-python>=3"
-    "$PYTHON" -m pip install -q "kafka-python>=3"
+    pip_install "kafka-python>=3"
   fi
   local libs tmp
   libs="$(kafka_libs)"
@@ -341,7 +346,7 @@ install_redis() {
 }
 
 install_s3() {
-  pip_install_if_missing moto.server "moto[server]>=5.0"
+  pip_install_if_missing moto.server "moto[server]>=5.2.6,<5.3"
   pip_install_if_missing boto3 boto3
 }
 
@@ -636,9 +641,10 @@ start_s3() {
     # (ready_s3) has spent the unsigned requests. A new server has no users:
     # its key is made again.
     rm -f "$(s3_credentials_file)"
-    # signed_server.py: moto.server with a fix to its signature check.
+    # moto checks signatures against the raw path from 5.2.6 on; ready_s3
+    # probes that with an archive-shaped key (bucket.py --probe).
     INITIAL_NO_AUTH_ACTION_COUNT=$S3_BOOTSTRAP_ACTIONS spawn s3 "$PYTHON" -X iheard_service="$(svc_dir s3)" \
-      "$SERVICES_DIR/s3/signed_server.py" -H "$HOST" -p "$S3_PORT" \
+      -m moto.server -H "$HOST" -p "$S3_PORT" \
       --ssl-cert "$TLS_DIR/server.pem" --ssl-key "$TLS_DIR/server.key"
   else
     spawn s3 "$PYTHON" -X iheard_service="$(svc_dir s3)" -m moto.server -H "$HOST" -p "$S3_PORT"
@@ -659,7 +665,10 @@ s3_bucket() {
 ready_s3() {
   local out bootstrap=()
   wait_for s3 "$S3_TIMEOUT_S" "listener on port $S3_PORT" port_open "$S3_PORT"
-  if ((SECURE)) && [[ ! -s "$(s3_credentials_file)" ]]; then bootstrap=(--bootstrap-iam); fi
+  if ((SECURE)); then
+    bootstrap=(--probe)
+    [[ -s "$(s3_credentials_file)" ]] || bootstrap+=(--bootstrap-iam)
+  fi
   out="$(s3_bucket "${bootstrap[@]}" --timeout-s "$S3_TIMEOUT_S" 2>&1)" ||
     fail_service s3 "ListBuckets/CreateBucket failed: $out"
 }
