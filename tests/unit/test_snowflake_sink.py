@@ -1,5 +1,5 @@
 """The Snowflake sink's pure parts (warehouse rows, CSV lines, MERGE text,
-bisection, settings from flags and variables) and the sink itself on
+settings from flags and variables) and the sink itself on
 ``fakesnow``, which patches ``snowflake.connector.connect`` in this process:
 the pipelines here run on the in-process DirectRunner, so the DoFns' own
 connections reach the emulator (a worker in another process would not)."""
@@ -17,7 +17,6 @@ from iheard_io.snowflake import (
     SnowflakeSettings,
     WriteToSnowflake,
     csv_line,
-    isolate_bad_rows,
     merge_sql,
 )
 from schemas.warehouse import (
@@ -115,30 +114,6 @@ def test_merge_sql_matches_on_the_key_and_parses_json_in_the_source():
     assert 'ON t."SESSION_ID" = s."SESSION_ID" AND t."TURN_ID" = s."TURN_ID"' in sql
     update = sql.split("WHEN MATCHED THEN UPDATE SET ")[1].split(" WHEN NOT MATCHED")[0]
     assert '"TURN_ID" =' not in update and '"MODEL" = s."MODEL"' in update
-
-
-def test_isolate_bad_rows_bisects_to_the_refused_rows_only():
-    class Refused(Exception):
-        sqlstate = "22000"
-
-    written, attempts = [], []
-
-    def write(batch):
-        attempts.append(list(batch))
-        if any(item % 5 == 0 for item in batch):
-            raise Refused("bad")
-        written.extend(batch)
-
-    refused = list(isolate_bad_rows(list(range(1, 12)), write,
-                                    lambda e: getattr(e, "sqlstate", "")[:2] == "22"))
-    assert [item for item, _ in refused] == [5, 10]
-    assert sorted(written) == [1, 2, 3, 4, 6, 7, 8, 9, 11]  # each good row once
-
-    def broken(batch):
-        raise RuntimeError("not a data error")
-
-    with pytest.raises(RuntimeError):
-        list(isolate_bad_rows([1, 2], broken, lambda e: False))
 
 
 def test_settings_from_flags_win_over_the_seed_variables():
