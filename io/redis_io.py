@@ -243,8 +243,9 @@ class _RedisBatchFn(BatchSinkFn):
     counter_namespace = "WriteToRedis"
     stage = STAGE
 
-    def __init__(self, redis_url, client_kwargs, batch_size, retry_budget_s, backoff_s,
-                 pipeline, on_exhausted=DEFAULT_ON_EXHAUSTED, batched=False):
+    def __init__(self, redis_url, client_kwargs=None, batch_size=DEFAULT_BATCH_SIZE,
+                 retry_budget_s=DEFAULT_RETRY_BUDGET_S, backoff_s=DEFAULT_FIRST_BACKOFF_S,
+                 pipeline="", on_exhausted=DEFAULT_ON_EXHAUSTED, batched=False):
         super().__init__(errors=RedisErrors(),
                          retry=retry_policy(retry_budget_s, backoff_s, on_exhausted),
                          batch_size=batch_size, pipeline=pipeline, batched=batched)
