@@ -241,3 +241,16 @@ def test_postgres_down_past_the_budget_fails_the_bundle():
     with pytest.raises(psycopg.OperationalError):
         run_bundle(fn, rows("it-closed", 3))
     fn.teardown()
+
+
+def test_engagement_lookup_down_past_the_budget_fails_the_bundle():
+    """A lead is never scored on made-up engagement: the lookup retries a
+    database that is down for its budget, then the bundle fails."""
+    from iheard_io.engagement import LookupEngagement
+
+    dsn = f"host=127.0.0.1 port={closed_port()} user=iheard dbname=analytics connect_timeout=2"
+    with pytest.raises(Exception, match="(?i)connection refused|connection failed"):
+        with BeamTestPipeline(runner=FnApiRunner()) as p:
+            _ = p | beam.Create([{"id": 1, "email": "lead@example.com"}]) | LookupEngagement(
+                b"k" * 32, postgres_dsn=dsn, retry_budget_seconds=0.5,
+                retry_backoff_seconds=0.05)

@@ -227,3 +227,54 @@ def test_bad_rows_become_dead_letters_and_the_rest_is_loaded(fake_snowflake):
 
     _run_sink(rows, check)
     assert [r[0] for r in _table(fake_snowflake)] == ["ok1", "ok2", "ok3"]
+
+
+# -- Snowflake unreachable (the policy of iheard_io.sink_base) ----------------
+# No real Snowflake runs here; the outage is a connect that raises the
+# connector's own OperationalError before fakesnow is reached.
+
+def _unreachable_for(monkeypatch, attempts):
+    import snowflake.connector.errors as sf_errors
+
+    import iheard_io.snowflake as sink
+
+    real = sink._connect
+    calls = []
+
+    def connect(settings):
+        calls.append(1)
+        if attempts is None or len(calls) <= attempts:
+            raise sf_errors.OperationalError("250003: Failed to get the response. Hanging?")
+        return real(settings)
+
+    monkeypatch.setattr(sink, "_connect", connect)
+    return calls
+
+
+def test_unreachable_for_a_while_is_retried_and_loads_everything(fake_snowflake, monkeypatch):
+    calls = _unreachable_for(monkeypatch, attempts=3)
+    _run_sink([_event_row("r1"), _event_row("r2")], equal_to([]), retry_budget_seconds=30)
+    assert [r[0] for r in _table(fake_snowflake)] == ["r1", "r2"]
+    assert len(calls) == 4
+
+
+def test_unreachable_past_the_budget_dead_letters_the_rows_and_does_not_fail(fake_snowflake,
+                                                                              monkeypatch):
+    """An optional copy must not stop the job: the rows are dead letters
+    (replayable, the row as JSON) instead of a failed bundle."""
+    _unreachable_for(monkeypatch, attempts=None)
+
+    def check(failures):
+        assert sorted(f[:4] for f in failures) == [
+            ("sink:snowflake", "StoreUnavailable", 7, "u1"),
+            ("sink:snowflake", "StoreUnavailable", 7, "u2")]
+        assert all("Snowflake unavailable past the 0.3 s retry budget" in f[4] for f in failures)
+
+    _run_sink([_event_row("u1"), _event_row("u2")], check, retry_budget_seconds=0.3)
+
+
+def test_unreachable_past_the_budget_fails_the_bundle_when_asked(fake_snowflake, monkeypatch):
+    _unreachable_for(monkeypatch, attempts=None)
+    with pytest.raises(Exception, match="Failed to get the response"):
+        _run_sink([_event_row("f1")], equal_to([]), retry_budget_seconds=0.3,
+                  on_exhausted="fail")
