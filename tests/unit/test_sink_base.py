@@ -472,3 +472,15 @@ def test_on_conflict_is_one_word_per_table():
         TableSpec("t", ("a",), ("a",), on_conflict="replace")
     with pytest.raises(ValueError, match="on_conflict"):
         WriteToPostgres("dbname=x", "frontend_analytics", on_conflict="ignore")
+
+
+def test_retry_budgets_are_pipeline_options_with_the_documented_default():
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beam_pipelines.options import IheardOptions, resolve_connections
+
+    conns = resolve_connections(PipelineOptions(
+        ["--redis_retry_budget_seconds=90", "--snowflake_retry_budget_seconds=0"]
+    ).view_as(IheardOptions), {})
+    assert (conns.postgres_retry_budget_s, conns.redis_retry_budget_s,
+            conns.snowflake_retry_budget_s) == (60.0, 90.0, 0.0)
