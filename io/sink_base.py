@@ -109,6 +109,8 @@ __all__ = [
     "latency_counter_names",
     "latency_bucket",
     "percentiles_from_buckets",
+    "latency_by_sink",
+    "SINK_COUNTERS",
     "retry_policy",
 ]
 
@@ -118,6 +120,11 @@ _LOG = logging.getLogger(__name__)
 # document's targets (Redis p95 < 10 ms, PostgreSQL p95 < 100 ms), coarse in
 # the tail where a batch waits on a busy store.
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+
+# The counters every BatchSinkFn keeps in its counter_namespace (with the
+# latency buckets); a BufferedBatchFn (a lookup) keeps the first two.
+SINK_COUNTERS = ("received", "retries", "written", "failed", "superseded")
 
 
 def latency_counter_names() -> typing.List[str]:
@@ -156,6 +163,24 @@ def percentiles_from_buckets(
             lower_bound, lower_count = float(bound), cum
         out[q] = value
     return out
+
+
+def latency_by_sink(
+    counters: typing.Mapping[typing.Tuple[str, str], float],
+    quantiles: typing.Sequence[float] = (0.5, 0.95),
+) -> typing.Dict[str, typing.Tuple[int, typing.Dict[float, typing.Optional[float]]]]:
+    """``{sink: (batches, {q: ms})}`` from a job's Beam counters keyed
+    ``(namespace, name)`` (e.g. Flink REST's accumulators), for every
+    namespace that counted a batch; several steps of one sink (one per
+    table) add up."""
+    names = set(latency_counter_names())
+    per_sink: typing.Dict[str, typing.Dict[str, float]] = {}
+    for (namespace, name), value in counters.items():
+        if name in names:
+            bucket = per_sink.setdefault(namespace, {})
+            bucket[name] = bucket.get(name, 0) + value
+    return {sink: (int(c.get("write_ms_le_inf", 0)), percentiles_from_buckets(c, quantiles))
+            for sink, c in sorted(per_sink.items()) if c.get("write_ms_le_inf")}
 
 
 def retry_policy(budget_s: float, first_backoff_s: typing.Optional[float] = None,

@@ -34,6 +34,7 @@ from iheard_io.sink_base import (
     LATENCY_BUCKETS_MS,
     BatchSinkFn,
     isolate_bad_rows,
+    latency_by_sink,
     latency_bucket,
     latency_counter_names,
     percentiles_from_buckets,
@@ -484,3 +485,21 @@ def test_retry_budgets_are_pipeline_options_with_the_documented_default():
     ).view_as(IheardOptions), {})
     assert (conns.postgres_retry_budget_s, conns.redis_retry_budget_s,
             conns.snowflake_retry_budget_s) == (60.0, 90.0, 0.0)
+
+
+def test_latency_by_sink_adds_up_the_steps_of_one_sink():
+    pg_a = cumulative([3] * 30)
+    pg_b = cumulative([3] * 20 + [20] * 50)
+    redis_ = cumulative([0.5] * 10)
+    counters = {}
+    for ns, counts in (("WriteToPostgres", pg_a), ("WriteToPostgres", pg_b),
+                       ("WriteLiveKpis", redis_)):
+        for name, value in counts.items():
+            counters[(ns, name)] = counters.get((ns, name), 0) + value
+    counters[("frontend", "valid")] = 123  # not a latency counter
+    counters[("WriteSessionState", "write_ms_le_inf")] = 0  # no batch yet
+    # WriteToPostgres: 50 batches of 3 ms, 50 of 20 ms; p50 rank 50 in (2, 5] -> 5
+    assert latency_by_sink(counters) == {
+        "WriteLiveKpis": (10, {0.5: 0.5, 0.95: 0.95}),
+        "WriteToPostgres": (100, {0.5: 5.0, 0.95: 10 + 15 * 45 / 50}),
+    }
