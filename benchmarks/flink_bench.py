@@ -282,7 +282,8 @@ def _percentile(values: typing.List[float], q: float) -> float:
 
 def _print_sink_write_latency(rest: FlinkRest, jid: str) -> None:
     """p50/p95 of each sink's per-batch write time over the whole run, from
-    its cumulative ``write_ms_le_<N>`` counters (iheard_io.sink_base)."""
+    its cumulative ``write_ms_le_<N>`` counters (iheard_io.sink_base), read
+    from the ended job's accumulators."""
     from iheard_io.sink_base import latency_by_sink
 
     try:
@@ -580,7 +581,6 @@ def main(argv=None) -> int:
         print(f"latency over {len(sent)} events at {args.latency_rate:.0f}/s: "
               f"to Redis p50 {_percentile(to_redis, 50):.2f} s p95 {_percentile(to_redis, 95):.2f} s; "
               f"to PostgreSQL p50 {_percentile(to_pg, 50):.2f} s p95 {_percentile(to_pg, 95):.2f} s", flush=True)
-        _print_sink_write_latency(rest, jid)
 
         for pid in tm_pids:
             print(f"TaskManager {pid} peak RSS {(proc_status_kib(pid, 'VmHWM') or 0) / 1024:,.0f} MiB (since it started)")
@@ -593,6 +593,8 @@ def main(argv=None) -> int:
         if jid:
             try:
                 rest.cancel_and_wait(jid)
+                # the job's accumulators hold its counters once it has ended
+                _print_sink_write_latency(rest, jid)
             except Exception as e:  # keep going: the process is ended below
                 print(f"cancel failed: {e}")
         end_process(proc)
