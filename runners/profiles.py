@@ -32,14 +32,16 @@ Profiles
     port 50000 (``EXTERNAL`` environment). The image must already contain the
     project: an external worker pool does not install staged artifacts.
 
-Environment read here (and only here): ``FLINK_MASTER``,
-``FLINK_JOB_SERVER_JAR``, ``IHEARD_HOME``.
+Environment (through ``iheard_io.settings``, like every entry point):
+``FLINK_MASTER``, ``FLINK_JOB_SERVER_JAR``, ``IHEARD_HOME``.
 """
 from __future__ import annotations
 
 import os
 import sys
 import typing
+
+from iheard_io import settings
 
 __all__ = ["PROFILES", "profile_flags", "expand_argv", "flag_name"]
 
@@ -82,15 +84,13 @@ FN_API_RUNNER = "apache_beam.runners.portability.fn_api_runner.fn_runner.FnApiRu
 
 
 def _default_job_server_jar(environ: typing.Mapping[str, str]) -> str:
-    if environ.get("FLINK_JOB_SERVER_JAR"):
-        return environ["FLINK_JOB_SERVER_JAR"]
-    home = environ.get("IHEARD_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "iheardai")
-    return os.path.join(home, *_LAUNCHER_RELPATH)
+    return (settings.value(environ, "FLINK_JOB_SERVER_JAR")
+            or os.path.join(settings.iheard_home(environ), *_LAUNCHER_RELPATH))
 
 
 def profile_flags(name: str, environ: typing.Optional[typing.Mapping[str, str]] = None) -> typing.List[str]:
     """The flags of profile ``name``, resolved against ``environ`` (default: os.environ)."""
-    env = os.environ if environ is None else environ
+    env = settings.environment(environ)
     if name == "direct":
         return [f"--runner={FN_API_RUNNER}"]
     flink_common = [
@@ -104,13 +104,13 @@ def profile_flags(name: str, environ: typing.Optional[typing.Mapping[str, str]] 
     ]
     if name == "flink-local":
         return flink_common + [
-            f"--flink_master={env.get('FLINK_MASTER') or LOCAL_FLINK_MASTER}",
+            f"--flink_master={settings.flink_master(env, LOCAL_FLINK_MASTER)}",
             "--environment_type=LOOPBACK",
             f"--parallelism={LOCAL_PARALLELISM}",
         ]
     if name == "flink-k8s":
         return flink_common + [
-            f"--flink_master={env.get('FLINK_MASTER') or LOCAL_FLINK_MASTER}",
+            f"--flink_master={settings.flink_master(env, LOCAL_FLINK_MASTER)}",
             "--environment_type=EXTERNAL",
             f"--environment_config={EXTERNAL_WORKER_POOL}",
         ]

@@ -36,6 +36,7 @@ from tests.flink.test_frontend_streaming import (  # noqa: F401  (services_env i
     services_env,
 )
 from transforms.parse import parse_record
+from iheard_io import settings
 
 pytestmark = [pytest.mark.flink, pytest.mark.integration, pytest.mark.slow]
 
@@ -96,7 +97,7 @@ def _failures(env, topic, run_id):
 def _redis_sessions(env, run_id):
     import redis
 
-    r = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
+    r = redis.Redis.from_url(settings.redis_url(env), decode_responses=True)
     out = {}
     for key in r.scan_iter(f"{SESSION_PREFIX}{run_id}-*", count=1000):
         fields = r.hgetall(key)

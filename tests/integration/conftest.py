@@ -18,6 +18,7 @@ import subprocess
 import pytest
 
 from tests.support import parse_exports
+from iheard_io import settings
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 SERVICES_SH = REPO_ROOT / "services" / "services.sh"
@@ -41,15 +42,15 @@ class Services:
 
     @property
     def pg_dsn(self):
-        return self.env["POSTGRES_DSN"]
+        return self.settings.postgres_dsn(env)
 
     @property
     def redis_url(self):
-        return self.env["REDIS_URL"]
+        return self.settings.redis_url(env)
 
     @property
     def s3_endpoint(self):
-        return self.env["S3_ENDPOINT_URL"]
+        return self.env['SPACES_ENDPOINT']
 
     @property
     def s3_bucket(self):
@@ -65,7 +66,7 @@ class Services:
 
     @property
     def s3_region(self):
-        return self.env["S3_REGION"]
+        return self.env['SPACES_REGION']
 
 
 def run_services_sh(*args, timeout_s, env=None):
