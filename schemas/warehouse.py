@@ -22,7 +22,7 @@ import json
 import pathlib
 import typing
 
-from schemas.tables import TABLES, to_utc_datetime
+from schemas.tables import TABLES, json_default, to_utc_datetime
 
 __all__ = [
     "WarehouseColumn",
@@ -216,16 +216,6 @@ def snowflake_ddl() -> typing.List[str]:
 
 # -- row -> CSV fields ---------------------------------------------------------
 
-def _json_default(value):
-    if isinstance(value, (dt.datetime, dt.date)):
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal):
-        return float(value)
-    if isinstance(value, (set, frozenset, tuple)):
-        return sorted(value) if isinstance(value, (set, frozenset)) else list(value)
-    return str(value)
-
-
 def _text(column: WarehouseColumn, value) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ValueError(f"{column.name}: expected text, got {type(value).__name__}")
@@ -290,7 +280,7 @@ def _timestamp(column: WarehouseColumn, value) -> str:
 
 
 def _json(column: WarehouseColumn, value) -> str:
-    return json.dumps(value, sort_keys=True, default=_json_default, ensure_ascii=False)
+    return json.dumps(value, sort_keys=True, default=json_default, ensure_ascii=False)
 
 
 _CONVERT = {TEXT: _text, INTEGER: _integer, FLOAT: _float, DECIMAL: _decimal,
