@@ -27,14 +27,19 @@ Write a sample file (JSON lines as the extractor publishes them)::
 The chain (every step labelled as it appears in the Flink dashboard)::
 
     ReadJsonLines | ReadFromKafka -> ParseLeads -> KeepLatestPerLead
-        -> LookupEngagement (frontend_sessions, agent_conversations by identity)
+        -> IdentifyLeads (identity keys) -> LookupEngagement (frontend_sessions,
+           agent_conversations under those keys)
         -> ScoreLeads (normalise, classify domain, geo, score, action)
         |-> WriteToPostgres[marketo_leads] (or WriteToEmbeddedDb), upsert where
         |   the latest updatedAt wins
-        '-> WritePriorityLeads (Redis, when configured)
+        |-> WritePriorityLeads (Redis, when configured)
+        '-> RedactLeads (no email or name, free text tokenised)
+              |-> ArchiveLeads (Avro, source=marketo, marketo_lead_v1)
+              '-> WriteToSnowflake[MARKETO_LEADS] (when configured; the latest
+                  UPDATED_AT wins)
     every failed output -> FlattenFailures -> failed_events (+ dead-letter topic)
 
-The sink is fed without a Reshuffle: it would reorder a lead's versions
+The table sinks are fed without a Reshuffle: it would reorder a lead's versions
 between ``KeepLatestPerLead`` and the sink's per-batch "last row per key".
 """
 from __future__ import annotations
@@ -50,6 +55,21 @@ from beam_pipelines import cli, common
 from beam_pipelines.generate import sample_leads
 from beam_pipelines.marketo_options import MARKETO_TOPIC, MarketoOptions
 from beam_pipelines.options import Connections, IheardOptions
+from iheard_io.engagement import LookupEngagement
+from iheard_io.redis_leads import WritePriorityLeads
+from schemas.avro import load_schema
+from schemas.events import MarketoLead
+from transforms.marketo import (
+    ENGAGEMENT_FIELD,
+    IDENTITY_FIELD,
+    IdentifyLeads,
+    KeepLatestPerLead,
+    RedactLeads,
+    ScoreLeads,
+    lead_archive_record,
+)
+from transforms.marketo_scoring import ActionThresholds, ScoringConfig
+from transforms.parse import ParseEvents
 
 __all__ = ["build_pipeline", "run", "sample_leads", "SAMPLE_INPUT", "MARKETO_TOPIC"]
 
@@ -70,12 +90,6 @@ def build_pipeline(
 
     Returns the main intermediate collections (for tests and benchmarks).
     """
-    from iheard_io.engagement import LookupEngagement
-    from schemas.events import MarketoLead
-    from transforms.marketo import ENGAGEMENT_FIELD, KeepLatestPerLead, ScoreLeads
-    from transforms.marketo_scoring import ActionThresholds, ScoringConfig
-    from transforms.parse import ParseEvents
-
     mopts = opts.view_as(MarketoOptions)
     # The extractor publishes JSON (Marketo's own record format).
     parsed = records | "ParseLeads" >> ParseEvents(MarketoLead, PIPELINE)
@@ -85,29 +99,36 @@ def build_pipeline(
         with_engagement = latest | "NoEngagement" >> beam.Map(
             lambda lead: dict(lead, **{ENGAGEMENT_FIELD: None}))
     else:
-        with_engagement = latest | "LookupEngagement" >> LookupEngagement(
-            conns.pii_secret, postgres_dsn=conns.postgres_dsn,
-            duckdb_path=None if conns.postgres_dsn else conns.embedded_db,
-            user_id_field=mopts.marketo_user_id_field, namespace=PIPELINE)
+        with_engagement = (
+            latest
+            | "IdentifyLeads" >> IdentifyLeads(conns.pii_secret, mopts.marketo_user_id_field)
+            | "LookupEngagement" >> LookupEngagement(
+                IDENTITY_FIELD, ENGAGEMENT_FIELD, postgres_dsn=conns.postgres_dsn,
+                duckdb_path=None if conns.postgres_dsn else conns.embedded_db,
+                namespace=PIPELINE))
     config = ScoringConfig(thresholds=ActionThresholds(
         priority_score=mopts.priority_score_threshold,
         nurture_probability=mopts.nurture_probability_threshold))
     scored = with_engagement | "ScoreLeads" >> ScoreLeads(conns.pii_secret, config, PIPELINE)
     rows = scored[ScoreLeads.VALID]
+    # The archive and the warehouse get the lead without its address and name.
+    redacted = rows | "RedactLeads" >> RedactLeads(conns.pii_secret)
 
     failures = [
         parsed[ParseEvents.FAILED],
         scored[ScoreLeads.FAILED],
-        # streaming=True: no Reshuffle before the sink (module docstring).
+        # streaming=True: no Reshuffle before the sinks (module docstring).
         common.write_rows(rows, "marketo_leads", conns, PIPELINE, streaming=True),
+        common.archive_records(
+            redacted | "ToArchiveRecords" >> beam.Map(lead_archive_record), conns, PIPELINE,
+            load_schema("marketo_lead_v1"), streaming, label="ArchiveLeads"),
+        *common.write_warehouse_rows(redacted, "marketo_leads", conns, PIPELINE, streaming=True),
     ]
     if conns.redis_url:
-        from iheard_io.redis_leads import WritePriorityLeads
-
         failures.append(rows | "WritePriorityLeads" >> WritePriorityLeads(
             conns.redis_url, pipeline=PIPELINE))
     common.write_dead_letters(failures, conns, PIPELINE)
-    return {"leads": latest, "rows": rows}
+    return {"leads": latest, "rows": rows, "redacted": redacted}
 
 
 def run(argv: typing.Optional[typing.List[str]] = None, runner=None):

@@ -79,12 +79,17 @@ class WarehouseTable:
     source_table: str  # the schemas.tables name whose rows this table receives
     columns: typing.Tuple[WarehouseColumn, ...]
     key: typing.Tuple[str, ...]
+    # A column whose larger value wins: the MERGE updates a row only when the
+    # incoming value is not older (as the PostgreSQL upsert's update_condition).
+    newer_wins: typing.Optional[str] = None
 
     def __post_init__(self):
         names = [c.name for c in self.columns]
         missing = [k for k in self.key if k not in names]
         if missing:
             raise ValueError(f"{self.name}: key columns {missing} not in columns")
+        if self.newer_wins is not None and self.newer_wins not in names:
+            raise ValueError(f"{self.name}: newer_wins column {self.newer_wins} not in columns")
         if self.source_table not in TABLES:
             raise ValueError(f"{self.name}: unknown source table {self.source_table!r}")
         unknown = [c.source for c in self.columns
@@ -180,6 +185,35 @@ AGENT_TURNS = _register(WarehouseTable(
         _c("TOOLS_USED", JSON),
     ),
     key=("SESSION_ID", "TURN_ID"),
+))
+
+
+# One row per Marketo lead: the scored marketo_leads row as redacted for the
+# archive (transforms.marketo.redacted_lead): the email token, never the
+# address or the name. The latest UPDATED_AT wins, as in PostgreSQL.
+MARKETO_LEADS = _register(WarehouseTable(
+    name="MARKETO_LEADS",
+    source_table="marketo_leads",
+    columns=(
+        _c("LEAD_ID", INTEGER, False),
+        _c("EMAIL_TOKEN", TEXT, True, 40),
+        _c("EMAIL_DOMAIN", TEXT, True, 255),
+        _c("EMAIL_DOMAIN_CLASS", TEXT, True, 20),
+        _c("COMPANY", TEXT, True, 255),
+        _c("LEAD_SOURCE", TEXT, True, 100),
+        _c("LEAD_QUALITY_SCORE", INTEGER),
+        _c("ENGAGEMENT_LEVEL", TEXT, True, 20),
+        _c("CONVERSION_PROBABILITY", FLOAT),
+        _c("RECOMMENDED_ACTION", TEXT, True, 50),
+        _c("GEOGRAPHIC_INFO", JSON),
+        _c("SCORE_FACTORS", JSON),
+        _c("ENGAGEMENT", JSON),
+        _c("TRANSFORMATION_METADATA", JSON),
+        _c("CREATED_AT", TIMESTAMP),
+        _c("UPDATED_AT", TIMESTAMP),
+    ),
+    key=("LEAD_ID",),
+    newer_wins="UPDATED_AT",
 ))
 
 
