@@ -62,10 +62,10 @@ import uuid
 
 import pytest
 
+from iheard_io import settings
 from tests.flink.conftest import REPO_ROOT
 from tests.flink.flink_rest import prometheus_samples, wait_for
 from tests.support import script_env
-from iheard_io import settings
 
 pytestmark = [pytest.mark.flink, pytest.mark.integration, pytest.mark.slow]
 
@@ -220,8 +220,8 @@ def _s3(env):
     import boto3
 
     return boto3.client(
-        "s3", endpoint_url=env['SPACES_ENDPOINT'], aws_access_key_id=env["SPACES_ACCESS_KEY"],
-        aws_secret_access_key=env["SPACES_SECRET_KEY"], region_name=env.get('SPACES_REGION', "us-east-1"),
+        "s3", endpoint_url=env["SPACES_ENDPOINT"], aws_access_key_id=env["SPACES_ACCESS_KEY"],
+        aws_secret_access_key=env["SPACES_SECRET_KEY"], region_name=env.get("SPACES_REGION", "us-east-1"),
     )
 
 

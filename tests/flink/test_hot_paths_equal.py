@@ -25,6 +25,7 @@ import uuid
 import pytest
 
 from beam_pipelines.generate import frontend_events
+from iheard_io import settings
 from schemas.events import FrontendEvent
 from schemas.tables import FRONTEND_ANALYTICS, FRONTEND_SESSIONS
 from tests.flink.flink_rest import wait_for
@@ -36,7 +37,6 @@ from tests.flink.test_frontend_streaming import (  # noqa: F401  (services_env i
     services_env,
 )
 from transforms.parse import parse_record
-from iheard_io import settings
 
 pytestmark = [pytest.mark.flink, pytest.mark.integration, pytest.mark.slow]
 

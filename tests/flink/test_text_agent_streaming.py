@@ -29,9 +29,9 @@ import uuid
 
 import pytest
 
+from iheard_io import settings
 from tests.flink.flink_rest import wait_for
 from tests.flink.test_frontend_streaming import (  # noqa: F401  (services_env is a fixture)
-from iheard_io import settings
     _create_topic,
     _pg_connect,
     _s3,

@@ -17,8 +17,8 @@ import subprocess
 
 import pytest
 
-from tests.support import parse_exports
 from iheard_io import settings
+from tests.support import parse_exports
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 SERVICES_SH = REPO_ROOT / "services" / "services.sh"
@@ -42,15 +42,15 @@ class Services:
 
     @property
     def pg_dsn(self):
-        return self.settings.postgres_dsn(env)
+        return settings.postgres_dsn(self.env)
 
     @property
     def redis_url(self):
-        return self.settings.redis_url(env)
+        return settings.redis_url(self.env)
 
     @property
     def s3_endpoint(self):
-        return self.env['SPACES_ENDPOINT']
+        return self.env["SPACES_ENDPOINT"]
 
     @property
     def s3_bucket(self):
@@ -66,7 +66,7 @@ class Services:
 
     @property
     def s3_region(self):
-        return self.env['SPACES_REGION']
+        return self.env["SPACES_REGION"]
 
 
 def run_services_sh(*args, timeout_s, env=None):

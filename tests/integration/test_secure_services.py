@@ -182,12 +182,12 @@ def test_s3_refuses_wrong_key_plaintext_and_untrusted_certificate(secure_service
     def list_buckets(endpoint, key, secret, verify):
         client = boto3.client(
             "s3", endpoint_url=endpoint, aws_access_key_id=key, aws_secret_access_key=secret,
-            region_name=env['SPACES_REGION'], verify=verify,
+            region_name=env["SPACES_REGION"], verify=verify,
             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
                           connect_timeout=3, read_timeout=5))
         return client.list_buckets()
 
-    endpoint, key, ca = env['SPACES_ENDPOINT'], env["SPACES_ACCESS_KEY"], env['SPACES_CA_BUNDLE']
+    endpoint, key, ca = env["SPACES_ENDPOINT"], env["SPACES_ACCESS_KEY"], env["SPACES_CA_BUNDLE"]
     assert list_buckets(endpoint, key, env["SPACES_SECRET_KEY"], ca)["Buckets"]
     for case, call, errors in [
         ("wrong secret", lambda: list_buckets(endpoint, key, "not-the-secret", ca), (ClientError,)),
@@ -283,9 +283,9 @@ def _archived(env, prefix):
     import boto3
     import fastavro
 
-    s3 = boto3.client("s3", endpoint_url=env['SPACES_ENDPOINT'], verify=env['SPACES_CA_BUNDLE'],
+    s3 = boto3.client("s3", endpoint_url=env["SPACES_ENDPOINT"], verify=env["SPACES_CA_BUNDLE"],
                       aws_access_key_id=env["SPACES_ACCESS_KEY"],
-                      aws_secret_access_key=env["SPACES_SECRET_KEY"], region_name=env['SPACES_REGION'])
+                      aws_secret_access_key=env["SPACES_SECRET_KEY"], region_name=env["SPACES_REGION"])
     records = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=env["ARCHIVE_BUCKET"], Prefix=prefix):
         for obj in page.get("Contents", []):

@@ -28,9 +28,9 @@ from kafka.admin import ConfigResource
 from kafka.admin import ConfigResourceType
 from kafka.admin import KafkaAdminClient
 
+from iheard_io import settings
 from tests.support import parse_exports
 from tests.integration.conftest import run_services_sh
-from iheard_io import settings
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -193,7 +193,7 @@ def test_env_prints_consistent_settings(services):
     assert set(env) <= known
     assert settings.postgres_dsn(env).startswith("host=127.0.0.1 port=15433")
     assert settings.redis_url(env) == f"redis://{env['REDIS_HOST']}:{env['REDIS_PORT']}/0"
-    assert env['SPACES_ENDPOINT'] == "http://127.0.0.1:19000"
+    assert env["SPACES_ENDPOINT"] == "http://127.0.0.1:19000"
     assert (env["SPACES_ACCESS_KEY"], env["SPACES_SECRET_KEY"]) == ("test", "test")
     assert env["ARCHIVE_BUCKET"] == "iheardai-archive"
 
