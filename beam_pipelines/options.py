@@ -186,7 +186,7 @@ HOT_PATHS = ("batched", "per_event")
 # Configured when an account is given (flag or variable).
 _SNOWFLAKE_FLAGS = (
     ("account", "SNOWFLAKE_ACCOUNT", "Snowflake account identifier; enables loading "
-     "FRONTEND_EVENTS / AGENT_TURNS."),
+     "FRONTEND_EVENTS / AGENT_TURNS / MARKETO_LEADS."),
     ("user", "SNOWFLAKE_USER", "Snowflake user."),
     ("password", "SNOWFLAKE_PASSWORD", "Snowflake password (prefer the variable)."),
     ("database", "SNOWFLAKE_DATABASE", "Snowflake database (must exist)."),

@@ -1,8 +1,8 @@
 """Snowflake sink: staged CSV files, ``COPY INTO`` a staging table, ``MERGE`` on the key.
 
 ``WriteToSnowflake`` loads row dicts of a project table (``frontend_analytics``,
-``agent_turns``) into its warehouse table (``FRONTEND_EVENTS``,
-``AGENT_TURNS``: ``schemas.warehouse``) through ``snowflake-connector-python``::
+``agent_turns``, ``marketo_leads``) into its warehouse table (``FRONTEND_EVENTS``,
+``AGENT_TURNS``, ``MARKETO_LEADS``: ``schemas.warehouse``) through ``snowflake-connector-python``::
 
     rows
       -> Reshuffle          (``reshuffle=True``, the default) materialises the
