@@ -71,7 +71,6 @@ from iheard_io.marketo_client import (
     MarketoClient,
     MarketoError,
     MarketoQuotaExceeded,
-    MarketoUnavailable,
 )
 from iheard_io.watermark import SqlHighWaterMark
 from schemas.records import FailedRecord, utc_now_iso
@@ -157,6 +156,30 @@ def _split_leads(leads: typing.Iterable[dict], redact):
     return records, failed
 
 
+# Why a run stopped, most specific first: exception class, status, exit code.
+_STOPS = (
+    (MarketoQuotaExceeded, "quota_exhausted", EXIT_QUOTA),
+    (MarketoAuthError, "auth_failed", EXIT_AUTH),
+    (MarketoError, "unavailable", EXIT_UNAVAILABLE),  # MarketoUnavailable and the rest
+    (PublishError, "publish_failed", EXIT_PUBLISH),
+)
+
+
+def _stopped(result: ExtractResult, exc: Exception) -> None:
+    for cls, status, exit_code in _STOPS:
+        if isinstance(exc, cls):
+            result.status, result.exit_code, result.reason = status, exit_code, str(exc)
+            break
+    if isinstance(exc, MarketoQuotaExceeded):
+        result.reason = f"Marketo daily API quota reached (607); stopped, mark kept: {exc}"
+
+
+def _finished(result: ExtractResult, client, watermark) -> ExtractResult:
+    result.stats = dict(sorted(client.stats.items()))
+    watermark.record_run(result.status, result.reason, result.stats)
+    return result
+
+
 def extract_once(client, publisher, watermark, *, since_default: dt.datetime,
                  lead_fields: typing.Sequence[str],
                  change_fields: typing.Sequence[str] = LEAD_CHANGE_FIELDS,
@@ -199,18 +222,9 @@ def extract_once(client, publisher, watermark, *, since_default: dt.datetime,
             token = page.next_page_token
             if not page.more_result or should_stop():
                 break
-    except MarketoQuotaExceeded as exc:
-        result.status, result.exit_code = "quota_exhausted", EXIT_QUOTA
-        result.reason = f"Marketo daily API quota reached (607); stopped, mark kept: {exc}"
-    except MarketoAuthError as exc:
-        result.status, result.exit_code, result.reason = "auth_failed", EXIT_AUTH, str(exc)
-    except (MarketoUnavailable, MarketoError) as exc:
-        result.status, result.exit_code, result.reason = "unavailable", EXIT_UNAVAILABLE, str(exc)
-    except PublishError as exc:
-        result.status, result.exit_code, result.reason = "publish_failed", EXIT_PUBLISH, str(exc)
-    result.stats = dict(sorted(client.stats.items()))
-    watermark.record_run(result.status, result.reason, result.stats)
-    return result
+    except (MarketoError, PublishError) as exc:
+        _stopped(result, exc)
+    return _finished(result, client, watermark)
 
 
 def backfill(client, publisher, watermark, *, updated_from: dt.datetime,
@@ -234,18 +248,9 @@ def backfill(client, publisher, watermark, *, updated_from: dt.datetime,
             watermark.advance(end, None, len(records))
             result.high_water_mark = end
             start = end
-    except MarketoQuotaExceeded as exc:
-        result.status, result.exit_code = "quota_exhausted", EXIT_QUOTA
-        result.reason = f"Marketo daily API quota reached (607); stopped, mark kept: {exc}"
-    except MarketoAuthError as exc:
-        result.status, result.exit_code, result.reason = "auth_failed", EXIT_AUTH, str(exc)
-    except MarketoError as exc:
-        result.status, result.exit_code, result.reason = "unavailable", EXIT_UNAVAILABLE, str(exc)
-    except PublishError as exc:
-        result.status, result.exit_code, result.reason = "publish_failed", EXIT_PUBLISH, str(exc)
-    result.stats = dict(sorted(client.stats.items()))
-    watermark.record_run(result.status, result.reason, result.stats)
-    return result
+    except (MarketoError, PublishError) as exc:
+        _stopped(result, exc)
+    return _finished(result, client, watermark)
 
 
 def _make_publisher(conns, opts, mopts):
