@@ -59,6 +59,8 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 import io_bench  # noqa: E402  (raw consume and naive consumer, shared with io_bench)
 
+from iheard_io import settings  # noqa: E402
+
 from tests.flink.flink_rest import FlinkRest, wait_for  # noqa: E402
 from tests.support import (  # noqa: E402
     end_process,
@@ -318,7 +320,7 @@ def main(argv=None) -> int:
     subprocess.run(["bash", os.path.join(REPO, "flink/cluster.sh"), "up"], check=True)
     env = script_env(os.path.join(REPO, "services/services.sh"))
     flink_env = script_env(os.path.join(REPO, "flink/cluster.sh"))
-    bootstrap, dsn = env["KAFKA_BOOTSTRAP"], env["POSTGRES_DSN"]
+    bootstrap, dsn = env["KAFKA_BOOTSTRAP"], settings.postgres_dsn(env)
     rest = FlinkRest("http://127.0.0.1:" + flink_env["FLINK_MASTER"].rsplit(":", 1)[1])
 
     import psycopg
@@ -354,10 +356,10 @@ def main(argv=None) -> int:
         sys.executable, "-m", spec["module"], "--profile=flink-local", "--streaming",
         f"--parallelism={args.parallelism}", f"--job_name={job_name}",
         f"--kafka_bootstrap={bootstrap}", f"--kafka_topic={topic}", f"--kafka_group_id={topic}",
-        f"--postgres_dsn={dsn}", f"--redis_url={env['REDIS_URL']}",
+        f"--postgres_dsn={dsn}", f"--redis_url={settings.redis_url(env)}",
         f"--archive_path=s3://{env['ARCHIVE_BUCKET']}/flink-bench/{run_id}",
-        f"--s3_endpoint_url={env['S3_ENDPOINT_URL']}", f"--s3_access_key_id={env['SPACES_ACCESS_KEY']}",
-        f"--s3_secret_access_key={env['SPACES_SECRET_KEY']}", f"--s3_region_name={env.get('S3_REGION', 'us-east-1')}",
+        f"--s3_endpoint_url={env['SPACES_ENDPOINT']}", f"--s3_access_key_id={env['SPACES_ACCESS_KEY']}",
+        f"--s3_secret_access_key={env['SPACES_SECRET_KEY']}", f"--s3_region_name={env.get('SPACES_REGION', 'us-east-1')}",
         *args.job_arg,
     ]
     log = open(os.path.join(workdir, "job.log"), "w")
@@ -518,7 +520,7 @@ def main(argv=None) -> int:
         stop = threading.Event()
 
         def poll():
-            r = redis.Redis.from_url(env["REDIS_URL"])
+            r = redis.Redis.from_url(settings.redis_url(env))
             pg = psycopg.connect(dsn, autocommit=True)
             while not stop.is_set():
                 now = time.perf_counter()
