@@ -71,6 +71,8 @@ from tests.support import (  # noqa: E402
 )
 
 KPI_PREFIX = "iheard:kpi:"
+# The streaming archive's window (iheard_io.archive.DEFAULT_STREAMING_WINDOW_S).
+ARCHIVE_WINDOW_S = 300
 
 
 def _vertex_load(rest: FlinkRest, jid: str) -> typing.Dict[str, typing.Tuple[float, float]]:
@@ -308,8 +310,8 @@ def main(argv=None) -> int:
     parser.add_argument("--drain-timeout-s", type=int, default=3600)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--backlog-rate", type=float, default=1000.0,
-                        help="events per second of event time in the backlog, which ends now (a job "
-                             "that was down while a live stream went on); 0: the generator's own "
+                        help="events per second of event time in the backlog, which ends 6 minutes ago (a "
+                             "job that was down while a live stream went on); 0: the generator's own "
                              "spacing from 6 h ago (a visit every ~10 s: 1,000,000 events span a month, "
                              "as in the figures before December 2026)")
     parser.add_argument("--job-arg", action="append", default=[], metavar="FLAG",
@@ -332,8 +334,11 @@ def main(argv=None) -> int:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     admin.create_topics([NewTopic(topic, args.partitions, 1)])
     if args.backlog_rate > 0:
+        # The backlog ends one archive window (plus a minute) ago, so that
+        # once it is read, the idle watermark closes every archive window it
+        # touches and the drain can wait for the archive too.
         span_ms = int(args.events / args.backlog_rate * 1000)
-        start_ms = int(time.time() * 1000) - span_ms
+        start_ms = int(time.time() * 1000) - span_ms - (ARCHIVE_WINDOW_S + 60) * 1000
     else:
         span_ms, start_ms = None, (int(time.time()) - 6 * 3600) * 1000
 
