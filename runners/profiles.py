@@ -32,14 +32,16 @@ Profiles
     port 50000 (``EXTERNAL`` environment). The image must already contain the
     project: an external worker pool does not install staged artifacts.
 
-Environment read here (and only here): ``FLINK_MASTER``,
-``FLINK_JOB_SERVER_JAR``, ``IHEARD_HOME``.
+Environment (through ``iheard_io.settings``, like every entry point):
+``FLINK_MASTER``, ``FLINK_JOB_SERVER_JAR``, ``IHEARD_HOME``.
 """
 from __future__ import annotations
 
 import os
 import sys
 import typing
+
+from iheard_io import settings
 
 __all__ = ["PROFILES", "profile_flags", "expand_argv", "flag_name"]
 
@@ -93,24 +95,19 @@ PROFILES = ("direct", "flink-local", "flink-k8s")
 FN_API_RUNNER = "apache_beam.runners.portability.fn_api_runner.fn_runner.FnApiRunner"
 
 
-def _iheard_home(environ: typing.Mapping[str, str]) -> str:
-    return environ.get("IHEARD_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "iheardai")
-
-
 def _default_job_server_jar(environ: typing.Mapping[str, str]) -> str:
-    if environ.get("FLINK_JOB_SERVER_JAR"):
-        return environ["FLINK_JOB_SERVER_JAR"]
-    return os.path.join(_iheard_home(environ), *_LAUNCHER_RELPATH)
+    return (settings.value(environ, "FLINK_JOB_SERVER_JAR")
+            or os.path.join(settings.iheard_home(environ), *_LAUNCHER_RELPATH))
 
 
 def _local_checkpoint_dir(environ: typing.Mapping[str, str]) -> str:
     """Where flink/cluster.sh keeps the local cluster's checkpoints."""
-    return "file://" + os.path.join(_iheard_home(environ), "flink", "checkpoints")
+    return "file://" + os.path.join(settings.iheard_home(environ), "flink", "checkpoints")
 
 
 def profile_flags(name: str, environ: typing.Optional[typing.Mapping[str, str]] = None) -> typing.List[str]:
     """The flags of profile ``name``, resolved against ``environ`` (default: os.environ)."""
-    env = os.environ if environ is None else environ
+    env = settings.environment(environ)
     if name == "direct":
         return [f"--runner={FN_API_RUNNER}"]
     flink_common = [
@@ -124,7 +121,7 @@ def profile_flags(name: str, environ: typing.Optional[typing.Mapping[str, str]] 
     ]
     if name == "flink-local":
         return flink_common + [
-            f"--flink_master={env.get('FLINK_MASTER') or LOCAL_FLINK_MASTER}",
+            f"--flink_master={settings.flink_master(env, LOCAL_FLINK_MASTER)}",
             "--environment_type=LOOPBACK",
             f"--parallelism={LOCAL_PARALLELISM}",
             f"--state_backend={LOCAL_STATE_BACKEND}",
@@ -132,7 +129,7 @@ def profile_flags(name: str, environ: typing.Optional[typing.Mapping[str, str]] 
         ]
     if name == "flink-k8s":
         return flink_common + [
-            f"--flink_master={env.get('FLINK_MASTER') or LOCAL_FLINK_MASTER}",
+            f"--flink_master={settings.flink_master(env, LOCAL_FLINK_MASTER)}",
             "--environment_type=EXTERNAL",
             f"--environment_config={EXTERNAL_WORKER_POOL}",
         ]

@@ -116,6 +116,41 @@ def test_merge_sql_matches_on_the_key_and_parses_json_in_the_source():
     assert '"TURN_ID" =' not in update and '"MODEL" = s."MODEL"' in update
 
 
+def test_marketo_leads_merge_keeps_the_newest_version():
+    from schemas.warehouse import MARKETO_LEADS
+
+    sql = merge_sql(MARKETO_LEADS, "STG")
+    assert ('WHEN MATCHED AND (t."UPDATED_AT" IS NULL OR s."UPDATED_AT" >= t."UPDATED_AT") '
+            "THEN UPDATE SET") in sql
+    assert "WHEN MATCHED THEN" in merge_sql(AGENT_TURNS, "STG")  # no condition elsewhere
+    assert 'CREATE TABLE IF NOT EXISTS "MARKETO_LEADS"' in "\n".join(snowflake_ddl())
+    assert not {"EMAIL", "FULL_NAME"} & set(MARKETO_LEADS.column_names)
+
+
+def test_isolate_bad_rows_bisects_to_the_refused_rows_only():
+    class Refused(Exception):
+        sqlstate = "22000"
+
+    written, attempts = [], []
+
+    def write(batch):
+        attempts.append(list(batch))
+        if any(item % 5 == 0 for item in batch):
+            raise Refused("bad")
+        written.extend(batch)
+
+    refused = list(isolate_bad_rows(list(range(1, 12)), write,
+                                    lambda e: getattr(e, "sqlstate", "")[:2] == "22"))
+    assert [item for item, _ in refused] == [5, 10]
+    assert sorted(written) == [1, 2, 3, 4, 6, 7, 8, 9, 11]  # each good row once
+
+    def broken(batch):
+        raise RuntimeError("not a data error")
+
+    with pytest.raises(RuntimeError):
+        list(isolate_bad_rows([1, 2], broken, lambda e: False))
+
+
 def test_settings_from_flags_win_over_the_seed_variables():
     env = {"SNOWFLAKE_ACCOUNT": "env_acct", "SNOWFLAKE_USER": "env_user",
            "SNOWFLAKE_PASSWORD": "env_pw", "SNOWFLAKE_DATABASE": "IHEARDAI_ANALYTICS",
@@ -136,7 +171,7 @@ def test_transform_checks_its_arguments():
         WriteToSnowflake(SETTINGS, "frontend_analytics")
     with pytest.raises(ValueError, match="batch_size"):
         WriteToSnowflake(SETTINGS, "FRONTEND_EVENTS", batch_size=0)
-    assert sorted(WAREHOUSE_TABLES) == ["AGENT_TURNS", "FRONTEND_EVENTS"]
+    assert sorted(WAREHOUSE_TABLES) == ["AGENT_TURNS", "FRONTEND_EVENTS", "MARKETO_LEADS"]
 
 
 # -- the sink on fakesnow ----------------------------------------------------
