@@ -127,30 +127,6 @@ def test_marketo_leads_merge_keeps_the_newest_version():
     assert not {"EMAIL", "FULL_NAME"} & set(MARKETO_LEADS.column_names)
 
 
-def test_isolate_bad_rows_bisects_to_the_refused_rows_only():
-    class Refused(Exception):
-        sqlstate = "22000"
-
-    written, attempts = [], []
-
-    def write(batch):
-        attempts.append(list(batch))
-        if any(item % 5 == 0 for item in batch):
-            raise Refused("bad")
-        written.extend(batch)
-
-    refused = list(isolate_bad_rows(list(range(1, 12)), write,
-                                    lambda e: getattr(e, "sqlstate", "")[:2] == "22"))
-    assert [item for item, _ in refused] == [5, 10]
-    assert sorted(written) == [1, 2, 3, 4, 6, 7, 8, 9, 11]  # each good row once
-
-    def broken(batch):
-        raise RuntimeError("not a data error")
-
-    with pytest.raises(RuntimeError):
-        list(isolate_bad_rows([1, 2], broken, lambda e: False))
-
-
 def test_settings_from_flags_win_over_the_seed_variables():
     env = {"SNOWFLAKE_ACCOUNT": "env_acct", "SNOWFLAKE_USER": "env_user",
            "SNOWFLAKE_PASSWORD": "env_pw", "SNOWFLAKE_DATABASE": "IHEARDAI_ANALYTICS",
