@@ -318,7 +318,13 @@ class _ReadFromKafkaPartitionFn(beam.DoFn):
                 break
 
         self._register_commit(bundle_finalizer, tp, next_offset)
-        tracker.defer_remainder(Duration(seconds=0 if self._bounded else self._poll_timeout_ms / 1000.0))
+        # Resume at once: the next call's poll blocks (up to poll_timeout_ms)
+        # until records arrive, so there is no busy loop, and a record that
+        # arrives right after this call returns does not wait out a delay.
+        # benchmarks/flink_bench.py, 600 events at 30/s live (loaded machine):
+        # produce -> Redis p50 0.29 s / p95 0.68-0.80 s with a 200 ms delay,
+        # 0.24 / 0.52 s without.
+        tracker.defer_remainder(Duration(seconds=0))
 
     def _event_timestamp(self, record: SourceRecord) -> Timestamp:
         if self._timestamp_fn is not None:
