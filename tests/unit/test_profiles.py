@@ -14,7 +14,7 @@ from runners import profiles
 from runners.profiles import expand_argv, flag_name, profile_flags
 
 ENV = {"IHEARD_HOME": "/srv/iheard"}
-LAUNCHER = "/srv/iheard/flink/jobserver/2.62.0/beam-runners-flink-1.19-job-server-launcher-2.62.0.jar"
+LAUNCHER = "/srv/iheard/flink/jobserver/2.70.0/beam-runners-flink-1.19-job-server-launcher-2.70.0.jar"
 
 
 def _values(argv):
