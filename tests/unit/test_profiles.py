@@ -126,3 +126,10 @@ def test_module_prints_profiles():
     for name in profiles.PROFILES:
         assert f"{name}:" in out
     assert "--environment_type=LOOPBACK" in out
+
+
+def test_flink_local_keeps_state_on_the_heap_with_checkpoints_under_iheard_home():
+    flags = profile_flags("flink-local", {"IHEARD_HOME": "/srv/ih"})
+    assert "--state_backend=filesystem" in flags
+    assert "--state_backend_storage_path=file:///srv/ih/flink/checkpoints" in flags
+    assert not any(f.startswith("--state_backend") for f in profile_flags("flink-k8s", {}))
