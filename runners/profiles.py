@@ -87,7 +87,7 @@ LOCAL_PARALLELISM = 2
 # against 2,104 and 1,831 on the heap (flink/README.md, Performance). Give a
 # job --state_backend=rocksdb when its state outgrows the TaskManager heap
 # (a day of de-duplication ids at a high rate); flink-k8s keeps the cluster's
-# RocksDB for that reason. (Beam 2.62 takes "rocksdb" or "filesystem";
+# RocksDB for that reason. (Beam 2.62 and 2.70 take "rocksdb" or "filesystem";
 # Flink's newer name "hashmap" is refused at submission.)
 LOCAL_STATE_BACKEND = "filesystem"
 EXTERNAL_WORKER_POOL = "localhost:50000"
