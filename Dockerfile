@@ -18,7 +18,7 @@ FROM maven:3.9-eclipse-temurin-17 AS job-server-jar
 WORKDIR /build
 COPY flink/uberjar/pom.xml pom.xml
 RUN mvn -B -q package \
- && cp target/iheard-beam-flink-job-server-2.62.0.jar /beam-flink-job-server.jar
+ && cp target/iheard-beam-flink-job-server-2.70.0.jar /beam-flink-job-server.jar
 
 # --- 2. Python 3.11 with the project installed ---------------------------------
 FROM python:3.11-slim

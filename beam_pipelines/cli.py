@@ -98,9 +98,11 @@ def _redact_dsn(dsn: str) -> str:
 def check_runner(options) -> None:
     """Refuses a combination that would hang or fail obscurely.
 
-    Beam 2.62's DirectRunner hands streaming pipelines to the Prism runner,
-    which downloads a binary from the internet at run time: offline that
-    fails, and on a network that drops packets it hangs. A streaming job
+    Beam's DirectRunner hands streaming pipelines to the Prism runner, which
+    downloads a binary from the internet at run time: offline that fails, and
+    on a network that drops packets it hangs. (Beam 2.70 tries Prism first for
+    batch pipelines too and falls back to the FnApiRunner when the download
+    fails; the ``direct`` profile names the FnApiRunner to avoid the attempt.) A streaming job
     belongs on Flink (``--profile=flink-local``); a bounded Kafka backfill
     runs fine on the DirectRunner without ``--streaming``.
     """

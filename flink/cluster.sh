@@ -25,7 +25,7 @@ set -euo pipefail
 
 readonly FLINK_PATCH_VERSION=1.19.3
 readonly FLINK_MINOR_VERSION=1.19
-readonly BEAM_VERSION=2.62.0
+readonly BEAM_VERSION=2.70.0
 readonly REST_PORT=18081
 readonly PROMETHEUS_TM_PORT=19249
 readonly PROMETHEUS_JM_PORT=19259

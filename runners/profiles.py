@@ -15,11 +15,13 @@ instead of the profile's 2. Print the profiles with their current values::
 Profiles
 --------
 ``direct``
-    In-process ``FnApiRunner``. Named explicitly because Beam 2.62's
-    ``DirectRunner`` picks the Prism runner for pipelines the FnApiRunner does
-    not take (streaming ones), and Prism downloads a binary from the internet
-    at run time: offline that fails, and a network that drops packets makes it
-    hang.
+    In-process ``FnApiRunner``. Named explicitly because Beam's
+    ``DirectRunner`` hands pipelines to the Prism runner, which downloads a
+    binary from the internet at run time: offline that fails, and a network
+    that drops packets makes it hang. Beam 2.62 did that for pipelines the
+    FnApiRunner does not take (streaming ones); Beam 2.70 tries Prism first
+    for every pipeline it supports, batch ones too, and falls back to the
+    FnApiRunner when the download fails (checked on 2.70.0 here, offline).
 ``flink-local``
     The project's Flink 1.19 session cluster on 127.0.0.1:18081, submitted
     through the Beam job server that ``flink/cluster.sh install`` assembles
@@ -46,7 +48,7 @@ from iheard_io import settings
 __all__ = ["PROFILES", "profile_flags", "expand_argv", "flag_name"]
 
 FLINK_VERSION = "1.19"
-BEAM_VERSION = "2.62.0"
+BEAM_VERSION = "2.70.0"
 LOCAL_FLINK_MASTER = "localhost:18081"
 # Where flink/cluster.sh puts the job-server launcher (keep in sync).
 _LAUNCHER_RELPATH = (
@@ -68,7 +70,8 @@ CHECKPOINTING_INTERVAL_MS = 10_000
 MAX_BUNDLE_TIME_MS = 150
 MAX_BUNDLE_SIZE = 1_000
 # Finish open bundles before a checkpoint barrier instead of buffering their
-# outputs into the checkpoint. Without it Beam 2.62's Flink runner can, at
+# outputs into the checkpoint. Without it Beam's Flink runner (2.62; 2.70 see
+# flink/README.md) can, at
 # start-up, send Impulse's +inf watermark past the stage that discovers the
 # Kafka partitions while that stage's outputs sit in the checkpoint buffer:
 # the source never gets its partitions and every watermark downstream is +inf
@@ -84,14 +87,14 @@ LOCAL_PARALLELISM = 2
 # against 2,104 and 1,831 on the heap (flink/README.md, Performance). Give a
 # job --state_backend=rocksdb when its state outgrows the TaskManager heap
 # (a day of de-duplication ids at a high rate); flink-k8s keeps the cluster's
-# RocksDB for that reason. (Beam 2.62 takes "rocksdb" or "filesystem";
+# RocksDB for that reason. (Beam 2.62 and 2.70 take "rocksdb" or "filesystem";
 # Flink's newer name "hashmap" is refused at submission.)
 LOCAL_STATE_BACKEND = "filesystem"
 EXTERNAL_WORKER_POOL = "localhost:50000"
 
 PROFILES = ("direct", "flink-local", "flink-k8s")
 # --runner takes a fully qualified class name; "FnApiRunner" alone is not a
-# registered runner name in Beam 2.62.
+# registered runner name in Beam 2.62 or 2.70.
 FN_API_RUNNER = "apache_beam.runners.portability.fn_api_runner.fn_runner.FnApiRunner"
 
 

@@ -157,9 +157,10 @@ def _make_runner_classes():
     class _RestSubmittedFlinkJob(uber.FlinkBeamJob):
         """Beam's uber-jar job with the upload/run done here, adding savepoint restore.
 
-        Relies on FlinkBeamJob's attributes in apache-beam 2.62 (``_jar``,
-        ``_flink_jar_id``, ``_jar_uploaded``, ``_flink_job_id``), which its
-        state polling and cancel use; apache-beam is pinned to that version.
+        Relies on FlinkBeamJob's attributes in apache-beam 2.62 and 2.70
+        (``_jar``, ``_flink_jar_id``, ``_jar_uploaded``, ``_flink_job_id``),
+        which its state polling and cancel use; apache-beam is pinned, and
+        tests/flink/test_submit.py exercises them.
         """
 
         def run(self):
