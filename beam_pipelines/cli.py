@@ -119,7 +119,8 @@ def check_runner(options) -> None:
 
 
 def run_job(options: PipelineOptions, pipeline_name: str, source, build, runner=None,
-            batches: bool = False):
+            batches: bool = False, sample: typing.Optional[str] = None,
+            sample_lines: typing.Optional[typing.Callable[[], typing.Sequence[str]]] = None):
     """Runs one pipeline module's job, the same way for every pipeline.
 
     Refuses a runner combination that cannot work (``check_runner``),
@@ -135,7 +136,11 @@ def run_job(options: PipelineOptions, pipeline_name: str, source, build, runner=
 
     It runs, waits, and prints ``summary``. ``options`` are expanded already
     (``parse_options``); ``runner`` (a runner instance) overrides ``--runner``
-    (tests name theirs). Returns the PipelineResult."""
+    (tests name theirs). ``sample`` (and ``sample_lines``): the file read
+    when neither ``--input`` nor ``--kafka_bootstrap`` is given
+    (``input_or_sample``). Returns the PipelineResult."""
+    if sample is not None:
+        input_or_sample(options, sample, sample_lines)
     check_runner(options)
     streaming = bool(options.view_as(StandardOptions).streaming)
     opts = options.view_as(IheardOptions)
@@ -150,6 +155,12 @@ def run_job(options: PipelineOptions, pipeline_name: str, source, build, runner=
     result.wait_until_finish()
     print(summary(result, conns, pipeline_name), flush=True)
     return result
+
+
+def main(run: typing.Callable[[], typing.Any]) -> None:
+    """A pipeline module run as a script: command-line logging, then ``run()``."""
+    configure_cli_logging()
+    run()
 
 
 def generate_if_asked(argv: typing.Sequence[str], what: str,

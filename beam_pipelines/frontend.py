@@ -80,14 +80,9 @@ SAMPLE_INPUT = os.path.join(os.path.dirname(__file__), "sample_data", "frontend_
 HOT_PATH_FIELDS = tuple(dict.fromkeys(("event_id", "timestamp_ms") + SESSION_FIELDS))
 
 
-def build_pipeline(
-    pipeline: beam.Pipeline,
-    records: beam.PCollection,
-    conns: Connections,
-    opts: IheardOptions,
-    streaming: bool = False,
-    batched: bool = False,
-) -> typing.Dict[str, beam.PCollection]:
+def build_pipeline(pipeline: beam.Pipeline, records: beam.PCollection, conns: Connections,
+                   opts: IheardOptions, streaming: bool = False, batched: bool = False,
+                   ) -> typing.Dict[str, beam.PCollection]:
     """Applies the frontend chain to ``records`` (``PCollection[SourceRecord]``,
     or with ``batched`` lists of them: see transforms/batches.py).
 
@@ -170,10 +165,8 @@ def run(argv: typing.Optional[typing.List[str]] = None, save_main_session: bool 
     """Parses ``argv``, builds and runs the pipeline; returns the PipelineResult."""
     argv = list(sys.argv[1:] if argv is None else argv)
     options = cli.parse_options(argv, "python -m beam_pipelines.frontend", __doc__.splitlines()[0])
-    cli.input_or_sample(options, SAMPLE_INPUT)
     return cli.run_job(options, PIPELINE, common.event_source(FRONTEND_TOPIC), build_pipeline,
-                       batches=True)
+                       batches=True, sample=SAMPLE_INPUT)
 
 if __name__ == "__main__":
-    cli.configure_cli_logging()
-    run()
+    cli.main(run)

@@ -79,13 +79,9 @@ PIPELINE = "marketo"
 SAMPLE_INPUT = os.path.join(os.path.dirname(__file__), "sample_data", "marketo_leads.jsonl.gz")
 
 
-def build_pipeline(
-    pipeline: beam.Pipeline,
-    records: beam.PCollection,
-    conns: Connections,
-    opts: IheardOptions,
-    streaming: bool = False,
-) -> typing.Dict[str, beam.PCollection]:
+def build_pipeline(pipeline: beam.Pipeline, records: beam.PCollection, conns: Connections,
+                   opts: IheardOptions, streaming: bool = False,
+                   ) -> typing.Dict[str, beam.PCollection]:
     """Applies the Marketo chain to ``records`` (``PCollection[SourceRecord]``).
 
     Returns the main intermediate collections (for tests and benchmarks).
@@ -140,11 +136,9 @@ def run(argv: typing.Optional[typing.List[str]] = None, runner=None):
         return None
     options = cli.parse_options(rest, "python -m beam_pipelines.marketo",
                                 __doc__.splitlines()[0], MarketoOptions)
-    cli.input_or_sample(options, SAMPLE_INPUT)
     return cli.run_job(options, PIPELINE, common.event_source(MARKETO_TOPIC), build_pipeline,
-                       runner=runner)
+                       runner=runner, sample=SAMPLE_INPUT)
 
 
 if __name__ == "__main__":
-    cli.configure_cli_logging()
-    run()
+    cli.main(run)

@@ -183,5 +183,4 @@ def run(argv: typing.Optional[typing.List[str]] = None, runner=None):
 
 
 if __name__ == "__main__":
-    cli.configure_cli_logging()
-    run()
+    cli.main(run)

@@ -81,14 +81,9 @@ TEXT_AGENT_TOPIC = "text_agent_turn_completed"
 EARLY_FIRING_SECONDS = 30
 
 
-def build_pipeline(
-    pipeline: beam.Pipeline,
-    records: beam.PCollection,
-    conns: Connections,
-    opts: IheardOptions,
-    streaming: bool = False,
-    batched: bool = False,
-) -> typing.Dict[str, beam.PCollection]:
+def build_pipeline(pipeline: beam.Pipeline, records: beam.PCollection, conns: Connections,
+                   opts: IheardOptions, streaming: bool = False, batched: bool = False,
+                   ) -> typing.Dict[str, beam.PCollection]:
     """Applies the text-agent chain to ``records`` (``PCollection[SourceRecord]``,
     or with ``batched`` lists of them: parse and de-duplication then work on
     lists, see transforms/batches.py).
@@ -165,11 +160,10 @@ def run(argv: typing.Optional[typing.List[str]] = None, runner=None):
     options = cli.parse_options(rest, "python -m beam_pipelines.text_agent",
                                 __doc__.splitlines()[0])
     output_dir = options.view_as(IheardOptions).output_dir or "output"
-    cli.input_or_sample(options, os.path.join(output_dir, "text_agent_sample.jsonl.gz"),
-                        sample_turns)
     return cli.run_job(options, PIPELINE, common.event_source(TEXT_AGENT_TOPIC), build_pipeline,
-                       runner=runner, batches=True)
+                       runner=runner, batches=True,
+                       sample=os.path.join(output_dir, "text_agent_sample.jsonl.gz"),
+                       sample_lines=sample_turns)
 
 if __name__ == "__main__":
-    cli.configure_cli_logging()
-    run()
+    cli.main(run)
