@@ -24,11 +24,17 @@ __all__ = [
     "TABLES",
     "row_values",
     "ddl_statements",
+    "OPERATIONAL_QUERIES",
+    "operational_query",
     "failure_row",
     "to_utc_datetime",
 ]
 
 SQL_DIR = pathlib.Path(__file__).parent / "sql"
+# The design document's queries on these tables (PostgreSQL, also valid on
+# DuckDB), one file each; ddl_statements reads only SQL_DIR/*.sql.
+OPERATIONAL_QUERIES_DIR = SQL_DIR / "operational"
+OPERATIONAL_QUERIES = ("segment_engagement_24h", "all_leads_count", "qualified_leads_count")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,3 +309,11 @@ def ddl_statements(dialect: str = "postgres") -> typing.List[str]:
             text = _JSONB.sub("JSON", text)
         statements.extend(s.strip() for s in text.split(";") if s.strip())
     return statements
+
+
+def operational_query(name: str) -> str:
+    """The text of one of the design document's queries on the operational
+    tables (``OPERATIONAL_QUERIES``), as stored in ``schemas/sql/operational``."""
+    if name not in OPERATIONAL_QUERIES:
+        raise ValueError(f"unknown query {name!r}; known: {OPERATIONAL_QUERIES}")
+    return (OPERATIONAL_QUERIES_DIR / f"{name}.sql").read_text(encoding="utf-8")
