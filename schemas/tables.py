@@ -153,6 +153,8 @@ AGENT_TURNS = _register(
             "keywords", "tools_used", "tool_success_rate", "lead_captured",
             "user_intent", "previous_turns", "efficiency_factors",
             "quality_factors", "business_value_factors", "pii_redactions",
+            # added later (ALTER TABLE in 010_text_agent.sql)
+            "conversion_probability", "cost_per_interaction", "user_satisfaction",
         ),
         key=("session_id", "turn_id"),
         json_columns=frozenset({
@@ -183,6 +185,8 @@ AGENT_CONVERSATIONS = _register(
             "tool_success_rate", "models", "avg_quality_score",
             "avg_business_value_score", "max_business_value_score",
             "lead_captured", "pane_index", "is_final", "updated_at",
+            # added later (ALTER TABLE in 010_text_agent.sql)
+            "conversion_probability", "cost_per_interaction", "user_satisfaction",
         ),
         key=("session_id", "window_start"),
         json_columns=frozenset({
