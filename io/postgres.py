@@ -113,10 +113,11 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def upsert_sql(spec: TableSpec, source: str) -> str:
-    """``INSERT ... SELECT ... FROM source ON CONFLICT (key) DO UPDATE``."""
+def upsert_sql(spec: TableSpec, source: str, first_writer_wins: bool = False) -> str:
+    """``INSERT ... SELECT ... FROM source ON CONFLICT (key) DO UPDATE``, or
+    ``DO NOTHING`` with ``first_writer_wins`` (a stored row is never changed)."""
     cols = ", ".join(_quote(c) for c in spec.columns)
-    updates = [c for c in spec.columns if c not in spec.key]
+    updates = [] if first_writer_wins else [c for c in spec.columns if c not in spec.key]
     conflict = ", ".join(_quote(c) for c in spec.key)
     if updates:
         action = "DO UPDATE SET " + ", ".join(
@@ -177,8 +178,9 @@ class _WriteToPostgresFn(beam.DoFn):
     FAILED = "failed"
 
     def __init__(self, dsn, spec: TableSpec, batch_size, max_retries,
-                 backoff_s, pipeline, create_schema, batched=False):
+                 backoff_s, pipeline, create_schema, batched=False, first_writer_wins=False):
         self._dsn = dsn
+        self._first_writer_wins = first_writer_wins
         self._batched = batched
         self._spec = spec
         self._batch_size = batch_size
@@ -248,7 +250,8 @@ class _WriteToPostgresFn(beam.DoFn):
         items, self._buffer = self._buffer, []
         if not items:
             return
-        # Last row per key wins (ON CONFLICT may touch a row only once).
+        # One row per key (ON CONFLICT may touch a row only once): the last
+        # one, or the first with first_writer_wins, as the statement would.
         by_key = {}
         for row, ts, win in items:
             try:
@@ -257,6 +260,9 @@ class _WriteToPostgresFn(beam.DoFn):
                 yield self._failure(row, ts, win, exc)
                 continue
             key = tuple(values[i] for i in self._key_indexes)
+            if self._first_writer_wins:
+                by_key.setdefault(key, (row, ts, win, values))
+                continue
             by_key.pop(key, None)
             by_key[key] = (row, ts, win, values)
         yield from self._write_isolating_bad_rows(list(by_key.values()))
@@ -313,7 +319,7 @@ class _WriteToPostgresFn(beam.DoFn):
                 with cur.copy(f"COPY {self._stage} ({cols}) FROM STDIN") as copy:
                     for row in values:
                         copy.write_row(row)
-                cur.execute(upsert_sql(self._spec, self._stage))
+                cur.execute(upsert_sql(self._spec, self._stage, self._first_writer_wins))
 
     def _failure(self, row, ts, win, exc):
         self._failed.inc()
@@ -328,7 +334,10 @@ class WriteToPostgres(beam.PTransform):
     refused (see the module docstring for the error policy and the delivery
     guarantee: at-least-once, idempotent by upsert). ``batched=True``: each
     element is a list of row dicts (transforms/batches.py); rows are still
-    buffered per bundle and written with one COPY per ``batch_size``."""
+    buffered per bundle and written with one COPY per ``batch_size``.
+    ``first_writer_wins=True``: ``ON CONFLICT DO NOTHING``, and the first row
+    of a key within a batch: a row already stored is never changed, so rows
+    written before de-duplication keep the copy that came first."""
 
     def __init__(
         self,
@@ -341,6 +350,7 @@ class WriteToPostgres(beam.PTransform):
         retry_backoff_seconds: float = DEFAULT_BACKOFF_S,
         reshuffle: bool = True,
         batched: bool = False,
+        first_writer_wins: bool = False,
     ):
         super().__init__()
         if not dsn:
@@ -360,6 +370,7 @@ class WriteToPostgres(beam.PTransform):
         self._backoff_s = retry_backoff_seconds
         self._reshuffle = reshuffle
         self._batched = batched
+        self._first_writer_wins = first_writer_wins
 
     def expand(self, rows):
         if self._reshuffle:
@@ -369,6 +380,7 @@ class WriteToPostgres(beam.PTransform):
             | "UpsertRows" >> beam.ParDo(_WriteToPostgresFn(
                 self._dsn, self._spec, self._batch_size, self._max_retries,
                 self._backoff_s, self._pipeline, self._create_schema, self._batched,
+                self._first_writer_wins,
             )).with_outputs(_WriteToPostgresFn.FAILED, main="written")
         )
         return results[_WriteToPostgresFn.FAILED]

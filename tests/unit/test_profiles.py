@@ -128,6 +128,13 @@ def test_module_prints_profiles():
     assert "--environment_type=LOOPBACK" in out
 
 
+def test_flink_local_keeps_state_on_the_heap_with_checkpoints_under_iheard_home():
+    flags = profile_flags("flink-local", {"IHEARD_HOME": "/srv/ih"})
+    assert "--state_backend=filesystem" in flags
+    assert "--state_backend_storage_path=file:///srv/ih/flink/checkpoints" in flags
+    assert not any(f.startswith("--state_backend") for f in profile_flags("flink-k8s", {}))
+
+
 # -- a literal --runner=FlinkRunner (no --profile) ------------------------------
 def _never_probed():
     raise AssertionError("the local cluster must not be probed when a master is known")
@@ -158,9 +165,10 @@ def test_literal_flink_runner_master_order():
     assert _values(expand_argv(["--runner=FlinkRunner"], ENV, cluster_up=lambda: False))[
         "flink_master"] == ["[auto]"]
     # an explicit master is kept, and still gets LOOPBACK (Beam would pick DOCKER)
-    vals = _values(expand_argv(["--runner=FlinkRunner", "--flink_master", "h:1"], env,
-                               cluster_up=_never_probed))
-    assert vals["flink_master"] == ["h:1"]
+    out = expand_argv(["--runner=FlinkRunner", "--flink_master", "h:1"], env, cluster_up=_never_probed)
+    assert [a for a in out if a.startswith("--flink_master")] == ["--flink_master"]
+    assert out[out.index("--flink_master") + 1] == "h:1"
+    vals = _values(out)
     assert vals["environment_type"] == ["LOOPBACK"]
     assert vals["finish_bundle_before_checkpointing"] == [True]
 
