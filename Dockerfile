@@ -45,7 +45,7 @@ RUN PIP_CONSTRAINT=/opt/iheardai/constraints.txt pip install . \
 
 COPY --from=job-server-jar /beam-flink-job-server.jar /opt/iheardai/beam-flink-job-server.jar
 # runners.submit picks the jar up from here.
-ENV IHEARD_FLINK_JOB_SERVER_JAR=/opt/iheardai/beam-flink-job-server.jar
+ENV FLINK_JOB_SERVER_JAR=/opt/iheardai/beam-flink-job-server.jar
 
 # The worker pool starts one `python` process per SDK worker; nothing needs root.
 RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin iheard

@@ -170,10 +170,7 @@ def run(argv: typing.Optional[typing.List[str]] = None, save_main_session: bool 
     """Parses ``argv``, builds and runs the pipeline; returns the PipelineResult."""
     argv = list(sys.argv[1:] if argv is None else argv)
     options = cli.parse_options(argv, "python -m beam_pipelines.frontend", __doc__.splitlines()[0])
-    opts = options.view_as(IheardOptions)
-    if not opts.input and not opts.kafka_bootstrap:
-        _LOG.info("no --input or --kafka_bootstrap: using the bundled sample %s", SAMPLE_INPUT)
-        opts.input = SAMPLE_INPUT
+    cli.input_or_sample(options, SAMPLE_INPUT)
     return cli.run_job(options, PIPELINE, common.event_source(FRONTEND_TOPIC), build_pipeline,
                        batches=True)
 

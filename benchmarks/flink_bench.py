@@ -59,6 +59,8 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 import io_bench  # noqa: E402  (raw consume and naive consumer, shared with io_bench)
 
+from iheard_io import settings  # noqa: E402
+
 from tests.flink.flink_rest import FlinkRest, wait_for  # noqa: E402
 from tests.support import (  # noqa: E402
     end_process,
@@ -69,6 +71,8 @@ from tests.support import (  # noqa: E402
 )
 
 KPI_PREFIX = "iheard:kpi:"
+# The streaming archive's window (iheard_io.archive.DEFAULT_STREAMING_WINDOW_S).
+ARCHIVE_WINDOW_S = 300
 
 
 def _vertex_load(rest: FlinkRest, jid: str) -> typing.Dict[str, typing.Tuple[float, float]]:
@@ -306,8 +310,8 @@ def main(argv=None) -> int:
     parser.add_argument("--drain-timeout-s", type=int, default=3600)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--backlog-rate", type=float, default=1000.0,
-                        help="events per second of event time in the backlog, which ends now (a job "
-                             "that was down while a live stream went on); 0: the generator's own "
+                        help="events per second of event time in the backlog, which ends 6 minutes ago (a "
+                             "job that was down while a live stream went on); 0: the generator's own "
                              "spacing from 6 h ago (a visit every ~10 s: 1,000,000 events span a month, "
                              "as in the figures before December 2026)")
     parser.add_argument("--job-arg", action="append", default=[], metavar="FLAG",
@@ -318,7 +322,7 @@ def main(argv=None) -> int:
     subprocess.run(["bash", os.path.join(REPO, "flink/cluster.sh"), "up"], check=True)
     env = script_env(os.path.join(REPO, "services/services.sh"))
     flink_env = script_env(os.path.join(REPO, "flink/cluster.sh"))
-    bootstrap, dsn = env["KAFKA_BOOTSTRAP"], env["POSTGRES_DSN"]
+    bootstrap, dsn = env["KAFKA_BOOTSTRAP"], settings.postgres_dsn(env)
     rest = FlinkRest("http://127.0.0.1:" + flink_env["FLINK_MASTER"].rsplit(":", 1)[1])
 
     import psycopg
@@ -330,8 +334,11 @@ def main(argv=None) -> int:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     admin.create_topics([NewTopic(topic, args.partitions, 1)])
     if args.backlog_rate > 0:
+        # The backlog ends one archive window (plus a minute) ago, so that
+        # once it is read, the idle watermark closes every archive window it
+        # touches and the drain can wait for the archive too.
         span_ms = int(args.events / args.backlog_rate * 1000)
-        start_ms = int(time.time() * 1000) - span_ms
+        start_ms = int(time.time() * 1000) - span_ms - (ARCHIVE_WINDOW_S + 60) * 1000
     else:
         span_ms, start_ms = None, (int(time.time()) - 6 * 3600) * 1000
 
@@ -354,10 +361,10 @@ def main(argv=None) -> int:
         sys.executable, "-m", spec["module"], "--profile=flink-local", "--streaming",
         f"--parallelism={args.parallelism}", f"--job_name={job_name}",
         f"--kafka_bootstrap={bootstrap}", f"--kafka_topic={topic}", f"--kafka_group_id={topic}",
-        f"--postgres_dsn={dsn}", f"--redis_url={env['REDIS_URL']}",
+        f"--postgres_dsn={dsn}", f"--redis_url={settings.redis_url(env)}",
         f"--archive_path=s3://{env['ARCHIVE_BUCKET']}/flink-bench/{run_id}",
-        f"--s3_endpoint_url={env['S3_ENDPOINT_URL']}", f"--s3_access_key_id={env['SPACES_ACCESS_KEY']}",
-        f"--s3_secret_access_key={env['SPACES_SECRET_KEY']}", f"--s3_region_name={env.get('S3_REGION', 'us-east-1')}",
+        f"--s3_endpoint_url={env['SPACES_ENDPOINT']}", f"--s3_access_key_id={env['SPACES_ACCESS_KEY']}",
+        f"--s3_secret_access_key={env['SPACES_SECRET_KEY']}", f"--s3_region_name={env.get('SPACES_REGION', 'us-east-1')}",
         *args.job_arg,
     ]
     log = open(os.path.join(workdir, "job.log"), "w")
@@ -518,7 +525,7 @@ def main(argv=None) -> int:
         stop = threading.Event()
 
         def poll():
-            r = redis.Redis.from_url(env["REDIS_URL"])
+            r = redis.Redis.from_url(settings.redis_url(env))
             pg = psycopg.connect(dsn, autocommit=True)
             while not stop.is_set():
                 now = time.perf_counter()

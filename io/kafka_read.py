@@ -467,8 +467,9 @@ class ReadFromKafka(beam.PTransform):
       stop_after_idle_seconds: streaming only; ends a partition's restriction
         once it has been caught up with no new records for this long. For tests
         and backfills; ``None`` (default) reads forever.
-      security_protocol, sasl_mechanism, username, password, ssl_cafile,
-        password_file: see the module docstring.
+      **security: the keyword arguments of ``kafka_client_config``
+        (security_protocol, sasl_mechanism, username, password, password_file,
+        ssl_cafile), listed and checked there only.
     """
 
     def __init__(
@@ -488,12 +489,7 @@ class ReadFromKafka(beam.PTransform):
         stop_after_idle_seconds: typing.Optional[float] = None,
         commit_offsets: typing.Optional[bool] = None,
         batched: bool = False,
-        security_protocol: str = "PLAINTEXT",
-        sasl_mechanism: typing.Optional[str] = None,
-        username: typing.Optional[str] = None,
-        password: typing.Optional[str] = None,
-        ssl_cafile: typing.Optional[str] = None,
-        password_file: typing.Optional[str] = None,
+        **security,
     ):
         super().__init__()
         if mode not in ("bounded", "streaming"):
@@ -510,9 +506,7 @@ class ReadFromKafka(beam.PTransform):
             raise ValueError("stop_after_idle_seconds applies to streaming mode only")
         if commit_offsets is None:
             commit_offsets = mode == "streaming"
-        self._client_config = kafka_client_config(
-            bootstrap_servers, security_protocol, sasl_mechanism, username, password, ssl_cafile,
-            password_file)
+        self._client_config = kafka_client_config(bootstrap_servers, **security)
         self._topics = list(topics)
         self._bounded = mode == "bounded"
         self._group_id = group_id

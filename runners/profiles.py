@@ -48,8 +48,8 @@ A job-server jar that is a local path and missing is refused with one line
 naming ``bash flink/cluster.sh install`` (Beam would suggest a Gradle build of
 its own source tree, or try to download it when no path is given).
 
-Environment read here (and only here): ``FLINK_MASTER``,
-``FLINK_JOB_SERVER_JAR``, ``IHEARD_HOME``.
+Environment (through ``iheard_io.settings``, like every entry point):
+``FLINK_MASTER``, ``FLINK_JOB_SERVER_JAR``, ``IHEARD_HOME``.
 """
 from __future__ import annotations
 
@@ -59,6 +59,8 @@ import typing
 import urllib.error
 import urllib.parse
 import urllib.request
+
+from iheard_io import settings
 
 __all__ = ["PROFILES", "profile_flags", "expand_argv", "flag_name", "flink_runner_flags",
            "local_cluster_answers", "check_job_server_jar", "MissingJobServerJar",
@@ -121,19 +123,14 @@ PROFILES = ("direct", "flink-local", "flink-k8s")
 FN_API_RUNNER = "apache_beam.runners.portability.fn_api_runner.fn_runner.FnApiRunner"
 
 
-def _iheard_home(environ: typing.Mapping[str, str]) -> str:
-    return environ.get("IHEARD_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "iheardai")
-
-
 def _default_job_server_jar(environ: typing.Mapping[str, str]) -> str:
-    if environ.get("FLINK_JOB_SERVER_JAR"):
-        return environ["FLINK_JOB_SERVER_JAR"]
-    return os.path.join(_iheard_home(environ), *_LAUNCHER_RELPATH)
+    return (settings.value(environ, "FLINK_JOB_SERVER_JAR")
+            or os.path.join(settings.iheard_home(environ), *_LAUNCHER_RELPATH))
 
 
 def _local_checkpoint_dir(environ: typing.Mapping[str, str]) -> str:
     """Where flink/cluster.sh keeps the local cluster's checkpoints."""
-    return "file://" + os.path.join(_iheard_home(environ), "flink", "checkpoints")
+    return "file://" + os.path.join(settings.iheard_home(environ), "flink", "checkpoints")
 
 
 class MissingJobServerJar(ValueError):
@@ -179,11 +176,11 @@ def flink_runner_flags(
     """The flags a profile-less ``--runner=FlinkRunner`` gets (module
     docstring), leaving out those named in ``given`` (flag names). The local
     cluster is probed (``cluster_up``) only when no master is given or set."""
-    env = os.environ if environ is None else environ
+    env = settings.environment(environ)
     if "flink_master" in given:
         master = None
-    elif env.get("FLINK_MASTER"):
-        master = env["FLINK_MASTER"]
+    elif settings.flink_master(env):
+        master = settings.flink_master(env)
     else:
         master = LOCAL_FLINK_MASTER if cluster_up() else EMBEDDED_FLINK_MASTER
     flags = _flink_flags(env) + _local_flags(master or "", env)
@@ -193,15 +190,15 @@ def flink_runner_flags(
 
 def profile_flags(name: str, environ: typing.Optional[typing.Mapping[str, str]] = None) -> typing.List[str]:
     """The flags of profile ``name``, resolved against ``environ`` (default: os.environ)."""
-    env = os.environ if environ is None else environ
+    env = settings.environment(environ)
     if name == "direct":
         return [f"--runner={FN_API_RUNNER}"]
     flink_common = _flink_flags(env)
     if name == "flink-local":
-        return flink_common + _local_flags(env.get("FLINK_MASTER") or LOCAL_FLINK_MASTER, env)
+        return flink_common + _local_flags(settings.flink_master(env, LOCAL_FLINK_MASTER), env)
     if name == "flink-k8s":
         return flink_common + [
-            f"--flink_master={env.get('FLINK_MASTER') or LOCAL_FLINK_MASTER}",
+            f"--flink_master={settings.flink_master(env, LOCAL_FLINK_MASTER)}",
             "--environment_type=EXTERNAL",
             f"--environment_config={EXTERNAL_WORKER_POOL}",
         ]
