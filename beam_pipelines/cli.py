@@ -33,7 +33,7 @@ from beam_pipelines.options import (
     resolve_connections,
 )
 from monitoring.logs import configure_logging
-from runners.profiles import expand_argv
+from runners.profiles import check_job_server_jar, expand_argv
 
 __all__ = [
     "run_job",
@@ -198,11 +198,18 @@ def input_or_sample(options: PipelineOptions, sample_path: str,
 
 def parse_options(argv: typing.Sequence[str], prog: str, description: str,
                   *option_classes) -> PipelineOptions:
-    """``--help`` (prints and exits), then ``--profile`` expansion, then Beam's
-    parsing: the command line of every pipeline module."""
+    """``--help`` (prints and exits), then ``--profile`` (or profile-less
+    ``--runner=FlinkRunner``) expansion, then Beam's parsing: the command line
+    of every pipeline module. A command line that cannot run (unknown profile,
+    missing job-server jar) exits with one error line, as argparse does."""
     argv = list(argv)
     exit_with_help_if_asked(argv, prog, description, *option_classes)
-    return PipelineOptions(expand_argv(argv))
+    try:
+        expanded = expand_argv(argv)
+        check_job_server_jar(expanded)
+    except ValueError as exc:  # a bad --profile, a missing Flink job-server jar
+        raise SystemExit(f"{prog}: error: {exc}") from None
+    return PipelineOptions(expanded)
 
 
 def exit_with_help_if_asked(argv, prog: str, description: str, *option_classes) -> None:

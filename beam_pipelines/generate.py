@@ -6,14 +6,22 @@ them). ``sample_turns``: text-agent ``turn_completed`` payloads (written by
 
 Each simulated visit walks part of the funnel (page views, widget open,
 messages, product interest, conversion) with the payload shape the frontend's
-``trackEvent`` sends. A configurable share of lines is malformed (broken JSON,
+``trackEvent`` sends. The event types are every one the design document names:
+its ``trackEvent`` examples' (``widget_open``, ``message_sent``), the
+``product_click`` of the widget's product cards, and the types its funnel query
+counts (``page_view``, ``widget_open``, ``user_message``, ``product_interest``,
+``conversion``); see ``TRACKER_VOCABULARIES``. A configurable share of lines is malformed (broken JSON,
 missing fields, wrong types, impossible timestamps) and a share is sent twice
 (as a producer retry would), so the dead-letter and dedupe paths get exercised.
 
     python -m beam_pipelines.generate --events=10000 --output=events.jsonl.gz
     python -m beam_pipelines.generate --events=100000 --kafka_bootstrap=127.0.0.1:19092
+    python -m beam_pipelines.generate --events=2000 --ending_now --output=recent.jsonl.gz
 
-Output is deterministic for a given ``--seed`` and ``--start_ms``.
+Output is deterministic for a given ``--seed`` and ``--start_ms``. The
+document's queries are relative to the current time (``NOW() - INTERVAL '24
+hours'``, ``CURRENT_DATE()``); ``--ending_now`` dates the same events so the
+last one falls a minute before now, and those queries then find them.
 """
 from __future__ import annotations
 
@@ -24,9 +32,11 @@ import json
 import os
 import random
 import sys
+import time
 import typing
 
-__all__ = ["frontend_events", "sample_turns", "sample_leads", "write_lines", "main"]
+__all__ = ["frontend_events", "sample_turns", "sample_leads", "write_lines", "main",
+           "TRACKER_VOCABULARIES"]
 
 USER_AGENTS = [
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
@@ -63,7 +73,21 @@ MESSAGES = [
 ]
 
 
+# Event names for "the visitor sent a message" and "the visitor showed
+# interest in a product". Two tracker builds are in the field: one sends the
+# design document's trackEvent example names, the other names events after the
+# funnel stages the document's funnel query counts by event type. Both map to
+# the same stages in transforms/data/frontend_rules.yaml. Visits alternate by
+# visit number rather than by a random draw, so a seed's sessions, timings and
+# malformed/duplicate lines are the same whichever build a visit used.
+TRACKER_VOCABULARIES = (
+    {"message": "message_sent", "product": "product_click"},
+    {"message": "user_message", "product": "product_interest"},
+)
+
+
 def _visit(rng: random.Random, visit_no: int, start_ms: int) -> typing.List[dict]:
+    names = TRACKER_VOCABULARIES[visit_no % len(TRACKER_VOCABULARIES)]
     ua = rng.choice(USER_AGENTS)
     screen, viewport = rng.choice(SCREENS)
     country, tz = rng.choice(COUNTRIES)
@@ -117,11 +141,11 @@ def _visit(rng: random.Random, visit_no: int, start_ms: int) -> typing.List[dict
               click_coordinates={"x": rng.randint(1200, 1900), "y": rng.randint(700, 1000)})
         for _ in range(rng.randint(0, 3)):
             msg = rng.choice(MESSAGES)
-            event("message_sent", page, interaction_type="text_input",
+            event(names["message"], page, interaction_type="text_input",
                   message_length=len(msg), element_text=msg)
         if rng.random() < 0.4:
             product = PAGES[2] if rng.random() < 0.6 else PAGES[3]
-            event("product_click", product, interaction_type="click", element_id="product-card",
+            event(names["product"], product, interaction_type="click", element_id="product-card",
                   element_text="Widget Pro - $1,299.00")
             if rng.random() < 0.35:
                 event("conversion", PAGES[7], interaction_type="form_submit",
@@ -145,18 +169,40 @@ def _malform(rng: random.Random, event: dict) -> str:
     return json.dumps(bad)
 
 
+DEFAULT_START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z, the bundled sample's start
+
+
 def frontend_events(
     count: int,
     seed: int = 7,
     malformed_ratio: float = 0.02,
     duplicate_ratio: float = 0.01,
-    start_ms: int = 1_767_225_600_000,  # 2026-01-01T00:00:00Z
+    start_ms: int = DEFAULT_START_MS,
+    end_ms: typing.Optional[int] = None,
 ) -> typing.Iterator[str]:
-    """Yields ``count`` JSON lines (malformed and duplicated ones included)."""
+    """Yields ``count`` JSON lines (malformed and duplicated ones included).
+
+    With ``end_ms`` the events are dated so that the last one is at
+    ``end_ms`` (``start_ms`` is then ignored); the lines are otherwise those
+    of the same seed: only the timestamps move, all by the same amount.
+    """
     if count < 0:
         raise ValueError("count must be >= 0")
     if not (0 <= malformed_ratio <= 1 and 0 <= duplicate_ratio <= 1):
         raise ValueError("ratios must be between 0 and 1")
+    if end_ms is not None:
+        # Timings are offsets from start_ms drawn independently of it, so a
+        # dry run from 0 measures the span to subtract.
+        span_ms = max((ts for _, ts in _dated_lines(count, seed, malformed_ratio,
+                                                      duplicate_ratio, 0)), default=0)
+        start_ms = end_ms - span_ms
+    return (line for line, _ in _dated_lines(count, seed, malformed_ratio,
+                                             duplicate_ratio, start_ms))
+
+
+def _dated_lines(count: int, seed: int, malformed_ratio: float, duplicate_ratio: float,
+                 start_ms: int) -> typing.Iterator[typing.Tuple[str, int]]:
+    """(line, timestamp of the event it was made from) pairs."""
     rng = random.Random(seed)
     emitted = 0
     visit_no = 0
@@ -168,14 +214,14 @@ def frontend_events(
             if emitted >= count:
                 break
             if rng.random() < malformed_ratio:
-                yield _malform(rng, event)
+                yield _malform(rng, event), event["timestamp"]
                 emitted += 1
                 continue
             line = json.dumps(event, separators=(",", ":"))
-            yield line
+            yield line, event["timestamp"]
             emitted += 1
             if emitted < count and rng.random() < duplicate_ratio:
-                yield line
+                yield line, event["timestamp"]
                 emitted += 1
 
 
@@ -422,13 +468,18 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--malformed_ratio", type=float, default=0.02)
     parser.add_argument("--duplicate_ratio", type=float, default=0.01)
-    parser.add_argument("--start_ms", type=int, default=1_767_225_600_000)
+    parser.add_argument("--start_ms", type=int, default=DEFAULT_START_MS,
+                        help="time of the first visit, ms since the epoch (default 2026-01-01)")
+    parser.add_argument("--ending_now", action="store_true",
+                        help="date the events so the last one is a minute before now "
+                             "(instead of --start_ms); queries relative to NOW() find them")
     parser.add_argument("--output", help="file to write (.jsonl or .jsonl.gz); '-' for stdout")
     parser.add_argument("--kafka_bootstrap", help="produce to Kafka instead of a file")
     parser.add_argument("--topic", default="frontend_user_interaction")
     args = parser.parse_args(argv)
+    end_ms = int(time.time() * 1000) - 60_000 if args.ending_now else None
     lines = frontend_events(args.events, args.seed, args.malformed_ratio,
-                            args.duplicate_ratio, args.start_ms)
+                            args.duplicate_ratio, args.start_ms, end_ms=end_ms)
     if args.kafka_bootstrap:
         n = _produce(lines, args.kafka_bootstrap, args.topic)
         print(f"produced {n} events to {args.topic}", file=sys.stderr)

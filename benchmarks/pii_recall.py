@@ -8,10 +8,16 @@ kind, look-alikes kept >= 97 %), and lists every miss and damaged snippet.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from tests.unit import pii_corpus
-from transforms.pii import PiiRedactor
+# The corpus lives in this checkout's tests/; put the checkout first on the
+# path, since an installed distribution may ship a top-level ``tests`` package.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from tests.unit import pii_corpus  # noqa: E402
+from transforms.pii import PiiRedactor  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -34,6 +34,22 @@ Profiles
     port 50000 (``EXTERNAL`` environment). The image must already contain the
     project: an external worker pool does not install staged artifacts.
 
+``--runner=FlinkRunner`` without a profile
+    (the design card's ``python -m beam_pipelines.frontend --runner=FlinkRunner``)
+    gets what Beam alone would get wrong offline: the project's job-server
+    launcher instead of a jar downloaded from the internet, and a master:
+    ``--flink_master`` if given, else ``FLINK_MASTER``, else the local cluster
+    on 127.0.0.1:18081 when its REST API answers, else Beam's embedded Flink
+    (``[auto]``, started by the same launcher). Whatever the master, the
+    ``flink-local`` flags come along (LOOPBACK workers,
+    ``--finish_bundle_before_checkpointing``, checkpointing, bundle limits,
+    parallelism): against a real cluster Beam would otherwise pick the DOCKER
+    environment. Flags given on the command line win, as with a profile.
+
+A job-server jar that is a local path and missing is refused with one line
+naming ``bash flink/cluster.sh install`` (Beam would suggest a Gradle build of
+its own source tree, or try to download it when no path is given).
+
 Environment (through ``iheard_io.settings``, like every entry point):
 ``FLINK_MASTER``, ``FLINK_JOB_SERVER_JAR``, ``IHEARD_HOME``.
 """
@@ -42,14 +58,26 @@ from __future__ import annotations
 import os
 import sys
 import typing
+import urllib.error
+import urllib.parse
+import urllib.request
 
 from iheard_io import settings
 
-__all__ = ["PROFILES", "profile_flags", "expand_argv", "flag_name"]
+__all__ = ["PROFILES", "profile_flags", "expand_argv", "flag_name", "flink_runner_flags",
+           "local_cluster_answers", "check_job_server_jar", "MissingJobServerJar",
+           "EMBEDDED_FLINK_MASTER"]
 
 FLINK_VERSION = "1.19"
 BEAM_VERSION = "2.70.0"
 LOCAL_FLINK_MASTER = "localhost:18081"
+# Beam's name for a Flink mini-cluster inside the job server's JVM.
+EMBEDDED_FLINK_MASTER = "[auto]"
+# How long the literal --runner=FlinkRunner waits for the local cluster's REST
+# API before falling back to the embedded Flink: it answers in milliseconds
+# when up, and a refused connection returns at once.
+LOCAL_CLUSTER_PROBE_TIMEOUT_S = 2.0
+INSTALL_COMMAND = "bash flink/cluster.sh install"
 # Where flink/cluster.sh puts the job-server launcher (keep in sync).
 _LAUNCHER_RELPATH = (
     "flink",
@@ -108,12 +136,12 @@ def _local_checkpoint_dir(environ: typing.Mapping[str, str]) -> str:
     return "file://" + os.path.join(settings.iheard_home(environ), "flink", "checkpoints")
 
 
-def profile_flags(name: str, environ: typing.Optional[typing.Mapping[str, str]] = None) -> typing.List[str]:
-    """The flags of profile ``name``, resolved against ``environ`` (default: os.environ)."""
-    env = settings.environment(environ)
-    if name == "direct":
-        return [f"--runner={FN_API_RUNNER}"]
-    flink_common = [
+class MissingJobServerJar(ValueError):
+    """The Flink job-server jar named (or defaulted) is not on this machine."""
+
+
+def _flink_flags(env: typing.Mapping[str, str]) -> typing.List[str]:
+    return [
         "--runner=FlinkRunner",
         f"--flink_version={FLINK_VERSION}",
         f"--flink_job_server_jar={_default_job_server_jar(env)}",
@@ -122,14 +150,55 @@ def profile_flags(name: str, environ: typing.Optional[typing.Mapping[str, str]] 
         f"--max_bundle_size={MAX_BUNDLE_SIZE}",
         FINISH_BUNDLE_BEFORE_CHECKPOINTING,
     ]
-    if name == "flink-local":
-        return flink_common + [
-            f"--flink_master={settings.flink_master(env, LOCAL_FLINK_MASTER)}",
-            "--environment_type=LOOPBACK",
+
+
+def _local_flags(master: str, env: typing.Mapping[str, str]) -> typing.List[str]:
+    """The flink-local profile's flags beside the common ones."""
+    return [f"--flink_master={master}", "--environment_type=LOOPBACK",
             f"--parallelism={LOCAL_PARALLELISM}",
             f"--state_backend={LOCAL_STATE_BACKEND}",
-            f"--state_backend_storage_path={_local_checkpoint_dir(env)}",
-        ]
+            f"--state_backend_storage_path={_local_checkpoint_dir(env)}"]
+
+
+def local_cluster_answers(master: str = LOCAL_FLINK_MASTER,
+                          timeout_s: float = LOCAL_CLUSTER_PROBE_TIMEOUT_S) -> bool:
+    """True when a Flink REST API answers ``GET /overview`` at ``master``."""
+    url = master if "://" in master else f"http://{master}"
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/overview", timeout=timeout_s) as response:
+            return response.status == 200
+    except (OSError, ValueError):  # refused, timed out, HTTP error, bad URL
+        return False
+
+
+def flink_runner_flags(
+    given: typing.Collection[str],
+    environ: typing.Optional[typing.Mapping[str, str]] = None,
+    cluster_up: typing.Callable[[], bool] = local_cluster_answers,
+) -> typing.List[str]:
+    """The flags a profile-less ``--runner=FlinkRunner`` gets (module
+    docstring), leaving out those named in ``given`` (flag names). The local
+    cluster is probed (``cluster_up``) only when no master is given or set."""
+    env = settings.environment(environ)
+    if "flink_master" in given:
+        master = None
+    elif settings.flink_master(env):
+        master = settings.flink_master(env)
+    else:
+        master = LOCAL_FLINK_MASTER if cluster_up() else EMBEDDED_FLINK_MASTER
+    flags = _flink_flags(env) + _local_flags(master or "", env)
+    return [f for f in flags if flag_name(f) not in given and
+            not (master is None and flag_name(f) == "flink_master")]
+
+
+def profile_flags(name: str, environ: typing.Optional[typing.Mapping[str, str]] = None) -> typing.List[str]:
+    """The flags of profile ``name``, resolved against ``environ`` (default: os.environ)."""
+    env = settings.environment(environ)
+    if name == "direct":
+        return [f"--runner={FN_API_RUNNER}"]
+    flink_common = _flink_flags(env)
+    if name == "flink-local":
+        return flink_common + _local_flags(settings.flink_master(env, LOCAL_FLINK_MASTER), env)
     if name == "flink-k8s":
         return flink_common + [
             f"--flink_master={settings.flink_master(env, LOCAL_FLINK_MASTER)}",
@@ -170,21 +239,59 @@ def _pop_profile(argv: typing.Sequence[str]) -> typing.Tuple[typing.Optional[str
     return name, rest
 
 
+def _flag_value(argv: typing.Sequence[str], name: str) -> typing.Optional[str]:
+    """The last value of ``--name=value`` / ``--name value`` in ``argv``."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+        elif arg == f"--{name}" and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            value = argv[i + 1]
+    return value
+
+
+def _is_flink_runner(runner: typing.Optional[str]) -> bool:
+    """Beam's own reading of --runner: case-insensitive, dotted path or not,
+    with or without the ``Runner`` suffix."""
+    if not runner:
+        return False
+    short = runner.rsplit(".", 1)[-1].lower()
+    return short in ("flinkrunner", "flink")
+
+
+def check_job_server_jar(argv: typing.Sequence[str]) -> None:
+    """Raises ``MissingJobServerJar`` when ``argv`` (expanded) runs on Flink
+    with a job-server jar that is a local path and missing."""
+    if not _is_flink_runner(_flag_value(argv, "runner")):
+        return
+    jar = _flag_value(argv, "flink_job_server_jar")
+    if jar and not urllib.parse.urlparse(jar).scheme and not os.path.exists(jar):
+        raise MissingJobServerJar(
+            f"the Flink job-server launcher {jar} does not exist: build it with "
+            f"`{INSTALL_COMMAND}` (or set FLINK_JOB_SERVER_JAR / --flink_job_server_jar)")
+
+
 def expand_argv(
-    argv: typing.Sequence[str], environ: typing.Optional[typing.Mapping[str, str]] = None
+    argv: typing.Sequence[str], environ: typing.Optional[typing.Mapping[str, str]] = None,
+    cluster_up: typing.Callable[[], bool] = local_cluster_answers,
 ) -> typing.List[str]:
     """Replaces ``--profile NAME`` in ``argv`` by the profile's flags.
 
     The profile's flags go first and any flag the user gave (in either
     ``--flag=value`` or ``--flag value`` form) is left out of them, so the
-    user's value is the only one. Without ``--profile`` ``argv`` is returned
-    unchanged (as a new list).
+    user's value is the only one. Without ``--profile``, a ``--runner`` naming
+    Flink gets ``flink_runner_flags`` the same way; any other ``argv`` is
+    returned unchanged (as a new list). ``check_job_server_jar`` then tells
+    whether the result can run here.
     """
     name, rest = _pop_profile(list(argv))
-    if name is None:
-        return rest
     given = {flag_name(a) for a in rest} - {None}
-    defaults = [f for f in profile_flags(name, environ) if flag_name(f) not in given]
+    if name is not None:
+        defaults = [f for f in profile_flags(name, environ) if flag_name(f) not in given]
+    elif _is_flink_runner(_flag_value(rest, "runner")):
+        defaults = flink_runner_flags(given, environ, cluster_up)
+    else:
+        return rest
     return defaults + rest
 
 

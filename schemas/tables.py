@@ -24,12 +24,18 @@ __all__ = [
     "TABLES",
     "row_values",
     "ddl_statements",
+    "OPERATIONAL_QUERIES",
+    "operational_query",
     "failure_row",
     "to_utc_datetime",
     "json_default",
 ]
 
 SQL_DIR = pathlib.Path(__file__).parent / "sql"
+# The design document's queries on these tables (PostgreSQL, also valid on
+# DuckDB), one file each; ddl_statements reads only SQL_DIR/*.sql.
+OPERATIONAL_QUERIES_DIR = SQL_DIR / "operational"
+OPERATIONAL_QUERIES = ("segment_engagement_24h", "all_leads_count", "qualified_leads_count")
 
 
 ON_CONFLICT_ACTIONS = ("update", "nothing")
@@ -158,6 +164,8 @@ AGENT_TURNS = _register(
             "keywords", "tools_used", "tool_success_rate", "lead_captured",
             "user_intent", "previous_turns", "efficiency_factors",
             "quality_factors", "business_value_factors", "pii_redactions",
+            # added later (ALTER TABLE in 010_text_agent.sql)
+            "conversion_probability", "cost_per_interaction", "user_satisfaction",
         ),
         key=("session_id", "turn_id"),
         json_columns=frozenset({
@@ -188,6 +196,8 @@ AGENT_CONVERSATIONS = _register(
             "tool_success_rate", "models", "avg_quality_score",
             "avg_business_value_score", "max_business_value_score",
             "lead_captured", "pane_index", "is_final", "updated_at",
+            # added later (ALTER TABLE in 010_text_agent.sql)
+            "conversion_probability", "cost_per_interaction", "user_satisfaction",
         ),
         key=("session_id", "window_start"),
         json_columns=frozenset({
@@ -327,3 +337,11 @@ def ddl_statements(dialect: str = "postgres") -> typing.List[str]:
             text = _JSONB.sub("JSON", text)
         statements.extend(s.strip() for s in text.split(";") if s.strip())
     return statements
+
+
+def operational_query(name: str) -> str:
+    """The text of one of the design document's queries on the operational
+    tables (``OPERATIONAL_QUERIES``), as stored in ``schemas/sql/operational``."""
+    if name not in OPERATIONAL_QUERIES:
+        raise ValueError(f"unknown query {name!r}; known: {OPERATIONAL_QUERIES}")
+    return (OPERATIONAL_QUERIES_DIR / f"{name}.sql").read_text(encoding="utf-8")

@@ -12,6 +12,7 @@ wrapper:
 (``agent_turns`` rows, redacted) and ``failed`` ``FailedRecord``s::
 
     turn --_EnrichTurnFn--+--> valid  : redacted + metrics + scores + content
+                          |              + outcomes (transforms.text_agent_outcomes)
                           +--> failed : stage "redact" (texts withheld) | "enrich"
 
 PII goes first, inside the same DoFn: ``user_message``, ``response_text``,
@@ -47,6 +48,11 @@ from transforms.text_agent_pricing import (
     PriceBook,
     load_model_families,
     load_price_book,
+)
+from transforms.text_agent_outcomes import (
+    turn_conversion_probability,
+    turn_cost_per_interaction,
+    turn_user_satisfaction,
 )
 from transforms.text_agent_scoring import (
     business_value_score,
@@ -227,6 +233,11 @@ class TurnEnricher:
             "user_intent": context.get("user_intent"),
             "previous_turns": int(context.get("previous_turns") or 0),
             "estimated_cost_usd": cost.cost_usd,
+            # transforms/text_agent_outcomes.py: heuristic, rule-derived values
+            "conversion_probability": turn_conversion_probability(business_factors),
+            "cost_per_interaction": turn_cost_per_interaction(cost.cost_usd),
+            "user_satisfaction": turn_user_satisfaction(
+                content.user_sentiment_compound, business_factors["lead_captured"]),
             "price_book_version": cost.version,
             "price_key": cost.price_key,
             "pii_redactions": pii,
@@ -292,6 +303,9 @@ def archive_record(turn: typing.Mapping) -> dict:
         "keywords": list(turn.get("keywords") or []),
         "tools_used": list(turn.get("tools_used") or []),
         "lead_captured": bool(turn.get("lead_captured")),
+        "conversion_probability": turn.get("conversion_probability"),
+        "cost_per_interaction": turn.get("cost_per_interaction"),
+        "user_satisfaction": turn.get("user_satisfaction"),
         "user_message": turn.get("user_message"),
         "response_text": turn.get("response_text") or "",
         "tool_results_json": _json(turn.get("tool_results") or {}),

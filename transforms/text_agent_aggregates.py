@@ -36,6 +36,11 @@ from apache_beam.transforms import window as beam_window
 from schemas.records import ms_to_iso, utc_now_iso
 from schemas.tables import to_utc_datetime
 from transforms.text_agent import turn_key
+from transforms.text_agent_outcomes import (
+    conversation_conversion_probability,
+    conversation_cost_per_interaction,
+    conversation_user_satisfaction,
+)
 
 __all__ = [
     "AggregateConversations",
@@ -73,6 +78,9 @@ class ConversationEntry(typing.NamedTuple):
     user_id: typing.Optional[str]
     tenant_id: str
     channel: typing.Optional[str]
+    # Added after the first release: a default, so entries pickled in older
+    # state still load.
+    conversion_probability: typing.Optional[float] = None
 
 
 def conversation_entry(turn: typing.Mapping) -> ConversationEntry:
@@ -96,6 +104,7 @@ def conversation_entry(turn: typing.Mapping) -> ConversationEntry:
         turn.get("user_id"),
         turn["tenant_id"],
         turn.get("channel"),
+        turn.get("conversion_probability"),
     )
 
 
@@ -133,6 +142,9 @@ def summarise_conversation(entries: typing.Mapping[str, ConversationEntry]) -> d
     tool_successes = sum(r.tool_successes for r in rows)
     user_ids = [r.user_id for r in rows if r.user_id]
     first, last = rows[0].timestamp_ms, rows[-1].timestamp_ms
+    sentiment_last = sentiments[-1] if sentiments else None
+    sentiment_trend = round(sentiments[-1] - sentiments[0], 4) if sentiments else None
+    lead_captured = any(r.lead_captured for r in rows)
     return {
         "tenant_id": rows[0].tenant_id,
         "user_id": user_ids[-1] if user_ids else None,
@@ -149,9 +161,9 @@ def summarise_conversation(entries: typing.Mapping[str, ConversationEntry]) -> d
         "mean_latency_ms": round(sum(latencies) / n, 3),
         "max_latency_ms": max(latencies),
         "sentiment_first": sentiments[0] if sentiments else None,
-        "sentiment_last": sentiments[-1] if sentiments else None,
+        "sentiment_last": sentiment_last,
         "sentiment_mean": round(sum(sentiments) / len(sentiments), 4) if sentiments else None,
-        "sentiment_trend": round(sentiments[-1] - sentiments[0], 4) if sentiments else None,
+        "sentiment_trend": sentiment_trend,
         "sentiment_slope": (round(_slope(sentiments), 4)
                             if len(sentiments) >= 2 else None),
         "topics": [t for t, _ in sorted(topic_counts.items(), key=lambda kv: (-kv[1], kv[0]))],
@@ -164,7 +176,13 @@ def summarise_conversation(entries: typing.Mapping[str, ConversationEntry]) -> d
         "avg_quality_score": round(sum(r.quality_score for r in rows) / n, 2),
         "avg_business_value_score": round(sum(r.business_value_score for r in rows) / n, 2),
         "max_business_value_score": max(r.business_value_score for r in rows),
-        "lead_captured": any(r.lead_captured for r in rows),
+        "lead_captured": lead_captured,
+        # transforms/text_agent_outcomes.py (heuristic, rule-derived)
+        "conversion_probability": conversation_conversion_probability(
+            r.conversion_probability for r in rows),
+        "cost_per_interaction": conversation_cost_per_interaction(r.cost_usd for r in rows),
+        "user_satisfaction": conversation_user_satisfaction(
+            sentiment_last, sentiment_trend, lead_captured),
     }
 
 

@@ -136,3 +136,16 @@ CREATE TABLE IF NOT EXISTS agent_cost_restatements (
     restated_at TIMESTAMP WITH TIME ZONE,
     PRIMARY KEY (session_id, turn_id, price_book_version)
 );
+
+-- The design document's outcome fields (transforms/text_agent_outcomes.py),
+-- added after the tables above first shipped, so existing databases get
+-- them too. conversion_probability is a heuristic score in [0, 1], not a
+-- calibrated probability; cost_per_interaction is USD per turn (a
+-- conversation: over its priced turns); user_satisfaction is low | medium |
+-- high, inferred from the user's messages.
+ALTER TABLE agent_turns ADD COLUMN IF NOT EXISTS conversion_probability REAL;
+ALTER TABLE agent_turns ADD COLUMN IF NOT EXISTS cost_per_interaction DECIMAL(10,6);
+ALTER TABLE agent_turns ADD COLUMN IF NOT EXISTS user_satisfaction VARCHAR(10);
+ALTER TABLE agent_conversations ADD COLUMN IF NOT EXISTS conversion_probability REAL;
+ALTER TABLE agent_conversations ADD COLUMN IF NOT EXISTS cost_per_interaction DECIMAL(12,6);
+ALTER TABLE agent_conversations ADD COLUMN IF NOT EXISTS user_satisfaction VARCHAR(10);

@@ -24,3 +24,13 @@ CREATE TABLE IF NOT EXISTS marketo_extract_state (
     last_stats JSONB,
     updated_at TIMESTAMP WITH TIME ZONE
 );
+
+-- Every lead the Marketo source delivered and the pipeline stored, whatever
+-- its score: the population the design document counts before qualification
+-- (SELECT COUNT(*) FROM all_leads), of which lead_quality_score > 80 are the
+-- qualified ones. Leads refused by validation are in failed_events instead.
+CREATE OR REPLACE VIEW all_leads AS
+SELECT lead_id, email, full_name, company, lead_source, email_domain,
+       lead_quality_score, engagement_level, conversion_probability,
+       recommended_action, created_at, updated_at
+FROM marketo_leads;

@@ -19,6 +19,8 @@ import pytest
 import redis
 
 from beam_pipelines import frontend, generate
+from schemas.tables import operational_query
+from transforms.frontend_enrich import STAGES
 from tests.integration.test_kafka_io import make_topic, produce
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -176,17 +178,11 @@ def test_seed_queries_run_unmodified_on_postgres(services, first_run):
     import psycopg
 
     with psycopg.connect(services.pg_dsn) as conn, conn.cursor() as cur:
-        cur.execute("""
-SELECT 
-  user_segment,                    -- Automated segmentation
-  AVG(engagement_score) as engagement,
-  conversion_stage,               -- Funnel position tracking
-  COUNT(*) as users
-FROM frontend_analytics 
-WHERE timestamp >= NOW() - INTERVAL '24 hours'
-GROUP BY user_segment, conversion_stage;""")
+        cur.execute(operational_query("segment_engagement_24h"))
         rows = cur.fetchall()
     assert sum(r[3] for r in rows) >= len(first_run["analytics"])
+    # the generator sends every event type of the funnel: all stages appear
+    assert set(STAGES) <= {r[2] for r in rows}
 
 
 def test_replay_over_the_same_offsets_changes_nothing(scenario, first_run, services, s3_bucket):

@@ -17,6 +17,7 @@ import redis
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from beam_pipelines import marketo, marketo_extract
+from schemas.tables import operational_query
 from tests.integration.test_kafka_io import make_topic
 from tests.marketo_server import CLIENT_ID, CLIENT_SECRET, MarketoStub, iso
 
@@ -136,6 +137,11 @@ def test_extract_to_kafka_to_postgres_with_quota_stop(services):
                 "SELECT COUNT(*) FROM marketo_leads WHERE lead_quality_score > 80 "
                 "AND lead_id BETWEEN %s AND %s", (base, base + n)).fetchall()
             assert count == n
+            # the document's two lead counts, verbatim (the table is shared:
+            # other runs' leads may be counted too, ours always are)
+            (all_leads,), = conn.execute(operational_query("all_leads_count")).fetchall()
+            (qualified,), = conn.execute(operational_query("qualified_leads_count")).fetchall()
+            assert n <= qualified <= all_leads
             for r in rows:
                 in_set = client.zscore("iheard:marketo:priority_leads", str(r[0])) is not None
                 assert in_set == (r[3] == "immediate_sales_follow_up")

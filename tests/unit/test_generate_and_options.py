@@ -45,7 +45,49 @@ def test_generator_mixes_malformed_and_duplicates_in_requested_share():
     duplicates = len(lines) - len(set(lines))
     assert 60 <= duplicates <= 250
     kinds = {e["event_type"] for e in good}
-    assert {"page_view", "widget_open", "message_sent", "product_click", "conversion"} <= kinds
+    # the trackEvent example's names and the funnel query's names, both
+    assert {"page_view", "widget_open", "message_sent", "product_click", "user_message",
+            "product_interest", "conversion"} <= kinds
+
+
+def test_both_tracker_vocabularies_enrich_to_the_same_stages():
+    from transforms.frontend_enrich import EnrichmentConfig, STAGES
+
+    rules = EnrichmentConfig()
+    for vocabulary in generate.TRACKER_VOCABULARIES:
+        assert rules.stage_of_type(vocabulary["message"]) == "user_message"
+        assert rules.stage_of_type(vocabulary["product"]) == "product_interest"
+        assert rules.is_known_type(vocabulary["message"]) and rules.is_known_type(vocabulary["product"])
+    assert rules.stage_of_type("user_message") in STAGES
+
+
+def test_end_ms_moves_only_the_timestamps():
+    base = list(generate.frontend_events(800, seed=5))
+    end_ms = 1_900_000_000_000
+    moved = list(generate.frontend_events(800, seed=5, end_ms=end_ms))
+    assert len(moved) == len(base)
+    times = []
+    for a, b in zip(base, moved):
+        try:
+            ea, eb = json.loads(a), json.loads(b)
+        except ValueError:
+            assert a == b  # truncated within its first 60 characters, before the timestamp
+            continue
+        ta, tb = ea.pop("timestamp", None), eb.pop("timestamp", None)
+        assert ea == eb
+        if isinstance(ta, int) and ta > 0:
+            times.append((ta, tb))
+    shifts = {tb - ta for ta, tb in times}
+    assert len(shifts) == 1  # one shift for every event
+    assert max(tb for _, tb in times) == end_ms
+
+
+def test_ending_now_dates_the_last_event_a_minute_ago(tmp_path, monkeypatch):
+    monkeypatch.setattr(generate.time, "time", lambda: 1_800_000_000.0)
+    out = tmp_path / "recent.jsonl"
+    assert generate.main(["--events=300", "--malformed_ratio=0", "--ending_now", f"--output={out}"]) == 0
+    stamps = [json.loads(line)["timestamp"] for line in out.read_text().splitlines()]
+    assert max(stamps) == 1_800_000_000_000 - 60_000
 
 
 def test_generator_payload_has_the_trackevent_fields():

@@ -133,3 +133,81 @@ def test_flink_local_keeps_state_on_the_heap_with_checkpoints_under_iheard_home(
     assert "--state_backend=filesystem" in flags
     assert "--state_backend_storage_path=file:///srv/ih/flink/checkpoints" in flags
     assert not any(f.startswith("--state_backend") for f in profile_flags("flink-k8s", {}))
+
+
+# -- a literal --runner=FlinkRunner (no --profile) ------------------------------
+def _never_probed():
+    raise AssertionError("the local cluster must not be probed when a master is known")
+
+
+@pytest.mark.parametrize("runner", [["--runner=FlinkRunner"], ["--runner", "FlinkRunner"],
+                                    ["--runner=flink"],
+                                    ["--runner=apache_beam.runners.portability.flink_runner.FlinkRunner"]])
+def test_literal_flink_runner_gets_the_launcher_and_the_flink_local_flags(runner):
+    out = expand_argv(runner + ["--input=x.jsonl"], ENV, cluster_up=lambda: True)
+    vals = _values(out)
+    assert vals["flink_job_server_jar"] == [LAUNCHER]  # never Beam's download
+    assert vals["flink_master"] == [profiles.LOCAL_FLINK_MASTER]  # the local cluster is up
+    # exactly the flink-local profile's flags, whatever spelling of the runner
+    local = _values(profile_flags("flink-local", ENV))
+    for name, value in local.items():
+        if name != "runner":
+            assert vals[name] == value, name
+    assert len(vals["runner"]) == 1 and vals["input"] == ["x.jsonl"]
+
+
+def test_literal_flink_runner_master_order():
+    env = dict(ENV, FLINK_MASTER="flink.example:8081")
+    # FLINK_MASTER first, without probing
+    assert _values(expand_argv(["--runner=FlinkRunner"], env, cluster_up=_never_probed))[
+        "flink_master"] == ["flink.example:8081"]
+    # then the local cluster when it answers, else Beam's embedded Flink
+    assert _values(expand_argv(["--runner=FlinkRunner"], ENV, cluster_up=lambda: False))[
+        "flink_master"] == ["[auto]"]
+    # an explicit master is kept, and still gets LOOPBACK (Beam would pick DOCKER)
+    out = expand_argv(["--runner=FlinkRunner", "--flink_master", "h:1"], env, cluster_up=_never_probed)
+    assert [a for a in out if a.startswith("--flink_master")] == ["--flink_master"]
+    assert out[out.index("--flink_master") + 1] == "h:1"
+    vals = _values(out)
+    assert vals["environment_type"] == ["LOOPBACK"]
+    assert vals["finish_bundle_before_checkpointing"] == [True]
+
+
+def test_literal_flink_runner_user_flags_win_and_other_runners_are_untouched():
+    out = expand_argv(["--runner=FlinkRunner", "--parallelism=4", "--environment_type=DOCKER",
+                       "--flink_job_server_jar=/opt/js.jar"], ENV, cluster_up=lambda: False)
+    vals = _values(out)
+    assert vals["parallelism"] == ["4"] and vals["environment_type"] == ["DOCKER"]
+    assert vals["flink_job_server_jar"] == ["/opt/js.jar"]
+    for argv in (["--runner=DirectRunner"], ["--runner=PortableRunner"], []):
+        assert expand_argv(argv, ENV, cluster_up=_never_probed) == argv
+
+
+def test_local_cluster_probe_answers_false_when_nothing_listens():
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert profiles.local_cluster_answers(f"127.0.0.1:{port}", timeout_s=1.0) is False
+
+
+def test_missing_job_server_jar_is_one_line_naming_the_install_command(tmp_path):
+    with pytest.raises(profiles.MissingJobServerJar, match="bash flink/cluster.sh install"):
+        profiles.check_job_server_jar(expand_argv(["--runner=FlinkRunner"], ENV,
+                                                  cluster_up=lambda: False))
+    jar = tmp_path / "js.jar"
+    jar.write_bytes(b"PK")
+    profiles.check_job_server_jar([f"--flink_job_server_jar={jar}", "--runner=FlinkRunner"])
+    profiles.check_job_server_jar(["--runner=FlinkRunner",
+                                   "--flink_job_server_jar=https://example.org/js.jar"])
+    profiles.check_job_server_jar(["--runner=DirectRunner", "--flink_job_server_jar=/nope.jar"])
+    # the pipeline's command line: one line on stderr, no traceback, no download
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("FLINK_")}
+    env["IHEARD_HOME"] = str(tmp_path / "empty-home")
+    result = subprocess.run([sys.executable, "-m", "beam_pipelines.frontend", "--runner=FlinkRunner"],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "bash flink/cluster.sh install" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "output").exists()

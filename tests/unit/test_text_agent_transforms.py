@@ -228,6 +228,13 @@ def test_whole_job_on_embedded_outputs(tmp_path):
         bill = db.execute("select sum(turns), sum(estimated_cost_usd) from agent_billing_hourly").fetchone()
         # 4 turns * 0.00045 = 0.0018
         assert bill[0] == 4 and float(bill[1]) == pytest.approx(0.0018)
+        # the outcome fields reach both tables (transforms/text_agent_outcomes.py)
+        turns = db.execute("select conversion_probability, cost_per_interaction, user_satisfaction "
+                           "from agent_turns").fetchall()
+        assert {(round(p, 4), float(c), s) for p, c, s in turns} == {(0.92, 0.00045, "high")}
+        conv = db.execute("select conversion_probability, cost_per_interaction, user_satisfaction "
+                          "from agent_conversations").fetchall()
+        assert [(round(p, 4), float(c), s) for p, c, s in conv] == [(0.92, 0.00045, "high")]
         failed = db.execute("select stage, raw_payload from failed_events order by stage").fetchall()
         assert [f[0] for f in failed] == ["decode", "validate"]
         dumps = [json.dumps(r, default=str) for t in
@@ -246,6 +253,7 @@ def test_whole_job_on_embedded_outputs(tmp_path):
     assert sorted(r["turn_id"] for r in archived) == ["t0", "t1", "t2", "t3"]
     assert all(EMAIL not in json.dumps(r) and "555 0134" not in json.dumps(r) for r in archived)
     assert all("[EMAIL:" in r["user_message"] for r in archived)
+    assert {r["user_satisfaction"] for r in archived} == {"high"}
 
 
 def test_late_turn_restates_conversation_and_billing_panes():
