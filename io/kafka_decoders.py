@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import struct
 import typing
 
 
@@ -36,7 +35,10 @@ def json_decoder(value: bytes) -> dict:
 
 
 _CONFLUENT_MAGIC = 0
-_CONFLUENT_HEADER = struct.Struct(">bI")  # magic byte, schema id
+# Magic byte + 4-byte schema id (struct ">bI"). A plain int: the decoder is a
+# closure, which Beam 2.70's pickler (cloudpickle) copies by value with the
+# globals it uses, and a struct.Struct cannot be pickled.
+_CONFLUENT_HEADER_BYTES = 5
 
 
 def avro_decoder(schema, wire_format: str = "auto") -> typing.Callable[[bytes], dict]:
@@ -70,15 +72,15 @@ def avro_decoder(schema, wire_format: str = "auto") -> typing.Callable[[bytes], 
         if value is None:
             raise ValueError("empty Kafka record value (tombstone)")
         value = bytes(value)
-        framed = len(value) > _CONFLUENT_HEADER.size and value[0] == _CONFLUENT_MAGIC
+        framed = len(value) > _CONFLUENT_HEADER_BYTES and value[0] == _CONFLUENT_MAGIC
         if wire_format == "confluent":
             if not framed:
                 raise ValueError("value lacks the Confluent magic byte / schema id")
-            return _read_exact(value[_CONFLUENT_HEADER.size:])
+            return _read_exact(value[_CONFLUENT_HEADER_BYTES:])
         if wire_format == "raw" or not framed:
             return _read_exact(value)
         try:
-            return _read_exact(value[_CONFLUENT_HEADER.size:])
+            return _read_exact(value[_CONFLUENT_HEADER_BYTES:])
         except Exception:  # pylint: disable=broad-except
             return _read_exact(value)
 

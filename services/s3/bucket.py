@@ -191,8 +191,10 @@ def probe(s3, args):
     problem = probe_signed_keys(s3, args.bucket)
     if problem is None:
         return 0
-    print(f"S3 at {args.endpoint} (moto {moto_version()}): {problem}. The secure mode needs "
-          "moto>=5.2.6,<5.3 (setup.py's test extra, pinned in constraints.txt).", file=sys.stderr)
+    print(f"S3 at {args.endpoint}: {problem}. The secure mode needs the server to run "
+          f"moto>=5.2.6,<5.3 (setup.py's test extra, pinned in constraints.txt; this Python has "
+          f"moto {moto_version()}); a server started earlier by another Python keeps running: "
+          "services/services.sh down --secure, then up again.", file=sys.stderr)
     return 3
 
 
