@@ -26,7 +26,7 @@ across a broker outage; those arrive whole and open sessions of their own,
 so every session row is deterministic whatever the faults (see
 tests/flink/test_frontend_streaming.py on late events restating sessions).
 Sessions close after ``SESSION_GAP_S`` of event time; ``finish`` sends one
-last event a day ahead, which moves the watermark past every 5-minute
+last event 15 minutes ahead, which moves the watermark past every 5-minute
 archive window so the archive can be checked (that event is left out of the
 session and archive checks).
 """
@@ -164,7 +164,9 @@ class SteadyProducer:
         from kafka import KafkaProducer
 
         producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
-        payload = _payload(self.run_id, -1, 0, int(time.time() * 1000) + 86_400_000)
+        # 15 minutes ahead: past every open 5-minute archive window, inside
+        # the hour Kafka accepts ahead of its clock (message.timestamp.after.max.ms).
+        payload = _payload(self.run_id, -1, 0, int(time.time() * 1000) + 15 * 60_000)
         payload["session_id"] = f"flt-{self.run_id}-flush"
         payload["event_id"] = f"{self.run_id}-flush"
         producer.send(self.topic, value=json.dumps(payload).encode(), timestamp_ms=payload["timestamp"]).get(30)

@@ -191,6 +191,53 @@ def test_broker_outage_fires_the_alert_and_loses_nothing(fault_run, tmp_path):
     run.check_caught_up("broker outage", back_at)
 
 
+def test_dead_letter_writer_rides_out_a_broker_outage(fault_run):
+    """Dead letters made while the broker is down reach the topic once it is back.
+
+    (In the job above the broker outage also stops the input, so few dead
+    letters are made meanwhile; this sends them during the outage.) A
+    DirectRunner pipeline writes ``FailedRecord``s with the dead-letter
+    writer (``WriteToKafka``) while the instance's broker is stopped; the
+    broker comes back 20 s later; every record must be on the topic.
+    """
+    import threading
+
+    import apache_beam as beam
+
+    from iheard_io.kafka import WriteToKafka
+    from schemas.records import FailedRecord
+
+    run = fault_run
+    topic = _create_topic(run.env["KAFKA_BOOTSTRAP"])
+    raws = [f"dead-{run.run_id}-{i}" for i in range(50)]
+    errors = []
+
+    def write():
+        try:
+            with beam.Pipeline(runner="DirectRunner") as p:
+                _ = (p | beam.Create(raws)
+                     | beam.Map(lambda raw: FailedRecord(
+                         raw=raw, error_class="X", error_message="m", stage="parse", pipeline="frontend",
+                         source_topic="t", received_at="2026-01-01T00:00:00Z")._asdict())
+                     | WriteToKafka(run.env["KAFKA_BOOTSTRAP"], topic))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    time.sleep(5)
+    run.instance.stop("kafka")
+    writer = threading.Thread(target=write)
+    try:
+        writer.start()
+        time.sleep(20)
+    finally:
+        run.instance.start("kafka")
+    writer.join(timeout=400)
+    assert not writer.is_alive() and not errors, errors
+    on_topic = fw.dead_letter_topic_raws(run.env, topic, "t")
+    assert set(on_topic) == set(raws), sorted(set(raws) - set(on_topic))[:5]
+    run.wait_running()
+
+
 def test_postgres_outage_loses_nothing(fault_run):
     back_at = fault_run.outage("postgres")
     fault_run.wait_running()
