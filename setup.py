@@ -48,6 +48,9 @@ REQUIRED = [
     # Snowflake loading (iheard_io.snowflake), used only when configured.
     # 5.x needs protobuf 6, which apache-beam 2.62 refuses.
     "snowflake-connector-python>=3.12,<5",
+    # the sinks' one retry strategy (iheard_io.retry): capped exponential
+    # backoff within a time budget
+    "tenacity>=8.2,<10",
 ]
 
 TEST = [

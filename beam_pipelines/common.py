@@ -127,7 +127,7 @@ def write_rows(
     if conns.postgres_dsn:
         return rows | f"WriteToPostgres[{table}]" >> WriteToPostgres(
             conns.postgres_dsn, table, pipeline=pipeline, reshuffle=not streaming,
-            batched=batched,
+            batched=batched, retry_budget_seconds=conns.postgres_retry_budget_s,
         )
     if batched:
         rows = rows | f"ExplodeRows[{table}]" >> ExplodeBatches()
@@ -153,7 +153,7 @@ def write_warehouse_rows(
         raise ValueError(f"no Snowflake table is fed by {table!r}")
     return [rows | f"WriteToSnowflake[{target.name}]" >> WriteToSnowflake(
         conns.snowflake, target.name, pipeline=pipeline, reshuffle=not streaming,
-        batched=batched,
+        batched=batched, retry_budget_seconds=conns.snowflake_retry_budget_s,
     )]
 
 
@@ -277,10 +277,12 @@ def write_live_state(
     return [
         events | "WriteLiveKpis" >> WriteLiveKpis(
             conns.redis_url, pipeline=pipeline, batched=batched,
-            password_file=conns.redis_password_file),
+            password_file=conns.redis_password_file,
+            retry_budget_seconds=conns.redis_retry_budget_s),
         sessions | "WriteSessionState" >> WriteSessionState(
             conns.redis_url, key_prefix=session_state_prefix(pipeline), pipeline=pipeline,
             password_file=conns.redis_password_file,
+            retry_budget_seconds=conns.redis_retry_budget_s,
         ),
     ]
 

@@ -91,7 +91,8 @@ def build_pipeline(
         with_engagement = latest | "LookupEngagement" >> LookupEngagement(
             conns.pii_secret, postgres_dsn=conns.postgres_dsn,
             duckdb_path=None if conns.postgres_dsn else conns.embedded_db,
-            user_id_field=mopts.marketo_user_id_field, namespace=PIPELINE)
+            user_id_field=mopts.marketo_user_id_field, namespace=PIPELINE,
+            retry_budget_seconds=conns.postgres_retry_budget_s)
     config = ScoringConfig(thresholds=ActionThresholds(
         priority_score=mopts.priority_score_threshold,
         nurture_probability=mopts.nurture_probability_threshold))
@@ -108,7 +109,7 @@ def build_pipeline(
         from iheard_io.redis_leads import WritePriorityLeads
 
         failures.append(rows | "WritePriorityLeads" >> WritePriorityLeads(
-            conns.redis_url, pipeline=PIPELINE))
+            conns.redis_url, pipeline=PIPELINE, retry_budget_seconds=conns.redis_retry_budget_s))
     common.write_dead_letters(failures, conns, PIPELINE)
     return {"leads": latest, "rows": rows}
 

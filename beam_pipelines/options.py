@@ -18,6 +18,8 @@ import typing
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from iheard_io.retry import DEFAULT_RETRY_BUDGET_S
+
 from transforms.dedupe import DEFAULT_TTL_SECONDS
 from transforms.sessions import DEFAULT_ALLOWED_LATENESS_SECONDS, DEFAULT_GAP_SECONDS
 
@@ -121,6 +123,13 @@ class IheardOptions(PipelineOptions):
         )
         for name, variable, text in _SNOWFLAKE_FLAGS:
             sink.add_argument(f"--snowflake_{name}", help=f"{text} Default: env {variable}.")
+        for store, after in (("postgres", "the bundle fails (Flink replays from its checkpoint)"),
+                             ("redis", "the batch's rows become dead letters"),
+                             ("snowflake", "the batch's rows become dead letters")):
+            sink.add_argument(
+                f"--{store}_retry_budget_seconds", type=float, default=DEFAULT_RETRY_BUDGET_S,
+                help=f"How long the {store} sinks retry a server that is down (capped "
+                f"exponential backoff) before {after}. Default: %(default)s.")
         sink.add_argument(
             "--output_dir",
             default="output",
@@ -222,6 +231,11 @@ class Connections:
     snowflake: typing.Optional[typing.Any] = None  # iheard_io.snowflake.SnowflakeSettings
     # A file the workers read the Redis password from (REDIS_PASSWORD_FILE).
     redis_password_file: typing.Optional[str] = None
+    # How long each store's sinks retry it while it is down (the policy
+    # table in iheard_io.sink_base): --<store>_retry_budget_seconds.
+    postgres_retry_budget_s: float = DEFAULT_RETRY_BUDGET_S
+    redis_retry_budget_s: float = DEFAULT_RETRY_BUDGET_S
+    snowflake_retry_budget_s: float = DEFAULT_RETRY_BUDGET_S
 
     def __repr__(self) -> str:
         # Connections hold passwords (DSN, Redis URL, Kafka SASL, PII key):
@@ -336,6 +350,9 @@ def resolve_connections(opts: PipelineOptions, env=None) -> Connections:
         s3_credentials=_s3_credentials_from_env(opts, env),
         snowflake=_snowflake_settings(opts, env),
         redis_password_file=env.get("REDIS_PASSWORD_FILE") if redis_url and not opts.redis_url else None,
+        postgres_retry_budget_s=opts.postgres_retry_budget_seconds,
+        redis_retry_budget_s=opts.redis_retry_budget_seconds,
+        snowflake_retry_budget_s=opts.snowflake_retry_budget_seconds,
     )
 
 

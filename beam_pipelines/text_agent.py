@@ -141,7 +141,8 @@ def _write_live_state(conversations, billing, conns: Connections):
         conversations | "WriteConversationState" >> WriteSessionState(
             conns.redis_url, key_prefix=session_state_prefix(PIPELINE),
             version_fn=conversation_version, pipeline=PIPELINE,
-            password_file=conns.redis_password_file),
+            password_file=conns.redis_password_file,
+            retry_budget_seconds=conns.redis_retry_budget_s),
         billing
         | "ToDailyCostFields" >> beam.Map(daily_cost_state)
         | "WriteCostToday" >> WriteSessionState(
@@ -150,7 +151,8 @@ def _write_live_state(conversations, billing, conns: Connections):
             session_key_fn=lambda e: e["_key"],
             # Every hour's fields are independent: never skip a write.
             version_fn=lambda e: 0, pipeline=PIPELINE,
-            password_file=conns.redis_password_file),
+            password_file=conns.redis_password_file,
+            retry_budget_seconds=conns.redis_retry_budget_s),
     ]
 
 

@@ -18,7 +18,9 @@ Starts the services and the cluster if needed (``services/services.sh up``,
 3. then produces ``--latency-events`` more at ``--latency-rate`` events/s and
    polls Redis (the per-minute KPI set of each event) and PostgreSQL for each
    one: p50/p95 latency from the producer's send to the first poll that sees
-   it (polling every 100 ms, so figures are +-0.1 s);
+   it (polling every 100 ms, so figures are +-0.1 s), and beside it each
+   sink's own p50/p95 write time per batch (PostgreSQL, Redis, ...) from its
+   latency-bucket counters (iheard_io.sink_base; resolution: the buckets);
 4. reads peak RSS (VmHWM) of the TaskManager JVM and of the child Python
    process hosting the SDK worker, and, with ``--profile-seconds`` > 0 and
    py-spy installed, samples the worker process during the drain and prints
@@ -155,6 +157,21 @@ def _rows(conn, run_id: str) -> int:
 
 def _percentile(values: typing.List[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def _print_sink_write_latency(rest: FlinkRest, jid: str) -> None:
+    """p50/p95 of each sink's per-batch write time over the whole run, from
+    its cumulative ``write_ms_le_<N>`` counters (iheard_io.sink_base)."""
+    from iheard_io.sink_base import latency_by_sink
+
+    try:
+        counters = rest.accumulator_user_counters(jid)
+    except Exception as e:  # figures are optional; REST may be busy
+        print(f"sink write latency: counters not readable ({e})")
+        return
+    for sink, (batches, q) in latency_by_sink(counters).items():
+        print(f"write latency per batch, {sink}: p50 {q[0.5]:.1f} ms, p95 {q[0.95]:.1f} ms "
+              f"over {batches:,} batches (bucket counters {sink}/write_ms_le_*)", flush=True)
 
 
 def _pyspy_summary(path: str, top: int = 15) -> typing.List[str]:
@@ -388,6 +405,7 @@ def main(argv=None) -> int:
         print(f"latency over {len(sent)} events at {args.latency_rate:.0f}/s: "
               f"to Redis p50 {_percentile(to_redis, 50):.2f} s p95 {_percentile(to_redis, 95):.2f} s; "
               f"to PostgreSQL p50 {_percentile(to_pg, 50):.2f} s p95 {_percentile(to_pg, 95):.2f} s", flush=True)
+        _print_sink_write_latency(rest, jid)
 
         for pid in tm_pids:
             print(f"TaskManager {pid} peak RSS {(proc_status_kib(pid, 'VmHWM') or 0) / 1024:,.0f} MiB (since it started)")

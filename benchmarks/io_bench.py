@@ -151,8 +151,8 @@ def bench_copy_upsert(dsn: str, rows: list, batch_size: int) -> float:
     from iheard_io.postgres import _WriteToPostgresFn
     from schemas.tables import TABLES
 
-    fn = _WriteToPostgresFn(dsn, TABLES["frontend_analytics"], batch_size, max_retries=3,
-                            backoff_s=0.2, pipeline="bench", create_schema=True)
+    fn = _WriteToPostgresFn(dsn, TABLES["frontend_analytics"], batch_size,
+                            pipeline="bench", create_schema=True)
     fn.setup()
     ts, win = Timestamp(0), GlobalWindow()
     try:

@@ -82,9 +82,11 @@ def _upsert_sql(spec: TableSpec, source: str) -> str:
         f'"{c}" = excluded."{c}"' for c in spec.columns if c not in spec.key
     )
     condition = f" WHERE {spec.update_condition}" if spec.update_condition else ""
+    action = (f"DO UPDATE SET {updates}{condition}"
+              if updates and spec.on_conflict == "update" else "DO NOTHING")
     return (
         f'INSERT INTO "{spec.name}" ({columns}) SELECT {columns} FROM {source} '
-        f"ON CONFLICT ({keys}) DO UPDATE SET {updates}{condition}"
+        f"ON CONFLICT ({keys}) {action}"
     )
 
 

@@ -17,14 +17,17 @@ changes gives the lead's whole history (all time, every session window)
 without keeping either stream in this job's state. The engagement is as of
 the moment the lead is scored; a lead is rescored when it changes in Marketo.
 
-Errors: a database error is retried ``max_retries`` times on a fresh
-connection, then fails the bundle (the runner retries it); a lead is never
-scored with made-up engagement. The lookup only reads.
+Buffering, the connection's life and the retry policy are those of
+``iheard_io.sink_base`` (``BufferedBatchFn``): a database that is down is
+retried on a fresh connection with capped exponential backoff for
+``retry_budget_seconds`` (default 60 s), then the bundle fails (the runner
+retries it); any other error fails it at once. A lead is never scored with
+made-up engagement. The lookup only reads. Counters (namespace
+``LookupEngagement``): ``received``, ``retries``, and the latency buckets of
+each batch query (``write_ms_le_<N>``, as the sinks').
 """
 from __future__ import annotations
 
-import logging
-import time
 import typing
 
 import apache_beam as beam
@@ -32,9 +35,15 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
-__all__ = ["LookupEngagement", "query_engagement"]
+from iheard_io.retry import DEFAULT_FIRST_BACKOFF_S
+from iheard_io.retry import DEFAULT_RETRY_BUDGET_S
+from iheard_io.retry import OnExhausted
+from iheard_io.retry import PostgresErrors
+from iheard_io.retry import StoreErrors
+from iheard_io.sink_base import BufferedBatchFn
+from iheard_io.sink_base import retry_policy
 
-_LOG = logging.getLogger(__name__)
+__all__ = ["LookupEngagement", "query_engagement"]
 
 DEFAULT_BATCH_SIZE = 500
 
@@ -89,27 +98,39 @@ def _engagement_for(keys, found):
                       conversations, turns, captured, max_value)
 
 
-class _LookupEngagementFn(beam.DoFn):
+class _DuckDbErrors(StoreErrors):
+    name = "DuckDB"
+
+    def is_transient(self, exc):
+        import duckdb
+
+        # another process holds the file's lock for a moment
+        return isinstance(exc, duckdb.IOException)
+
+
+class _LookupEngagementFn(BufferedBatchFn):
+    counter_namespace = "LookupEngagement"
+
     def __init__(self, postgres_dsn, duckdb_path, pii_secret, user_id_field, batch_size,
-                 max_retries, namespace):
+                 retry_budget_s, backoff_s, namespace):
+        super().__init__(errors=PostgresErrors() if postgres_dsn else _DuckDbErrors(),
+                         retry=retry_policy(retry_budget_s, backoff_s, OnExhausted.FAIL),
+                         batch_size=batch_size)
         self._dsn = postgres_dsn
         self._duckdb_path = duckdb_path
         self._secret = pii_secret
         self._user_id_field = user_id_field
-        self._batch_size = batch_size
-        self._max_retries = max_retries
-        self._conn = None
-        self._buffer = []
         self._matched = Metrics.counter(namespace, "engagement_matched")
         self._looked_up = Metrics.counter(namespace, "engagement_looked_up")
-        self._retries = Metrics.counter(namespace, "engagement_lookup_retries")
 
     def setup(self):
         from transforms.pii import PiiRedactor
 
         self._redactor = PiiRedactor(self._secret)
+        # The connection opens at the first query (retrying): a DuckDB file
+        # is locked per process, so hold it only while leads are looked up.
 
-    def _connect(self):
+    def open_client(self):
         if self._dsn:
             import psycopg
 
@@ -121,61 +142,21 @@ class _LookupEngagementFn(beam.DoFn):
         ensure_embedded_schema(self._duckdb_path)  # the process's shared instance
         return duckdb.connect(self._duckdb_path)
 
-    def _close(self):
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:  # pylint: disable=broad-except
-                pass
-            self._conn = None
+    def _query(self, conn, keys):
+        cursor = conn.cursor()
+        try:
+            return query_engagement(cursor, keys, "%s" if self._dsn else "?")
+        finally:
+            cursor.close()
 
-    def teardown(self):
-        self._close()
-
-    def start_bundle(self):
-        self._buffer = []
-
-    def process(self, lead, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
-        self._buffer.append((lead, timestamp, window))
-        if len(self._buffer) >= self._batch_size:
-            for out in self._flush():
-                yield out
-
-    def finish_bundle(self):
-        for out in self._flush():
-            yield out
-
-    def _query(self, keys):
-        attempt = 0
-        while True:
-            try:
-                if self._conn is None:
-                    self._conn = self._connect()
-                cursor = self._conn.cursor()
-                try:
-                    return query_engagement(cursor, keys, "%s" if self._dsn else "?")
-                finally:
-                    cursor.close()
-            except Exception as exc:  # pylint: disable=broad-except
-                if attempt >= self._max_retries:
-                    raise
-                attempt += 1
-                self._retries.inc()
-                _LOG.warning("engagement lookup failed (%s); retry %d/%d", exc, attempt,
-                             self._max_retries)
-                self._close()
-                time.sleep(min(0.2 * 2 ** attempt, 5.0))
-
-    def _flush(self):
+    def flush_batch(self, items):
         from transforms.marketo import ENGAGEMENT_FIELD, lead_identity
 
-        items, self._buffer = self._buffer, []
-        if not items:
-            return
         identities = [lead_identity(lead, self._redactor, self._user_id_field)
                       for lead, _, _ in items]
         keys = sorted({k for ids in identities for k in ids})
-        found = self._query(keys) if keys else {}
+        found = (self.retrying(lambda conn: self.timed(self._query, conn, keys))
+                 if keys else {})
         for (lead, ts, win), ids in zip(items, identities):
             engagement = _engagement_for(ids, found)
             self._looked_up.inc()
@@ -193,15 +174,19 @@ class LookupEngagement(beam.PTransform):
     def __init__(self, pii_secret: bytes, postgres_dsn: typing.Optional[str] = None,
                  duckdb_path: typing.Optional[str] = None,
                  user_id_field: typing.Optional[str] = "iheardUserId",
-                 batch_size: int = DEFAULT_BATCH_SIZE, max_retries: int = 3,
+                 batch_size: int = DEFAULT_BATCH_SIZE,
+                 retry_budget_seconds: float = DEFAULT_RETRY_BUDGET_S,
+                 retry_backoff_seconds: float = DEFAULT_FIRST_BACKOFF_S,
                  namespace: str = "marketo"):
         super().__init__()
         if bool(postgres_dsn) == bool(duckdb_path):
             raise ValueError("give exactly one of postgres_dsn and duckdb_path")
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if retry_budget_seconds < 0:
+            raise ValueError("retry_budget_seconds must be >= 0")
         self._args = (postgres_dsn, duckdb_path, pii_secret, user_id_field, batch_size,
-                      max_retries, namespace)
+                      retry_budget_seconds, retry_backoff_seconds, namespace)
 
     def expand(self, leads):
         return leads | "QueryEngagementBatches" >> beam.ParDo(_LookupEngagementFn(*self._args))

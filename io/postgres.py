@@ -23,25 +23,28 @@
 
 One flush is one transaction: ``COPY`` into a session-local temp table, then
 ``INSERT INTO t SELECT ... FROM stage ON CONFLICT (key) DO UPDATE SET ...``.
-Rows with the same key inside a batch are reduced to the last one first,
-because one ``INSERT ... ON CONFLICT`` may not touch a row twice.
+Rows with the same key inside a batch are reduced to the last one first (the
+first one for ``on_conflict="nothing"``), because one ``INSERT ... ON
+CONFLICT`` may not touch a row twice.
 
-Errors:
+Errors, batching and counters are those of ``iheard_io.sink_base`` (one
+policy for every sink): a row the database refuses for its content
+(``DataError``, ``IntegrityError`` such as a check or not-null violation, a
+value ``row_values`` cannot convert or psycopg cannot adapt) is isolated by
+bisection and becomes a ``FailedRecord`` (stage ``sink:postgres``) on the
+``failed`` output, the other rows are written; a database that is down
+(connection lost, server shutdown or restart, serialization failure,
+deadlock) is retried on a fresh connection with capped exponential backoff
+for ``retry_budget_seconds`` (default 60 s), then **the bundle fails** and
+the runner replays it from its checkpoint (nothing was committed for that
+batch, nothing is lost); anything else (a missing column, a refused password)
+fails the bundle at once.
 
-* transient (connection lost, server shutdown or restart, serialization
-  failure, deadlock, ``OperationalError``): the batch is retried with
-  exponential backoff on a fresh connection, up to ``max_retries`` times; then
-  the bundle fails and the runner retries it (nothing is lost; nothing was
-  committed for that batch);
-* permanent, caused by the data (``DataError``, ``IntegrityError`` such as a
-  check or not-null violation, a value ``row_values`` cannot convert or
-  psycopg cannot adapt, e.g. a dict in a text column): the
-  batch is bisected until the bad rows are isolated; those become
-  ``FailedRecord``s (stage ``sink:postgres``, the row as JSON, the row's
-  ``_source`` origin) on the ``failed`` output, which the PTransform returns,
-  and all other rows are written;
-* anything else (e.g. a missing column: a code or schema bug) fails the
-  bundle loudly.
+What a flush writes is the table's declaration (``schemas.tables.TableSpec``):
+its columns, its key, and ``on_conflict``, which says what a second row with a
+stored key does (``"update"``: replace the stored row, under
+``update_condition`` if set; ``"nothing"``: the first row written wins).
+``WriteToPostgres(on_conflict=...)`` overrides it for one sink.
 
 Delivery guarantee: at-least-once; replays are harmless because every write is
 an upsert on the table's key.
@@ -58,14 +61,19 @@ or the POSTGRES_* variables in ``beam_pipelines.options.resolve_connections``).
 """
 from __future__ import annotations
 
-import logging
-import time
+import dataclasses
+import typing
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
-from apache_beam.utils.windowed_value import WindowedValue
 
-from schemas.records import failed_from_event
+from iheard_io.retry import DEFAULT_FIRST_BACKOFF_S
+from iheard_io.retry import DEFAULT_RETRY_BUDGET_S
+from iheard_io.retry import OnExhausted
+from iheard_io.retry import PostgresErrors
+from iheard_io.retry import is_postgres_refusal as is_refusal
+from iheard_io.sink_base import BatchSinkFn
+from iheard_io.sink_base import retry_policy
+from schemas.tables import ON_CONFLICT_ACTIONS
 from schemas.tables import TABLES
 from schemas.tables import TableSpec
 from schemas.tables import ddl_statements
@@ -78,19 +86,12 @@ __all__ = [
     "is_refusal",
 ]
 
-_LOG = logging.getLogger(__name__)
-
 STAGE = "sink:postgres"
 
 # Arbitrary but fixed: every process applying the DDL takes this advisory lock.
 _DDL_LOCK_ID = 0x1EA2D_0001
 
 DEFAULT_BATCH_SIZE = 1000
-DEFAULT_MAX_RETRIES = 5
-# First retry after 0.2 s, doubling: 0.2, 0.4, 0.8, 1.6, 3.2 s (about 6 s in
-# all), long enough to ride out a server restart on the same host.
-DEFAULT_BACKOFF_S = 0.2
-_MAX_BACKOFF_S = 10.0
 
 
 def _apply_ddl(conn) -> None:
@@ -114,11 +115,12 @@ def _quote(name: str) -> str:
 
 
 def upsert_sql(spec: TableSpec, source: str) -> str:
-    """``INSERT ... SELECT ... FROM source ON CONFLICT (key) DO UPDATE``."""
+    """``INSERT ... SELECT ... FROM source ON CONFLICT (key) DO UPDATE`` (or
+    ``DO NOTHING`` when the table declares ``on_conflict="nothing"``)."""
     cols = ", ".join(_quote(c) for c in spec.columns)
     updates = [c for c in spec.columns if c not in spec.key]
     conflict = ", ".join(_quote(c) for c in spec.key)
-    if updates:
+    if updates and spec.on_conflict == "update":
         action = "DO UPDATE SET " + ", ".join(
             f"{_quote(c)} = EXCLUDED.{_quote(c)}" for c in updates)
         if spec.update_condition:
@@ -129,196 +131,63 @@ def upsert_sql(spec: TableSpec, source: str) -> str:
             f"ON CONFLICT ({conflict}) {action}")
 
 
-# A server that refuses us (password, pg_hba.conf, TLS verification) will
-# refuse every retry too: a configuration error, raised at once. libpq
-# reports these at connect time without a SQLSTATE, so the text decides.
-_REFUSALS = (
-    "password authentication failed",
-    "no pg_hba.conf entry",
-    "certificate verify failed",
-    "server does not support SSL",
-    "root certificate file",
-    "does not match host name",
-    "fe_sendauth: no password supplied",
-)
+class _WriteToPostgresFn(BatchSinkFn):
+    """One connection per DoFn instance; one flush is one transaction:
+    ``COPY`` into a session-local temp table, then the table's upsert."""
 
+    counter_namespace = "WriteToPostgres"
+    stage = STAGE
+    dedupe = True  # one INSERT ... ON CONFLICT may not touch a row twice
 
-def is_refusal(exc: BaseException) -> bool:
-    """Whether ``exc`` is PostgreSQL refusing our credentials or TLS."""
-    message = str(exc)
-    return any(marker in message for marker in _REFUSALS)
-
-
-def _is_transient(exc: BaseException) -> bool:
-    import psycopg
-
-    # OperationalError covers lost connections, AdminShutdown (terminated
-    # backend), CannotConnectNow (server starting), and TransactionRollback
-    # (serialization failure, deadlock).
-    return (isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
-            and not is_refusal(exc))
-
-
-def _is_data_error(exc: BaseException) -> bool:
-    """Errors caused by a row's content: the server refused a value or a
-    constraint, or psycopg could not turn a Python value into the column's
-    text form (a ProgrammingError without SQLSTATE, e.g. "cannot adapt type
-    'dict'")."""
-    import psycopg
-
-    if isinstance(exc, (psycopg.DataError, psycopg.IntegrityError)):
-        return True
-    if isinstance(exc, psycopg.ProgrammingError) and getattr(exc, "sqlstate", None) is None:
-        return True
-    return isinstance(exc, (TypeError, ValueError, UnicodeError))
-
-
-class _WriteToPostgresFn(beam.DoFn):
-    FAILED = "failed"
-
-    def __init__(self, dsn, spec: TableSpec, batch_size, max_retries,
-                 backoff_s, pipeline, create_schema, batched=False):
+    def __init__(self, dsn, spec: TableSpec, batch_size=DEFAULT_BATCH_SIZE,
+                 retry_budget_s=DEFAULT_RETRY_BUDGET_S, backoff_s=DEFAULT_FIRST_BACKOFF_S,
+                 pipeline="", create_schema=True, batched=False):
+        super().__init__(errors=PostgresErrors(),
+                         retry=retry_policy(retry_budget_s, backoff_s, OnExhausted.FAIL),
+                         batch_size=batch_size, pipeline=pipeline, batched=batched)
         self._dsn = dsn
-        self._batched = batched
         self._spec = spec
-        self._batch_size = batch_size
-        self._max_retries = max_retries
-        self._backoff_s = backoff_s
-        self._pipeline = pipeline
         self._create_schema = create_schema
-        self._conn = None
-        self._buffer = []
-        self._stage = "_iheard_stage_" + spec.name
+        self._stage_table = "_iheard_stage_" + spec.name
         self._key_indexes = tuple(spec.columns.index(k) for k in spec.key)
-        self._written = Metrics.counter("WriteToPostgres", "written")
-        self._failed = Metrics.counter("WriteToPostgres", "failed")
-        self._retries = Metrics.counter("WriteToPostgres", "retries")
+        self._copy_sql = (f"COPY {self._stage_table} "
+                          f"({', '.join(_quote(c) for c in spec.columns)}) FROM STDIN")
+        self._upsert_sql = upsert_sql(spec, self._stage_table)
+        # DO NOTHING keeps the stored row: within a batch the first row wins too.
+        self.dedupe_keeps_first = spec.on_conflict == "nothing"
 
-    # -- connection -------------------------------------------------------
-
-    def _connect(self):
+    def open_client(self):
         import psycopg
 
         conn = psycopg.connect(self._dsn, autocommit=False)
-        with conn.transaction():
-            # Session-local staging table; emptied by every commit.
-            conn.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS {self._stage} "
-                f"(LIKE {_quote(self._spec.name)} INCLUDING DEFAULTS) "
-                "ON COMMIT DELETE ROWS")
+        try:
+            if self._create_schema:
+                _apply_ddl(conn)
+                self._create_schema = False  # once per DoFn instance
+            with conn.transaction():
+                # Session-local staging table; emptied by every commit.
+                conn.execute(
+                    f"CREATE TEMP TABLE IF NOT EXISTS {self._stage_table} "
+                    f"(LIKE {_quote(self._spec.name)} INCLUDING DEFAULTS) "
+                    "ON COMMIT DELETE ROWS")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
-    def _close(self):
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:  # pylint: disable=broad-except
-                pass
-            self._conn = None
+    def prepare(self, row):
+        return row_values(self._spec, row)
 
-    def setup(self):
-        def connect():
-            if self._create_schema:
-                ensure_schema(self._dsn)
-            self._conn = self._connect()
-        self._retrying(connect)
+    def key_of(self, values):
+        return tuple(values[i] for i in self._key_indexes)
 
-    def teardown(self):
-        self._close()
-
-    # -- bundle -----------------------------------------------------------
-
-    def start_bundle(self):
-        self._buffer = []
-
-    def process(self, row, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
-        if self._batched:  # a list of rows
-            self._buffer.extend((item, timestamp, window) for item in row)
-        else:
-            self._buffer.append((row, timestamp, window))
-        if len(self._buffer) >= self._batch_size:
-            yield from self._flush()
-
-    def finish_bundle(self):
-        yield from self._flush()
-
-    # -- writing ----------------------------------------------------------
-
-    def _flush(self):
-        items, self._buffer = self._buffer, []
-        if not items:
-            return
-        # Last row per key wins (ON CONFLICT may touch a row only once).
-        by_key = {}
-        for row, ts, win in items:
-            try:
-                values = row_values(self._spec, row)
-            except Exception as exc:  # pylint: disable=broad-except
-                yield self._failure(row, ts, win, exc)
-                continue
-            key = tuple(values[i] for i in self._key_indexes)
-            by_key.pop(key, None)
-            by_key[key] = (row, ts, win, values)
-        yield from self._write_isolating_bad_rows(list(by_key.values()))
-
-    def _write_isolating_bad_rows(self, batch):
-        if not batch:
-            return
-        try:
-            self._write_with_retries([values for _, _, _, values in batch])
-            self._written.inc(len(batch))
-        except Exception as exc:  # pylint: disable=broad-except
-            if not _is_data_error(exc):
-                raise
-            if len(batch) == 1:
-                row, ts, win, _ = batch[0]
-                yield self._failure(row, ts, win, exc)
-                return
-            middle = len(batch) // 2
-            yield from self._write_isolating_bad_rows(batch[:middle])
-            yield from self._write_isolating_bad_rows(batch[middle:])
-
-    def _write_with_retries(self, values):
-        def write():
-            if self._conn is None or self._conn.closed:
-                self._conn = self._connect()
-            self._upsert(values)
-        self._retrying(write)
-
-    def _retrying(self, action):
-        attempt = 0
-        while True:
-            try:
-                return action()
-            except Exception as exc:  # pylint: disable=broad-except
-                # (the failed transaction was already rolled back)
-                if not _is_transient(exc) or attempt >= self._max_retries:
-                    if _is_transient(exc):
-                        # The bundle fails; the runner retries it later.
-                        self._close()
-                    raise
-                delay = min(self._backoff_s * (2 ** attempt), _MAX_BACKOFF_S)
-                attempt += 1
-                self._retries.inc()
-                _LOG.warning("transient PostgreSQL error (%s: %s); retry %d/%d in %.1fs",
-                             type(exc).__name__, exc, attempt, self._max_retries, delay)
-                self._close()
-                time.sleep(delay)
-
-    def _upsert(self, values):
-        conn = self._conn
-        cols = ", ".join(_quote(c) for c in self._spec.columns)
+    def write(self, conn, batch):
         with conn.transaction():
             with conn.cursor() as cur:
-                with cur.copy(f"COPY {self._stage} ({cols}) FROM STDIN") as copy:
-                    for row in values:
-                        copy.write_row(row)
-                cur.execute(upsert_sql(self._spec, self._stage))
-
-    def _failure(self, row, ts, win, exc):
-        self._failed.inc()
-        failed = failed_from_event(row, exc, STAGE, self._pipeline)
-        return beam.pvalue.TaggedOutput(self.FAILED, WindowedValue(failed, ts, [win]))
+                with cur.copy(self._copy_sql) as copy:
+                    for values in batch:
+                        copy.write_row(values)
+                cur.execute(self._upsert_sql)
 
 
 class WriteToPostgres(beam.PTransform):
@@ -328,19 +197,24 @@ class WriteToPostgres(beam.PTransform):
     refused (see the module docstring for the error policy and the delivery
     guarantee: at-least-once, idempotent by upsert). ``batched=True``: each
     element is a list of row dicts (transforms/batches.py); rows are still
-    buffered per bundle and written with one COPY per ``batch_size``."""
+    buffered per bundle and written with one COPY per ``batch_size``.
+    ``retry_budget_seconds``: how long a database that is down is retried
+    before the bundle fails (default 60 s); ``retry_backoff_seconds``: the
+    first wait (doubling, capped at 5 s). ``on_conflict``: ``"update"`` or
+    ``"nothing"`` instead of the table's declaration."""
 
     def __init__(
         self,
         dsn: str,
         table: str,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        max_retries: int = DEFAULT_MAX_RETRIES,
         pipeline: str = "",
         create_schema: bool = True,
-        retry_backoff_seconds: float = DEFAULT_BACKOFF_S,
+        retry_budget_seconds: float = DEFAULT_RETRY_BUDGET_S,
+        retry_backoff_seconds: float = DEFAULT_FIRST_BACKOFF_S,
         reshuffle: bool = True,
         batched: bool = False,
+        on_conflict: typing.Optional[str] = None,
     ):
         super().__init__()
         if not dsn:
@@ -349,26 +223,25 @@ class WriteToPostgres(beam.PTransform):
             raise ValueError(f"unknown table {table!r}; known: {sorted(TABLES)}")
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
-        if max_retries < 0:
-            raise ValueError("max_retries must be >= 0")
-        self._spec = TABLES[table]
-        self._dsn = dsn
-        self._batch_size = batch_size
-        self._max_retries = max_retries
-        self._pipeline = pipeline
-        self._create_schema = create_schema
-        self._backoff_s = retry_backoff_seconds
+        if retry_budget_seconds < 0:
+            raise ValueError("retry_budget_seconds must be >= 0")
+        if on_conflict is not None and on_conflict not in ON_CONFLICT_ACTIONS:
+            raise ValueError(f"on_conflict must be one of {ON_CONFLICT_ACTIONS}")
+        spec = TABLES[table]
+        if on_conflict is not None:
+            spec = dataclasses.replace(spec, on_conflict=on_conflict)
+        self._fn_args = dict(dsn=dsn, spec=spec, batch_size=batch_size,
+                             retry_budget_s=retry_budget_seconds,
+                             backoff_s=retry_backoff_seconds, pipeline=pipeline,
+                             create_schema=create_schema, batched=batched)
         self._reshuffle = reshuffle
-        self._batched = batched
 
     def expand(self, rows):
         if self._reshuffle:
             rows = rows | "Reshuffle" >> beam.Reshuffle()
         results = (
             rows
-            | "UpsertRows" >> beam.ParDo(_WriteToPostgresFn(
-                self._dsn, self._spec, self._batch_size, self._max_retries,
-                self._backoff_s, self._pipeline, self._create_schema, self._batched,
-            )).with_outputs(_WriteToPostgresFn.FAILED, main="written")
+            | "UpsertRows" >> beam.ParDo(_WriteToPostgresFn(**self._fn_args))
+            .with_outputs(_WriteToPostgresFn.FAILED, main="written")
         )
         return results[_WriteToPostgresFn.FAILED]

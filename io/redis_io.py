@@ -1,12 +1,18 @@
 """Redis sinks for hot session state and live KPIs (redis-py).
 
-Both transforms buffer elements and send them in one Redis pipeline per batch
+Both transforms (and ``iheard_io.redis_leads``) are ``iheard_io.sink_base``
+sinks: elements are buffered and sent in one Redis pipeline per batch
 (``batch_size`` elements, and at the end of every bundle), from a client made
-in ``setup()``. Connection errors and timeouts are retried with exponential
-backoff on fresh connections; when ``max_retries`` is exhausted the batch's
-elements come out on the returned ``failed`` PCollection as ``FailedRecord``s
-(stage ``sink:redis``) instead of failing the job - live state is the
-least valuable copy of the data, PostgreSQL holds the durable one.
+in ``setup()``. A command Redis refuses (e.g. WRONGTYPE on a key someone else
+wrote) makes only its element a dead letter. Connection errors and timeouts
+are retried on fresh connections with capped exponential backoff for
+``retry_budget_seconds`` (default 60 s: a 30 s restart loses nothing); past
+it the batch's elements come out on the returned ``failed`` PCollection as
+``FailedRecord``s (stage ``sink:redis``, reason ``StoreUnavailable``, the
+element as JSON: replayable, since every write below is versioned or a set)
+instead of failing the job - live state is a derived copy, and a Redis
+outage must not stop the PostgreSQL writes. ``on_exhausted="fail"`` fails
+the bundle instead (Flink then replays from its checkpoint).
 
 Connection, AUTH and TLS come from the URL: ``redis://[user:password@]host:
 port/db`` or ``rediss://...`` for TLS (extra ``redis.Redis`` keyword
@@ -68,19 +74,20 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import time
 import typing
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
-from apache_beam.utils.windowed_value import WindowedValue
 
-from schemas.records import failed_from_event
-from schemas.tables import to_utc_datetime
-
+from iheard_io.retry import DEFAULT_FIRST_BACKOFF_S
+from iheard_io.retry import DEFAULT_RETRY_BUDGET_S
+from iheard_io.retry import OnExhausted
+from iheard_io.retry import RedisErrors
 from iheard_io.security import read_secret_file
 from iheard_io.security import speaks_tls
+from iheard_io.sink_base import BatchSinkFn
+from iheard_io.sink_base import retry_policy
+from schemas.tables import to_utc_datetime
 
 __all__ = [
     "WriteSessionState",
@@ -96,8 +103,6 @@ __all__ = [
     "DAILY_COST_PREFIX",
     "DAILY_COST_TTL_SECONDS",
 ]
-
-_LOG = logging.getLogger(__name__)
 
 STAGE = "sink:redis"
 
@@ -122,9 +127,7 @@ DEFAULT_DAY_TTL_S = 3 * 86400
 # A tenant's day is "today" somewhere for up to ~50 h; keep its cost hash as long.
 DAILY_COST_TTL_SECONDS = DEFAULT_DAY_TTL_S
 DEFAULT_BATCH_SIZE = 500
-DEFAULT_MAX_RETRIES = 5
-DEFAULT_BACKOFF_S = 0.2
-_MAX_BACKOFF_S = 5.0
+DEFAULT_ON_EXHAUSTED = OnExhausted.DEAD_LETTER.value
 
 # KEYS[1] = hash; ARGV[1] = ttl s, ARGV[2] = version, ARGV[3..] = field, value...
 _VERSIONED_HSET_LUA = """
@@ -231,127 +234,58 @@ def check_redis_connection(redis_url: str, client_kwargs: typing.Optional[dict] 
         client.close()
 
 
-def _connection_errors():
-    import redis
+class _RedisBatchFn(BatchSinkFn):
+    """Each element's commands are recorded first (``_queue``), so an element
+    that cannot even become commands is its own dead letter and a batch can
+    be replayed on a new pipeline after a reconnect; a batch is one
+    non-transactional pipeline."""
 
-    # BusyLoadingError (a restarted server replaying its AOF/RDB) is a
-    # ConnectionError subclass in redis-py.
-    return (redis.ConnectionError, redis.TimeoutError)
-
-
-class _RedisBatchFn(beam.DoFn):
-    """Buffers elements; writes each batch as one pipeline, with retries."""
-
-    FAILED = "failed"
     counter_namespace = "WriteToRedis"
-    # Elements are lists of items (transforms/batches.py) instead of items.
-    batched = False
+    stage = STAGE
 
-    def __init__(self, redis_url, client_kwargs, batch_size, max_retries,
-                 backoff_s, pipeline):
+    def __init__(self, redis_url, client_kwargs=None, batch_size=DEFAULT_BATCH_SIZE,
+                 retry_budget_s=DEFAULT_RETRY_BUDGET_S, backoff_s=DEFAULT_FIRST_BACKOFF_S,
+                 pipeline="", on_exhausted=DEFAULT_ON_EXHAUSTED, batched=False):
+        super().__init__(errors=RedisErrors(),
+                         retry=retry_policy(retry_budget_s, backoff_s, on_exhausted),
+                         batch_size=batch_size, pipeline=pipeline, batched=batched)
         self._redis_url = redis_url
         self._client_kwargs = dict(client_kwargs or {})
-        self._batch_size = batch_size
-        self._max_retries = max_retries
-        self._backoff_s = backoff_s
-        self._pipeline = pipeline
-        self._client = None
-        self._buffer = []
-        self._written = Metrics.counter(self.counter_namespace, "written")
-        self._failed = Metrics.counter(self.counter_namespace, "failed")
-        self._retries = Metrics.counter(self.counter_namespace, "retries")
 
-    def setup(self):
+    def open_client(self):
         import redis
 
-        self._client = redis.Redis.from_url(self._redis_url, **_client_kwargs(self._client_kwargs))
-
-    def teardown(self):
-        if self._client is not None:
-            try:
-                self._client.close()
-            except Exception:  # pylint: disable=broad-except
-                pass
-            self._client = None
-
-    def start_bundle(self):
-        self._buffer = []
-
-    def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
-        if self.batched:
-            self._buffer.extend((item, timestamp, window) for item in element)
-        else:
-            self._buffer.append((element, timestamp, window))
-        if len(self._buffer) >= self._batch_size:
-            yield from self._flush()
-
-    def finish_bundle(self):
-        yield from self._flush()
+        return redis.Redis.from_url(self._redis_url, **_client_kwargs(self._client_kwargs))
 
     def _queue(self, pipe, element) -> None:
         raise NotImplementedError
 
-    def _flush(self):
-        items, self._buffer = self._buffer, []
-        if not items:
-            return
-        queued = []
-        pipe_items = []
-        for element, ts, win in items:
-            try:
-                # Build commands per element first, so an element we cannot
-                # even turn into commands is its own dead letter.
-                probe = _CommandRecorder()
-                self._queue(probe, element)
-                pipe_items.append((element, ts, win, probe.commands))
-            except Exception as exc:  # pylint: disable=broad-except
-                queued.append(self._failure(element, ts, win, exc))
-        yield from queued
-        if not pipe_items:
-            return
-        attempt = 0
-        while True:
-            try:
-                pipe = self._client.pipeline(transaction=False)
-                for _, _, _, commands in pipe_items:
-                    for name, args, kwargs in commands:
-                        getattr(pipe, name)(*args, **kwargs)
-                # Connection failures still raise; a command Redis refused
-                # (e.g. WRONGTYPE on a key someone else wrote) comes back in
-                # its slot, so only its element becomes a dead letter.
-                results = iter(pipe.execute(raise_on_error=False))
-            except _connection_errors() as exc:
-                reason = _refusal(exc)
-                if reason:
-                    raise RedisConnectionRefused(f"{_where(self._redis_url)}: {reason}") from None
-                if attempt >= self._max_retries:
-                    _LOG.error("Redis unreachable after %d retries; %d elements to the dead letter",
-                               attempt, len(pipe_items))
-                    for element, ts, win, _ in pipe_items:
-                        yield self._failure(element, ts, win, exc)
-                    return
-                delay = min(self._backoff_s * (2 ** attempt), _MAX_BACKOFF_S)
-                attempt += 1
-                self._retries.inc()
-                _LOG.warning("Redis error (%s: %s); retry %d/%d in %.1fs",
-                             type(exc).__name__, exc, attempt, self._max_retries, delay)
-                # Drop every pooled socket: after a server restart they are
-                # all dead.
-                self._client.connection_pool.disconnect()
-                time.sleep(delay)
-                continue
-            for element, ts, win, commands in pipe_items:
-                errors = [r for r in (next(results) for _ in commands) if isinstance(r, Exception)]
-                if errors:
-                    yield self._failure(element, ts, win, errors[0])
-                else:
-                    self._written.inc()
-            return
+    def prepare(self, element):
+        probe = _CommandRecorder()
+        self._queue(probe, element)
+        return probe.commands
 
-    def _failure(self, element, ts, win, exc):
-        self._failed.inc()
-        failed = failed_from_event(element, exc, STAGE, self._pipeline)
-        return beam.pvalue.TaggedOutput(self.FAILED, WindowedValue(failed, ts, [win]))
+    def write(self, client, batch):
+        import redis
+
+        pipe = client.pipeline(transaction=False)
+        for commands in batch:
+            for name, args, kwargs in commands:
+                getattr(pipe, name)(*args, **kwargs)
+        try:
+            # Connection failures raise; a command Redis refused comes back
+            # in its slot, so only its element becomes a dead letter.
+            results = iter(pipe.execute(raise_on_error=False))
+        except redis.RedisError as exc:
+            reason = _refusal(exc)
+            if reason:
+                raise RedisConnectionRefused(f"{_where(self._redis_url)}: {reason}") from None
+            raise
+        errors = []
+        for commands in batch:
+            refused = [r for r in (next(results) for _ in commands) if isinstance(r, Exception)]
+            errors.append(refused[0] if refused else None)
+        return errors
 
 
 class _CommandRecorder:
@@ -370,9 +304,8 @@ class _CommandRecorder:
 class _WriteSessionStateFn(_RedisBatchFn):
     counter_namespace = "WriteSessionState"
 
-    def __init__(self, redis_url, client_kwargs, batch_size, max_retries, backoff_s,
-                 pipeline, key_prefix, ttl_seconds, session_key_fn, version_fn):
-        super().__init__(redis_url, client_kwargs, batch_size, max_retries, backoff_s, pipeline)
+    def __init__(self, key_prefix, ttl_seconds, session_key_fn, version_fn, **common):
+        super().__init__(**common)
         self._key_prefix = key_prefix
         self._ttl_seconds = ttl_seconds
         self._session_key_fn = session_key_fn
@@ -394,10 +327,9 @@ class _WriteSessionStateFn(_RedisBatchFn):
 class _WriteLiveKpisFn(_RedisBatchFn):
     counter_namespace = "WriteLiveKpis"
 
-    def __init__(self, redis_url, client_kwargs, batch_size, max_retries, backoff_s,
-                 pipeline, key_prefix, active_window_s, minute_ttl_s, day_ttl_s,
-                 conversion_event_types, approximate_counts):
-        super().__init__(redis_url, client_kwargs, batch_size, max_retries, backoff_s, pipeline)
+    def __init__(self, key_prefix, active_window_s, minute_ttl_s, day_ttl_s,
+                 conversion_event_types, approximate_counts, **common):
+        super().__init__(**common)
         self._p = key_prefix
         self._active_window_ms = int(active_window_s * 1000)
         self._minute_ttl_s = int(minute_ttl_s)
@@ -489,38 +421,36 @@ def read_cost_today(client, tenant_id: str, day: typing.Optional[dt.date] = None
 
 
 class _WriteToRedis(beam.PTransform):
-    _batched = False
-
     def _fn(self):
         raise NotImplementedError
 
     def expand(self, pcoll):
-        fn = self._fn()
-        fn.batched = self._batched
-        results = pcoll | "WriteBatches" >> beam.ParDo(fn).with_outputs(
+        results = pcoll | "WriteBatches" >> beam.ParDo(self._fn()).with_outputs(
             _RedisBatchFn.FAILED, main="written")
         return results[_RedisBatchFn.FAILED]
 
 
-def _with_password_file(client_kwargs, password_file):
-    if not password_file:
-        return client_kwargs
-    return {**(client_kwargs or {}), "password_file": password_file}
-
-
-def _check_common(redis_url, batch_size, max_retries):
+def _common_args(redis_url, client_kwargs, password_file, batch_size, retry_budget_seconds,
+                 retry_backoff_seconds, pipeline, on_exhausted, batched=False) -> dict:
+    """The ``_RedisBatchFn`` arguments every Redis sink takes, checked."""
     if not redis_url or not redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("redis_url must be a redis://, rediss:// or unix:// URL")
     if batch_size <= 0:
         raise ValueError("batch_size must be positive")
-    if max_retries < 0:
-        raise ValueError("max_retries must be >= 0")
+    if retry_budget_seconds < 0:
+        raise ValueError("retry_budget_seconds must be >= 0")
+    if password_file:
+        client_kwargs = {**(client_kwargs or {}), "password_file": password_file}
+    return dict(redis_url=redis_url, client_kwargs=client_kwargs, batch_size=batch_size,
+                retry_budget_s=retry_budget_seconds, backoff_s=retry_backoff_seconds,
+                pipeline=pipeline, on_exhausted=OnExhausted(on_exhausted), batched=batched)
 
 
 class WriteSessionState(_WriteToRedis):
     """Writes session aggregates (or events) as one Redis hash per session;
     returns the ``FailedRecord``s of elements that could not be written. See
-    the module docstring for the key layout and why replays are harmless."""
+    the module docstring for the key layout, why replays are harmless, and
+    what happens when Redis stays down past ``retry_budget_seconds``."""
 
     def __init__(
         self,
@@ -530,23 +460,24 @@ class WriteSessionState(_WriteToRedis):
         session_key_fn: typing.Callable[[dict], str] = lambda e: e.get("session_id"),
         version_fn: typing.Callable[[dict], int] = default_version,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        retry_backoff_seconds: float = DEFAULT_BACKOFF_S,
+        retry_budget_seconds: float = DEFAULT_RETRY_BUDGET_S,
+        retry_backoff_seconds: float = DEFAULT_FIRST_BACKOFF_S,
         pipeline: str = "",
         client_kwargs: typing.Optional[dict] = None,
         password_file: typing.Optional[str] = None,
+        on_exhausted: str = DEFAULT_ON_EXHAUSTED,
     ):
         super().__init__()
-        _check_common(redis_url, batch_size, max_retries)
-        client_kwargs = _with_password_file(client_kwargs, password_file)
         if ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be positive")
-        self._args = (redis_url, client_kwargs, batch_size, max_retries,
-                      retry_backoff_seconds, pipeline, key_prefix, int(ttl_seconds),
-                      session_key_fn, version_fn)
+        self._common = _common_args(redis_url, client_kwargs, password_file, batch_size,
+                                    retry_budget_seconds, retry_backoff_seconds, pipeline,
+                                    on_exhausted)
+        self._own = dict(key_prefix=key_prefix, ttl_seconds=int(ttl_seconds),
+                         session_key_fn=session_key_fn, version_fn=version_fn)
 
     def _fn(self):
-        return _WriteSessionStateFn(*self._args)
+        return _WriteSessionStateFn(**self._own, **self._common)
 
 
 class WriteLiveKpis(_WriteToRedis):
@@ -566,21 +497,22 @@ class WriteLiveKpis(_WriteToRedis):
         conversion_event_types: typing.Iterable[str] = ("conversion",),
         approximate_counts: bool = False,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        retry_backoff_seconds: float = DEFAULT_BACKOFF_S,
+        retry_budget_seconds: float = DEFAULT_RETRY_BUDGET_S,
+        retry_backoff_seconds: float = DEFAULT_FIRST_BACKOFF_S,
         pipeline: str = "",
         client_kwargs: typing.Optional[dict] = None,
         batched: bool = False,
         password_file: typing.Optional[str] = None,
+        on_exhausted: str = DEFAULT_ON_EXHAUSTED,
     ):
         super().__init__()
-        _check_common(redis_url, batch_size, max_retries)
-        client_kwargs = _with_password_file(client_kwargs, password_file)
-        self._batched = batched
-        self._args = (redis_url, client_kwargs, batch_size, max_retries,
-                      retry_backoff_seconds, pipeline, key_prefix, active_window_seconds,
-                      minute_ttl_seconds, day_ttl_seconds, tuple(conversion_event_types),
-                      approximate_counts)
+        self._common = _common_args(redis_url, client_kwargs, password_file, batch_size,
+                                    retry_budget_seconds, retry_backoff_seconds, pipeline,
+                                    on_exhausted, batched)
+        self._own = dict(key_prefix=key_prefix, active_window_s=active_window_seconds,
+                         minute_ttl_s=minute_ttl_seconds, day_ttl_s=day_ttl_seconds,
+                         conversion_event_types=tuple(conversion_event_types),
+                         approximate_counts=approximate_counts)
 
     def _fn(self):
-        return _WriteLiveKpisFn(*self._args)
+        return _WriteLiveKpisFn(**self._own, **self._common)

@@ -17,7 +17,7 @@ the counters with ``SCARD`` (sets of ids, so a replay counts a lead once).
 Members are lead ids only: no name or email reaches Redis.
 
 Batching, retries and the failed output are those of
-``iheard_io.redis_io`` (its batch DoFn is reused). Delivery guarantee:
+``iheard_io.redis_io`` (its batch DoFn is reused: ``iheard_io.sink_base``). Delivery guarantee:
 at-least-once, idempotent (an older version never overwrites a newer one).
 """
 from __future__ import annotations
@@ -26,14 +26,15 @@ import typing
 
 from iheard_io.redis_io import (
     DEFAULT_BATCH_SIZE,
-    DEFAULT_BACKOFF_S,
     DEFAULT_DAY_TTL_S,
-    DEFAULT_MAX_RETRIES,
-    _check_common,
+    DEFAULT_ON_EXHAUSTED,
+    _common_args,
     _epoch_ms,
     _RedisBatchFn,
     _WriteToRedis,
 )
+from iheard_io.retry import DEFAULT_FIRST_BACKOFF_S
+from iheard_io.retry import DEFAULT_RETRY_BUDGET_S
 
 __all__ = ["WritePriorityLeads", "read_priority_leads", "DEFAULT_LEAD_PREFIX"]
 
@@ -67,9 +68,8 @@ return 1
 class _WritePriorityLeadsFn(_RedisBatchFn):
     counter_namespace = "WritePriorityLeads"
 
-    def __init__(self, redis_url, client_kwargs, batch_size, max_retries, backoff_s,
-                 pipeline, key_prefix, day_ttl_s):
-        super().__init__(redis_url, client_kwargs, batch_size, max_retries, backoff_s, pipeline)
+    def __init__(self, key_prefix, day_ttl_s, **common):
+        super().__init__(**common)
         self._p = key_prefix
         self._day_ttl_s = int(day_ttl_s)
 
@@ -95,18 +95,21 @@ class WritePriorityLeads(_WriteToRedis):
 
     def __init__(self, redis_url: str, key_prefix: str = DEFAULT_LEAD_PREFIX,
                  day_ttl_seconds: int = DEFAULT_DAY_TTL_S,
-                 batch_size: int = DEFAULT_BATCH_SIZE, max_retries: int = DEFAULT_MAX_RETRIES,
-                 retry_backoff_seconds: float = DEFAULT_BACKOFF_S, pipeline: str = "marketo",
-                 client_kwargs: typing.Optional[dict] = None):
+                 batch_size: int = DEFAULT_BATCH_SIZE,
+                 retry_budget_seconds: float = DEFAULT_RETRY_BUDGET_S,
+                 retry_backoff_seconds: float = DEFAULT_FIRST_BACKOFF_S, pipeline: str = "marketo",
+                 client_kwargs: typing.Optional[dict] = None,
+                 on_exhausted: str = DEFAULT_ON_EXHAUSTED):
         super().__init__()
-        _check_common(redis_url, batch_size, max_retries)
         if day_ttl_seconds <= 0:
             raise ValueError("day_ttl_seconds must be positive")
-        self._args = (redis_url, client_kwargs, batch_size, max_retries, retry_backoff_seconds,
-                      pipeline, key_prefix, day_ttl_seconds)
+        self._common = _common_args(redis_url, client_kwargs, None, batch_size,
+                                    retry_budget_seconds, retry_backoff_seconds, pipeline,
+                                    on_exhausted)
+        self._own = dict(key_prefix=key_prefix, day_ttl_s=day_ttl_seconds)
 
     def _fn(self):
-        return _WritePriorityLeadsFn(*self._args)
+        return _WritePriorityLeadsFn(**self._own, **self._common)
 
 
 def read_priority_leads(client, key_prefix: str = DEFAULT_LEAD_PREFIX, top: int = 50

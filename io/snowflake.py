@@ -34,18 +34,18 @@ One load of a batch, on the DoFn's own session:
    WHEN MATCHED THEN UPDATE ... WHEN NOT MATCHED THEN INSERT ...``: one
    atomic statement, the only one that touches the target.
 
-Errors:
-
-* transient (network, HTTP 5xx/429, expired session, ``OperationalError``):
-  the load is retried with exponential backoff on a fresh connection (and a
-  new staging table), up to ``max_retries`` times; then the bundle fails and
-  the runner retries it;
-* caused by the data (``load_fields`` refusals, and a database
-  ``IntegrityError``/``DataError`` or an SQLSTATE of class 22 or 23): the
-  batch is bisected until the bad rows are isolated; those become
-  ``FailedRecord``s (stage ``sink:snowflake``, the row as JSON, its
-  ``_source`` origin) on the ``failed`` output; all other rows are loaded;
-* anything else (a missing table, bad credentials) fails the bundle loudly.
+Errors, batching and counters are those of ``iheard_io.sink_base`` (one
+policy for every sink): rows Snowflake would refuse for their content
+(``load_fields`` refusals, a database ``IntegrityError``/``DataError`` or an
+SQLSTATE of class 22 or 23) are isolated by bisection and become
+``FailedRecord``s (stage ``sink:snowflake``) on the ``failed`` output, the
+other rows are loaded; a Snowflake that is unreachable (network, HTTP
+5xx/429, expired session) is retried on a fresh connection (and a new
+staging table) with capped exponential backoff for ``retry_budget_seconds``
+(default 60 s); then, because the warehouse is an optional copy that must
+not stop the PostgreSQL writes, every row of the batch becomes a dead letter
+(``StoreUnavailable``; ``on_exhausted="fail"`` fails the bundle instead);
+anything else (a missing table, bad credentials) fails the bundle at once.
 
 Delivery guarantee: at-least-once; replays are harmless because the only write
 to the target is a ``MERGE`` on the table's key (a replayed row updates its
@@ -65,19 +65,20 @@ see the README.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import shutil
 import tempfile
-import time
 import typing
 import uuid
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
-from apache_beam.utils.windowed_value import WindowedValue
 
-from schemas.records import failed_from_event
+from iheard_io.retry import DEFAULT_FIRST_BACKOFF_S
+from iheard_io.retry import DEFAULT_RETRY_BUDGET_S
+from iheard_io.retry import OnExhausted
+from iheard_io.retry import SnowflakeErrors
+from iheard_io.sink_base import BatchSinkFn
+from iheard_io.sink_base import retry_policy
 from schemas.warehouse import (
     JSON,
     WAREHOUSE_TABLES,
@@ -93,20 +94,13 @@ __all__ = [
     "ensure_snowflake_schema",
     "merge_sql",
     "csv_line",
-    "isolate_bad_rows",
 ]
-
-_LOG = logging.getLogger(__name__)
 
 STAGE = "sink:snowflake"
 
 # A COPY + MERGE costs a few round trips and a warehouse slice whatever its
 # size, so batches are larger than the PostgreSQL sink's.
 DEFAULT_BATCH_SIZE = 5000
-DEFAULT_MAX_RETRIES = 5
-# 0.5, 1, 2, 4, 8 s: rides out a warehouse resume or a short network loss.
-DEFAULT_BACKOFF_S = 0.5
-_MAX_BACKOFF_S = 30.0
 # One file name per staging table: PUT OVERWRITE replaces it, so the stage
 # never holds a leftover of an earlier failed load.
 _LOAD_FILE = "batch.csv"
@@ -194,93 +188,41 @@ def csv_line(fields: typing.Sequence[typing.Optional[str]]) -> str:
         "" if f is None else '"' + f.replace('"', '""') + '"' for f in fields) + "\n"
 
 
-_Item = typing.TypeVar("_Item")
+class _WriteToSnowflakeFn(BatchSinkFn):
+    counter_namespace = "WriteToSnowflake"
+    stage = STAGE
+    dedupe = True  # a MERGE whose source matches a target row twice is nondeterministic
 
-
-def isolate_bad_rows(
-    batch: typing.Sequence[_Item],
-    write: typing.Callable[[typing.Sequence[_Item]], None],
-    is_data_error: typing.Callable[[BaseException], bool],
-) -> typing.Iterator[typing.Tuple[_Item, BaseException]]:
-    """Writes ``batch``; when the database refuses it for its data, writes
-    each half again, down to single rows, and yields ``(item, error)`` for
-    every row refused alone. Other errors propagate. Rows that were fine are
-    written once (a refused write changed nothing)."""
-    if not batch:
-        return
-    try:
-        write(batch)
-    except Exception as exc:  # pylint: disable=broad-except
-        if not is_data_error(exc):
-            raise
-        if len(batch) == 1:
-            yield batch[0], exc
-            return
-        middle = len(batch) // 2
-        yield from isolate_bad_rows(batch[:middle], write, is_data_error)
-        yield from isolate_bad_rows(batch[middle:], write, is_data_error)
-
-
-def _is_transient(exc: BaseException) -> bool:
-    from snowflake.connector import errors
-
-    retryable = (
-        errors.OperationalError, errors.InterfaceError, errors.HttpError,
-        errors.InternalServerError, errors.ServiceUnavailableError,
-        errors.GatewayTimeoutError, errors.RequestTimeoutError,
-        errors.BadGatewayError, errors.TooManyRequests,
-        errors.OtherHTTPRetryableError, errors.RequestExceedMaxRetryError,
-        errors.TokenExpiredError, errors.PresignedUrlExpiredError,
-    )
-    if isinstance(exc, errors.NonRetryableTlsError):
-        return False
-    return isinstance(exc, retryable) or isinstance(exc, (ConnectionError, TimeoutError))
-
-
-def _is_data_error(exc: BaseException) -> bool:
-    """Errors caused by a row's content. Snowflake reports them with an
-    SQLSTATE of class 22 (data exception: NULL in a NOT NULL column, numeric
-    value not recognized, string too long) or 23 (integrity); a DB-API
-    ``IntegrityError``/``DataError`` of any driver counts too (fakesnow lets
-    its engine's constraint errors through unwrapped)."""
-    sqlstate = str(getattr(exc, "sqlstate", "") or "")
-    if sqlstate[:2] in ("22", "23"):
-        return True
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    return bool(names & {"IntegrityError", "DataError"})
-
-
-class _WriteToSnowflakeFn(beam.DoFn):
-    FAILED = "failed"
-
-    def __init__(self, settings: SnowflakeSettings, table: WarehouseTable, batch_size,
-                 max_retries, backoff_s, pipeline, create_schema, batched=False):
+    def __init__(self, settings: SnowflakeSettings, table: WarehouseTable,
+                 batch_size=DEFAULT_BATCH_SIZE, retry_budget_s=DEFAULT_RETRY_BUDGET_S,
+                 backoff_s=DEFAULT_FIRST_BACKOFF_S, pipeline="", create_schema=True,
+                 batched=False, on_exhausted=OnExhausted.DEAD_LETTER):
+        super().__init__(errors=SnowflakeErrors(),
+                         retry=retry_policy(retry_budget_s, backoff_s, on_exhausted),
+                         batch_size=batch_size, pipeline=pipeline, batched=batched)
         self._settings = settings
         self._table = table
-        self._batch_size = batch_size
-        self._max_retries = max_retries
-        self._backoff_s = backoff_s
-        self._pipeline = pipeline
         self._create_schema = create_schema
-        self._batched = batched
-        self._conn = None
-        self._staging = None
         self._workdir = None
-        self._buffer = []
-        self._written = Metrics.counter("WriteToSnowflake", "written")
-        self._failed = Metrics.counter("WriteToSnowflake", "failed")
-        self._retries = Metrics.counter("WriteToSnowflake", "retries")
 
-    # -- connection -------------------------------------------------------
+    def setup(self):
+        self._workdir = tempfile.mkdtemp(prefix="iheard-snowflake-")
+        super().setup()
 
-    def _open(self):
+    def teardown(self):
+        super().teardown()
+        if self._workdir:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    def open_client(self):
+        """A connection and its session-private staging table (concurrent
+        loaders never share one; the random suffix also keeps emulators that
+        share one namespace apart; unquoted: a table stage is ``@%<table>``)."""
         conn = _connect(self._settings)
         try:
             if self._create_schema:
                 _apply_ddl(conn)
-            # Session-private, so concurrent loaders never share one; the
-            # random suffix also keeps emulators that share one namespace apart.
-            # (unquoted: a table stage is named @%<table>)
             staging = f"IHEARD_STAGE_{self._table.name}_{uuid.uuid4().hex[:12].upper()}"
             columns = ", ".join(f"{quote(c.name)} {c.staging_type}" for c in self._table.columns)
             cur = conn.cursor()
@@ -291,106 +233,37 @@ class _WriteToSnowflakeFn(beam.DoFn):
         except BaseException:
             conn.close()
             raise
-        self._conn, self._staging = conn, staging
+        return _Session(conn, staging)
 
-    def _close(self):
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:  # pylint: disable=broad-except
-                pass
-        self._conn, self._staging = None, None
+    def close_client(self, session):
+        session.conn.close()
 
-    def setup(self):
-        self._workdir = tempfile.mkdtemp(prefix="iheard-snowflake-")
-        self._retrying(self._open)
+    def prepare(self, row):
+        return load_fields(self._table, row)
 
-    def teardown(self):
-        self._close()
-        if self._workdir:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-            self._workdir = None
+    def key_of(self, fields):
+        return self._table.key_of(fields)
 
-    # -- bundle -----------------------------------------------------------
-
-    def start_bundle(self):
-        self._buffer = []
-
-    def process(self, row, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
-        if self._batched:  # a list of rows
-            self._buffer.extend((item, timestamp, window) for item in row)
-        else:
-            self._buffer.append((row, timestamp, window))
-        if len(self._buffer) >= self._batch_size:
-            yield from self._flush()
-
-    def finish_bundle(self):
-        yield from self._flush()
-
-    # -- loading ----------------------------------------------------------
-
-    def _flush(self):
-        items, self._buffer = self._buffer, []
-        if not items:
-            return
-        by_key = {}  # last row per key wins (MERGE must match a target row once)
-        for row, ts, win in items:
-            try:
-                fields = load_fields(self._table, row)
-            except (ValueError, TypeError) as exc:
-                yield self._failure(row, ts, win, exc)
-                continue
-            key = self._table.key_of(fields)
-            by_key.pop(key, None)
-            by_key[key] = (row, ts, win, fields)
-        batch = list(by_key.values())
-        refused = 0
-        for (row, ts, win, _), exc in isolate_bad_rows(batch, self._load, _is_data_error):
-            refused += 1
-            yield self._failure(row, ts, win, exc)
-        self._written.inc(len(batch) - refused)
-
-    def _load(self, batch):
+    def write(self, session, batch):
         path = os.path.join(self._workdir, _LOAD_FILE)
         with open(path, "w", encoding="utf-8", newline="") as handle:
-            for _, _, _, fields in batch:
+            for fields in batch:
                 handle.write(csv_line(fields))
+        staging = session.staging
+        cur = session.conn.cursor()
+        try:
+            cur.execute(f"TRUNCATE TABLE {staging}")
+            cur.execute(f"PUT 'file://{path}' @%{staging} OVERWRITE = TRUE")
+            cur.execute(f"COPY INTO {staging} FROM @%{staging} {_COPY_OPTIONS}")
+            cur.execute(merge_sql(self._table, staging))
+        finally:
+            cur.close()
 
-        def load():
-            if self._conn is None:
-                self._open()
-            cur = self._conn.cursor()
-            try:
-                cur.execute(f"TRUNCATE TABLE {self._staging}")
-                cur.execute(f"PUT 'file://{path}' @%{self._staging} OVERWRITE = TRUE")
-                cur.execute(f"COPY INTO {self._staging} FROM @%{self._staging} {_COPY_OPTIONS}")
-                cur.execute(merge_sql(self._table, self._staging))
-            finally:
-                cur.close()
-        self._retrying(load)
 
-    def _retrying(self, action):
-        attempt = 0
-        while True:
-            try:
-                return action()
-            except Exception as exc:  # pylint: disable=broad-except
-                if not _is_transient(exc) or attempt >= self._max_retries:
-                    if _is_transient(exc):
-                        self._close()  # the bundle fails; the runner retries it
-                    raise
-                delay = min(self._backoff_s * (2 ** attempt), _MAX_BACKOFF_S)
-                attempt += 1
-                self._retries.inc()
-                _LOG.warning("transient Snowflake error (%s: %s); retry %d/%d in %.1fs",
-                             type(exc).__name__, exc, attempt, self._max_retries, delay)
-                self._close()
-                time.sleep(delay)
-
-    def _failure(self, row, ts, win, exc):
-        self._failed.inc()
-        failed = failed_from_event(row, exc, STAGE, self._pipeline)
-        return beam.pvalue.TaggedOutput(self.FAILED, WindowedValue(failed, ts, [win]))
+@dataclasses.dataclass(frozen=True)
+class _Session:
+    conn: typing.Any
+    staging: str
 
 
 class WriteToSnowflake(beam.PTransform):
@@ -398,22 +271,25 @@ class WriteToSnowflake(beam.PTransform):
     ``schemas.warehouse.WAREHOUSE_TABLES`` name, e.g. ``FRONTEND_EVENTS``).
 
     Returns the PCollection of ``FailedRecord``s for rows Snowflake would
-    refuse. Delivery guarantee: at-least-once, idempotent by ``MERGE`` on the
-    table's key (module docstring). ``batched=True``: each element is a list
-    of row dicts (transforms/batches.py); rows are still buffered per bundle
-    and loaded with one COPY + MERGE per ``batch_size``."""
+    refuse, and (by default) for rows of a batch Snowflake stayed unreachable
+    for past ``retry_budget_seconds`` (default 60 s; ``on_exhausted="fail"``
+    fails the bundle instead). Delivery guarantee: at-least-once, idempotent
+    by ``MERGE`` on the table's key (module docstring). ``batched=True``: each
+    element is a list of row dicts (transforms/batches.py); rows are still
+    buffered per bundle and loaded with one COPY + MERGE per ``batch_size``."""
 
     def __init__(
         self,
         settings: SnowflakeSettings,
         table: str,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        max_retries: int = DEFAULT_MAX_RETRIES,
         pipeline: str = "",
         create_schema: bool = True,
-        retry_backoff_seconds: float = DEFAULT_BACKOFF_S,
+        retry_budget_seconds: float = DEFAULT_RETRY_BUDGET_S,
+        retry_backoff_seconds: float = DEFAULT_FIRST_BACKOFF_S,
         reshuffle: bool = True,
         batched: bool = False,
+        on_exhausted: str = OnExhausted.DEAD_LETTER.value,
     ):
         super().__init__()
         if not isinstance(settings, SnowflakeSettings):
@@ -422,26 +298,21 @@ class WriteToSnowflake(beam.PTransform):
             raise ValueError(f"unknown warehouse table {table!r}; known: {sorted(WAREHOUSE_TABLES)}")
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
-        if max_retries < 0:
-            raise ValueError("max_retries must be >= 0")
-        self._settings = settings
-        self._table = WAREHOUSE_TABLES[table]
-        self._batch_size = batch_size
-        self._max_retries = max_retries
-        self._pipeline = pipeline
-        self._create_schema = create_schema
-        self._backoff_s = retry_backoff_seconds
+        if retry_budget_seconds < 0:
+            raise ValueError("retry_budget_seconds must be >= 0")
+        self._fn_args = dict(settings=settings, table=WAREHOUSE_TABLES[table],
+                             batch_size=batch_size, retry_budget_s=retry_budget_seconds,
+                             backoff_s=retry_backoff_seconds, pipeline=pipeline,
+                             create_schema=create_schema, batched=batched,
+                             on_exhausted=OnExhausted(on_exhausted))
         self._reshuffle = reshuffle
-        self._batched = batched
 
     def expand(self, rows):
         if self._reshuffle:
             rows = rows | "Reshuffle" >> beam.Reshuffle()
         results = (
             rows
-            | "MergeRows" >> beam.ParDo(_WriteToSnowflakeFn(
-                self._settings, self._table, self._batch_size, self._max_retries,
-                self._backoff_s, self._pipeline, self._create_schema, self._batched,
-            )).with_outputs(_WriteToSnowflakeFn.FAILED, main="written")
+            | "MergeRows" >> beam.ParDo(_WriteToSnowflakeFn(**self._fn_args))
+            .with_outputs(_WriteToSnowflakeFn.FAILED, main="written")
         )
         return results[_WriteToSnowflakeFn.FAILED]

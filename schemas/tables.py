@@ -31,6 +31,9 @@ __all__ = [
 SQL_DIR = pathlib.Path(__file__).parent / "sql"
 
 
+ON_CONFLICT_ACTIONS = ("update", "nothing")
+
+
 @dataclasses.dataclass(frozen=True)
 class TableSpec:
     name: str
@@ -42,8 +45,15 @@ class TableSpec:
     # (named by the table) under which an upsert may replace a stored row;
     # None: always. Lets a stale restatement arriving late lose to a newer one.
     update_condition: typing.Optional[str] = None
+    # What a row whose key is already stored does: "update" replaces the
+    # stored row (under update_condition), "nothing" keeps the first row
+    # written (ON CONFLICT DO NOTHING). One word per table, read by the
+    # PostgreSQL and DuckDB sinks.
+    on_conflict: str = "update"
 
     def __post_init__(self):
+        if self.on_conflict not in ON_CONFLICT_ACTIONS:
+            raise ValueError(f"{self.name}: on_conflict must be one of {ON_CONFLICT_ACTIONS}")
         missing = [k for k in self.key if k not in self.columns]
         if missing:
             raise ValueError(f"{self.name}: key columns {missing} not in columns")

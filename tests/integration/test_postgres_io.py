@@ -92,7 +92,7 @@ def run_fn(dsn, table, rows, batch_size=100):
     from iheard_io.postgres import _WriteToPostgresFn
     from schemas.tables import TABLES
 
-    fn = _WriteToPostgresFn(dsn, TABLES[table], batch_size, max_retries=5, backoff_s=0.1,
+    fn = _WriteToPostgresFn(dsn, TABLES[table], batch_size, backoff_s=0.1,
                             pipeline="frontend", create_schema=True)
     fn.setup()
     try:

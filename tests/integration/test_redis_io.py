@@ -145,13 +145,13 @@ def test_unwritable_elements_come_out_as_failed_records(redis_url, prefix):
         assert_that(failed | beam.Map(lambda f: (f.source_offset, f.error_class, f.stage, f.pipeline)),
                     equal_to([(8, "ValueError", "sink:redis", "frontend")]))
 
-    # Nothing listens on port 1.
+    # Nothing listens on port 1: past the retry budget, a dead letter.
     with BeamTestPipeline(runner=FnApiRunner()) as p:
         failed = p | beam.Create([good]) | WriteLiveKpis(
-            "redis://127.0.0.1:1/0", key_prefix=prefix, max_retries=2,
+            "redis://127.0.0.1:1/0", key_prefix=prefix, retry_budget_seconds=0.3,
             retry_backoff_seconds=0.05, pipeline="frontend")
         assert_that(failed | beam.Map(lambda f: (f.source_offset, f.error_class)),
-                    equal_to([(7, "ConnectionError")]))
+                    equal_to([(7, "StoreUnavailable")]))
 
 
 def test_a_command_redis_refuses_fails_only_its_element(redis_url, client, prefix):

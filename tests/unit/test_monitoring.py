@@ -200,7 +200,33 @@ def beam_counter_metrics() -> set:
                     namespaces = PIPELINE_NAMESPACES
                 for ns in namespaces:
                     names.add(f"flink_taskmanager_job_task_operator_{ns}_{name_node.value}")
+    return names | sink_counter_metrics()
+
+
+def sink_counter_metrics() -> set:
+    """The counters of iheard_io.sink_base, under the ``counter_namespace``
+    each sink class declares."""
+    from iheard_io.sink_base import SINK_COUNTERS, latency_counter_names
+
+    names = set()
+    for path in (REPO / "io").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Assign) and any(
+                    isinstance(t, ast.Name) and t.id == "counter_namespace" for t in node.targets) \
+                    and isinstance(node.value, ast.Constant):
+                for counter in (*SINK_COUNTERS, *latency_counter_names()):
+                    names.add(f"flink_taskmanager_job_task_operator_{node.value.value}_{counter}")
     return names
+
+
+def relabelled_metrics() -> set:
+    """Names prometheus.yml's metric_relabel_configs give scraped series."""
+    import yaml
+
+    config = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
+    return {rule["replacement"] for job in config["scrape_configs"]
+            for rule in job.get("metric_relabel_configs", ())
+            if rule.get("target_label") == "__name__"}
 
 
 def project_metrics() -> set:
@@ -209,7 +235,8 @@ def project_metrics() -> set:
     exposed = set()
     for fam in CollectorMetrics().registry.collect():
         exposed.update(s.name for s in fam.samples)
-    return collector | exposed | set(exporter.METRIC_NAMES) | beam_counter_metrics() | {"up"}
+    return (collector | exposed | set(exporter.METRIC_NAMES) | beam_counter_metrics()
+            | relabelled_metrics() | {"up"})
 
 
 def dashboard_targets(kind):
@@ -241,6 +268,8 @@ def test_every_prometheus_panel_names_a_metric_the_project_or_flink_exports():
     beam = beam_counter_metrics()
     assert "flink_taskmanager_job_task_operator_frontend_received" in beam
     assert "flink_taskmanager_job_task_operator_WriteToPostgres_written" in beam
+    assert "flink_taskmanager_job_task_operator_WriteLiveKpis_write_ms_le_10" in beam
+    assert relabelled_metrics() == {"iheard_sink_write_ms_bucket"}
     unknown = []
     flink_cluster_metrics = set()
     for dashboard, title, expr in dashboard_targets("expr"):

@@ -9,7 +9,8 @@ from psycopg.conninfo import conninfo_to_dict
 
 from beam_pipelines.options import IheardOptions, resolve_connections
 from iheard_io.kafka import kafka_client_config
-from iheard_io.postgres import _is_transient, is_refusal
+from iheard_io.postgres import is_refusal
+from iheard_io.retry import PostgresErrors
 from iheard_io.security import read_secret_file, redact, resolve_secret_files
 
 SECURE_ENV = {
@@ -107,7 +108,7 @@ def test_redact_masks_dsn_url_and_named_values():
 def test_postgres_refusals_are_not_retried(message, refusal):
     exc = psycopg.OperationalError(message)
     assert is_refusal(exc) is refusal
-    assert _is_transient(exc) is (not refusal)
+    assert PostgresErrors().is_transient(exc) is (not refusal)
 
 
 def test_redact_masks_a_quoted_libpq_password():

@@ -1,5 +1,5 @@
 """The Snowflake sink's pure parts (warehouse rows, CSV lines, MERGE text,
-bisection, settings from flags and variables) and the sink itself on
+settings from flags and variables) and the sink itself on
 ``fakesnow``, which patches ``snowflake.connector.connect`` in this process:
 the pipelines here run on the in-process DirectRunner, so the DoFns' own
 connections reach the emulator (a worker in another process would not)."""
@@ -17,7 +17,6 @@ from iheard_io.snowflake import (
     SnowflakeSettings,
     WriteToSnowflake,
     csv_line,
-    isolate_bad_rows,
     merge_sql,
 )
 from schemas.warehouse import (
@@ -115,30 +114,6 @@ def test_merge_sql_matches_on_the_key_and_parses_json_in_the_source():
     assert 'ON t."SESSION_ID" = s."SESSION_ID" AND t."TURN_ID" = s."TURN_ID"' in sql
     update = sql.split("WHEN MATCHED THEN UPDATE SET ")[1].split(" WHEN NOT MATCHED")[0]
     assert '"TURN_ID" =' not in update and '"MODEL" = s."MODEL"' in update
-
-
-def test_isolate_bad_rows_bisects_to_the_refused_rows_only():
-    class Refused(Exception):
-        sqlstate = "22000"
-
-    written, attempts = [], []
-
-    def write(batch):
-        attempts.append(list(batch))
-        if any(item % 5 == 0 for item in batch):
-            raise Refused("bad")
-        written.extend(batch)
-
-    refused = list(isolate_bad_rows(list(range(1, 12)), write,
-                                    lambda e: getattr(e, "sqlstate", "")[:2] == "22"))
-    assert [item for item, _ in refused] == [5, 10]
-    assert sorted(written) == [1, 2, 3, 4, 6, 7, 8, 9, 11]  # each good row once
-
-    def broken(batch):
-        raise RuntimeError("not a data error")
-
-    with pytest.raises(RuntimeError):
-        list(isolate_bad_rows([1, 2], broken, lambda e: False))
 
 
 def test_settings_from_flags_win_over_the_seed_variables():
@@ -252,3 +227,54 @@ def test_bad_rows_become_dead_letters_and_the_rest_is_loaded(fake_snowflake):
 
     _run_sink(rows, check)
     assert [r[0] for r in _table(fake_snowflake)] == ["ok1", "ok2", "ok3"]
+
+
+# -- Snowflake unreachable (the policy of iheard_io.sink_base) ----------------
+# No real Snowflake runs here; the outage is a connect that raises the
+# connector's own OperationalError before fakesnow is reached.
+
+def _unreachable_for(monkeypatch, attempts):
+    import snowflake.connector.errors as sf_errors
+
+    import iheard_io.snowflake as sink
+
+    real = sink._connect
+    calls = []
+
+    def connect(settings):
+        calls.append(1)
+        if attempts is None or len(calls) <= attempts:
+            raise sf_errors.OperationalError("250003: Failed to get the response. Hanging?")
+        return real(settings)
+
+    monkeypatch.setattr(sink, "_connect", connect)
+    return calls
+
+
+def test_unreachable_for_a_while_is_retried_and_loads_everything(fake_snowflake, monkeypatch):
+    calls = _unreachable_for(monkeypatch, attempts=3)
+    _run_sink([_event_row("r1"), _event_row("r2")], equal_to([]), retry_budget_seconds=30)
+    assert [r[0] for r in _table(fake_snowflake)] == ["r1", "r2"]
+    assert len(calls) == 4
+
+
+def test_unreachable_past_the_budget_dead_letters_the_rows_and_does_not_fail(fake_snowflake,
+                                                                              monkeypatch):
+    """An optional copy must not stop the job: the rows are dead letters
+    (replayable, the row as JSON) instead of a failed bundle."""
+    _unreachable_for(monkeypatch, attempts=None)
+
+    def check(failures):
+        assert sorted(f[:4] for f in failures) == [
+            ("sink:snowflake", "StoreUnavailable", 7, "u1"),
+            ("sink:snowflake", "StoreUnavailable", 7, "u2")]
+        assert all("Snowflake unavailable past the 0.3 s retry budget" in f[4] for f in failures)
+
+    _run_sink([_event_row("u1"), _event_row("u2")], check, retry_budget_seconds=0.3)
+
+
+def test_unreachable_past_the_budget_fails_the_bundle_when_asked(fake_snowflake, monkeypatch):
+    _unreachable_for(monkeypatch, attempts=None)
+    with pytest.raises(Exception, match="Failed to get the response"):
+        _run_sink([_event_row("f1")], equal_to([]), retry_budget_seconds=0.3,
+                  on_exhausted="fail")
