@@ -12,6 +12,7 @@ injects the faults one after another, as tests/flink/test_faults.py does:
     kafka        the broker stopped for --outage-s, then started
     postgres     PostgreSQL stopped (fast shutdown) for --outage-s
     s3           the S3 server stopped for --outage-s (its objects put back)
+    redis        Redis stopped (SHUTDOWN SAVE) for --outage-s
     taskmanager  the TaskManager SIGKILLed --kills times, a new one started
 
 and prints one line per fault: events acknowledged so far, lost (acknowledged
@@ -38,16 +39,18 @@ from tests.flink import test_faults as tf  # noqa: E402
 from tests.flink.flink_rest import wait_for  # noqa: E402
 from tests.support import PrivateInstance  # noqa: E402
 
-FAULTS = ("kafka", "postgres", "s3", "taskmanager")
+FAULTS = ("kafka", "postgres", "s3", "redis", "taskmanager")
 
 
 def run_fault(run: "tf.FaultRun", fault: str, outage_s: float, kills: int) -> str:
-    label = {"kafka": "broker outage", "postgres": "PostgreSQL outage", "s3": "S3 outage",
+    label = {"kafka": "broker outage", "postgres": "PostgreSQL outage", "s3": "S3 outage", "redis": "Redis outage",
              "taskmanager": f"{kills} TaskManager kills"}[fault]
     if fault == "s3":
         held = fw.snapshot_archive(run.env)
         back_at = run.outage("s3", outage_s)
         fw.restore_archive(run.env, held)
+    elif fault == "redis":
+        back_at = run.outage("redis", outage_s, stop=lambda: tf.redis_shutdown_save(run.env))
     elif fault == "taskmanager":
         back_at = None
         for _ in range(kills):
