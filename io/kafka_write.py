@@ -77,14 +77,22 @@ class _WriteToKafkaFn(beam.DoFn):
         self._resent = Metrics.counter("WriteToKafka", "resent")
 
     def setup(self):
-        from kafka import KafkaProducer
+        # The producer is made on first use (``_ensure_producer``): kafka-python
+        # bootstraps in its constructor, and a worker that starts while the
+        # broker is down must retry like any other send, not fail setup.
+        self._producer = None
 
-        self._producer = KafkaProducer(**resolve_secret_files({
-            "acks": "all", "retries": 5, "linger_ms": 5,
-            # A send waits at most this long for metadata while the broker
-            # is away; the bundle's own retries (finish_bundle) go on.
-            "max_block_ms": 10000,
-            **self._client_config, **self._producer_config}))
+    def _ensure_producer(self):
+        if self._producer is None:
+            from kafka import KafkaProducer
+
+            self._producer = KafkaProducer(**resolve_secret_files({
+                "acks": "all", "retries": 5, "linger_ms": 5,
+                # A send waits at most this long for metadata while the broker
+                # is away; the bundle's own retries (finish_bundle) go on.
+                "max_block_ms": 10000,
+                **self._client_config, **self._producer_config}))
+        return self._producer
 
     def start_bundle(self):
         self._pending = []
@@ -102,7 +110,7 @@ class _WriteToKafkaFn(beam.DoFn):
             value = self._value_fn(element)
             if isinstance(value, str):
                 value = value.encode("utf-8")
-            future = self._producer.send(self._topic, key=key, value=value)
+            future = self._ensure_producer().send(self._topic, key=key, value=value)
         except KafkaError as exc:
             if getattr(exc, "retriable", False):
                 self._retry.append((element, timestamp, window, exc))
@@ -130,7 +138,8 @@ class _WriteToKafkaFn(beam.DoFn):
         deadline = time.monotonic() + self._retry_timeout_s
         delay = _RETRY_FIRST_DELAY_S
         while True:
-            self._producer.flush()
+            if self._producer is not None:
+                self._producer.flush()
             pending, self._pending = self._pending, []
             for future, element, timestamp, window in pending:
                 try:

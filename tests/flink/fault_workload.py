@@ -374,6 +374,21 @@ def check_sessions(env, producer: SteadyProducer) -> dict:
     }
 
 
+def describe_sessions(env, producer: SteadyProducer, sessions: typing.Iterable[str]) -> str:
+    """Rows and stored events of ``sessions``: context for a failed session check."""
+    lines = []
+    with _pg(env) as conn:
+        for sid in sessions:
+            rows = conn.execute(
+                "SELECT (extract(epoch FROM window_start) * 1000)::bigint, (extract(epoch FROM window_end) * 1000)::bigint, "
+                "event_count, pane_index FROM frontend_sessions WHERE session_id = %s ORDER BY 1", (sid,)).fetchall()
+            events = conn.execute(
+                "SELECT event_id, (extract(epoch FROM timestamp) * 1000)::bigint FROM frontend_analytics "
+                "WHERE session_id = %s ORDER BY 2", (sid,)).fetchall()
+            lines.append(f"{sid}: rows (start, end, count, pane) {rows}; events {events}")
+    return "\n".join(lines)
+
+
 def check_archive(env, producer: SteadyProducer, prefix: str) -> dict:
     stored = set(stored_events(env, producer)) - {producer.flush_id}
     archived = archived_ids(env, prefix)

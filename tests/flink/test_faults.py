@@ -323,7 +323,9 @@ def test_after_all_faults_sessions_redis_and_archive_are_exact(fault_run):
         pass
     sessions = fw.check_sessions(run.env, run.producer)
     problems = {k: v[:5] for k, v in sessions.items() if isinstance(v, list) and v}
-    assert not problems, f"{sessions['sessions']} sessions: {problems}\n{run.describe()}"
+    examples = sorted({s for v in problems.values() for s in v[:2]})
+    assert not problems, (f"{sessions['sessions']} sessions: {problems}\n"
+                          f"{fw.describe_sessions(run.env, run.producer, examples)}\n{run.describe()}")
 
     def archived():
         a = fw.check_archive(run.env, run.producer, run.prefix)
