@@ -114,17 +114,21 @@ class SteadyProducer:
                     self.broken_attempted.add(key)
         if self._producer is None:
             self._producer = self._new_producer()
-        futures = [(kind, key, self._producer.send(self.topic, value=text.encode(), timestamp_ms=now_ms))
-                   for kind, key, _, text in records]
-        for kind, key, future in futures:
-            try:
-                future.get(timeout=15)
-            except Exception as exc:  # noqa: BLE001 - any failure: not acknowledged
-                self.send_errors += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                continue
-            with self._lock:
-                (self.acked if kind == "event" else self.broken_acked).add(key)
+        # Asynchronous: the broker's acknowledgement marks the record acked
+        # (callbacks run on the producer's I/O thread); the loop never waits
+        # on a send, so a slow or absent broker does not slow the rate.
+        for kind, key, _, text in records:
+            future = self._producer.send(self.topic, value=text.encode(), timestamp_ms=now_ms)
+            future.add_callback(self._on_ack, kind, key)
+            future.add_errback(self._on_error)
+
+    def _on_ack(self, kind, key, _metadata) -> None:
+        with self._lock:
+            (self.acked if kind == "event" else self.broken_acked).add(key)
+
+    def _on_error(self, exc) -> None:
+        self.send_errors += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
 
     def _loop(self) -> None:
         next_at = time.monotonic()
@@ -153,6 +157,7 @@ class SteadyProducer:
             self._thread.join(timeout=60)
         if self._producer is not None:
             try:
+                self._producer.flush(timeout=30)  # the last acknowledgements
                 self._producer.close(timeout=10)
             except Exception:  # noqa: BLE001
                 pass

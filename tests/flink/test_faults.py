@@ -309,7 +309,11 @@ def test_after_all_faults_sessions_redis_and_archive_are_exact(fault_run):
     run = fault_run
     flush_id = run.producer.finish()
     acked, _ = run.producer.snapshot()
-    wait_for(lambda: flush_id in fw.stored_events(run.env, run.producer), CATCH_UP_TIMEOUT_S, "the last event stored")
+    try:
+        wait_for(lambda: flush_id in fw.stored_events(run.env, run.producer), CATCH_UP_TIMEOUT_S,
+                 "the last event stored", interval_s=3)
+    except TimeoutError as e:
+        raise AssertionError(f"{e}\n{run.describe()}") from e
     events = fw.check_events(run.env, run.producer, acked)
     assert not events["lost"] and not events["doubled"] and not events["unknown"], events
 
