@@ -44,6 +44,7 @@ EVENTS_PER_VISIT = 4
 DUPLICATE_EVERY = 10
 BROKEN_EVERY = 25
 SESSION_GAP_S = 5
+STUCK_AFTER_S = 10.0
 SESSION_PREFIX = "iheard:frontend:session:"
 KPI_PREFIX = "iheard:kpi:"
 EVENT_TYPES = ("page_view", "widget_open", "message_sent", "conversion")
@@ -75,7 +76,9 @@ class SteadyProducer:
         self.broken_attempted: typing.Set[str] = set()
         self.broken_acked: typing.Set[str] = set()
         self.send_errors = 0
+        self.recreated = 0
         self.last_error: typing.Optional[str] = None
+        self._last_ack = self._created_at = time.monotonic()
         self._visit = 0
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -112,8 +115,10 @@ class SteadyProducer:
                     self.attempted[key] = payload
                 else:
                     self.broken_attempted.add(key)
+        self._recreate_if_stuck()
         if self._producer is None:
             self._producer = self._new_producer()
+            self._created_at = time.monotonic()
         # Asynchronous: the broker's acknowledgement marks the record acked
         # (callbacks run on the producer's I/O thread); the loop never waits
         # on a send, so a slow or absent broker does not slow the rate.
@@ -125,10 +130,24 @@ class SteadyProducer:
     def _on_ack(self, kind, key, _metadata) -> None:
         with self._lock:
             (self.acked if kind == "event" else self.broken_acked).add(key)
+            self._last_ack = time.monotonic()
 
     def _on_error(self, exc) -> None:
         self.send_errors += 1
         self.last_error = f"{type(exc).__name__}: {exc}"
+
+    def _recreate_if_stuck(self) -> None:
+        """kafka-python's producer does not always reconnect after a broker
+        restart (seen here: records wait in its buffer, neither acknowledged
+        nor failed, for minutes). Without an acknowledgement for
+        ``STUCK_AFTER_S`` the producer is replaced (its buffered records stay
+        unacknowledged, so they are not expected)."""
+        now = time.monotonic()
+        if self._producer is None or now - max(self._last_ack, self._created_at) < STUCK_AFTER_S:
+            return
+        old, self._producer = self._producer, None
+        self.recreated += 1
+        threading.Thread(target=lambda: _close_quietly(old), daemon=True).start()
 
     def _loop(self) -> None:
         next_at = time.monotonic()
@@ -193,6 +212,13 @@ class SteadyProducer:
     @property
     def session_like(self) -> str:
         return f"flt-{self.run_id}-%"
+
+
+def _close_quietly(producer) -> None:
+    try:
+        producer.close(timeout=5)
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def new_run_id() -> str:

@@ -121,8 +121,11 @@ class FaultRun:
                  timeout_s, "the job RUNNING again")
 
     def check_caught_up(self, fault: str, back_at: float) -> dict:
-        """Waits until every event acknowledged up to now is stored; asserts nothing lost or doubled."""
-        time.sleep(3)
+        """Waits until the producer has events acknowledged after the fault, then until every
+        event acknowledged up to then is stored; asserts nothing lost or doubled."""
+        before = len(self.producer.snapshot()[0])
+        wait_for(lambda: len(self.producer.snapshot()[0]) >= before + 100, 120,
+                 f"100 more events acknowledged after the {fault} ({self.producer.last_error})")
         acked, broken = self.producer.snapshot()
         try:
             wait_for(lambda: not fw.check_events(self.env, self.producer, acked)["lost"],
@@ -152,7 +155,7 @@ class FaultRun:
 
 
 @pytest.fixture(scope="module")
-def fault_run(tmp_path_factory):
+def fault_run(tmp_path_factory, request):
     name = f"faults-{uuid.uuid4().hex[:6]}"
     with PrivateInstance(name, flink=True) as instance:
         run = FaultRun(instance, tmp_path_factory.mktemp("fault-logs"))
@@ -162,6 +165,15 @@ def fault_run(tmp_path_factory):
         finally:
             run.producer.stop()
             run.pipelines.stop_all()
+            # The figures (not asserted: they depend on the machine's load).
+            reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+            if reporter is not None:
+                reporter.write_line("")
+                for fault, figures in run.results.items():
+                    reporter.write_line(f"fault figures: {fault}: {figures}")
+                reporter.write_line(f"fault figures: producer {len(run.producer.acked)} events acknowledged, "
+                                    f"{run.producer.send_errors} sends refused, producer replaced "
+                                    f"{run.producer.recreated} times")
 
 
 def test_broker_outage_fires_the_alert_and_loses_nothing(fault_run, tmp_path):
