@@ -399,7 +399,7 @@ def check_sessions(env, producer: SteadyProducer) -> dict:
         "missing_rows": sorted(s for s in per_session if s not in rows),
         "split_rows": sorted(s for s in per_session if len(rows.get(s, [])) > 1),
         "doubled": sorted(s for s in per_session if rows.get(s) and max(rows[s]) > per_session[s]),
-        "short": sorted(s for s in per_session if rows.get(s) and sum(rows[s]) < per_session[s]),
+        "short": sorted(s for s in per_session if rows.get(s) and max(rows[s]) < per_session[s]),
         "redis_mismatch": sorted(s for s in per_session
                                  if in_redis.get(s) is None or int(in_redis[s]) != per_session[s]),
     }
