@@ -18,7 +18,7 @@ FROM maven:3.9-eclipse-temurin-17 AS job-server-jar
 WORKDIR /build
 COPY flink/uberjar/pom.xml pom.xml
 RUN mvn -B -q package \
- && cp target/iheard-beam-flink-job-server-2.62.0.jar /beam-flink-job-server.jar
+ && cp target/iheard-beam-flink-job-server-2.70.0.jar /beam-flink-job-server.jar
 
 # --- 2. Python 3.11 with the project installed ---------------------------------
 FROM python:3.11-slim
@@ -45,7 +45,7 @@ RUN PIP_CONSTRAINT=/opt/iheardai/constraints.txt pip install . \
 
 COPY --from=job-server-jar /beam-flink-job-server.jar /opt/iheardai/beam-flink-job-server.jar
 # runners.submit picks the jar up from here.
-ENV IHEARD_FLINK_JOB_SERVER_JAR=/opt/iheardai/beam-flink-job-server.jar
+ENV FLINK_JOB_SERVER_JAR=/opt/iheardai/beam-flink-job-server.jar
 
 # The worker pool starts one `python` process per SDK worker; nothing needs root.
 RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin iheard

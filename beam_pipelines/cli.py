@@ -24,6 +24,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, S3Options, StandardOptions
 
 from beam_pipelines import common
+from beam_pipelines.generate import write_lines
 from beam_pipelines.options import (
     Connections,
     IheardOptions,
@@ -36,6 +37,8 @@ from runners.profiles import expand_argv
 
 __all__ = [
     "run_job",
+    "generate_if_asked",
+    "input_or_sample",
     "parse_options",
     "check_runner",
     "exit_with_help_if_asked",
@@ -95,9 +98,11 @@ def _redact_dsn(dsn: str) -> str:
 def check_runner(options) -> None:
     """Refuses a combination that would hang or fail obscurely.
 
-    Beam 2.62's DirectRunner hands streaming pipelines to the Prism runner,
-    which downloads a binary from the internet at run time: offline that
-    fails, and on a network that drops packets it hangs. A streaming job
+    Beam's DirectRunner hands streaming pipelines to the Prism runner, which
+    downloads a binary from the internet at run time: offline that fails, and
+    on a network that drops packets it hangs. (Beam 2.70 tries Prism first for
+    batch pipelines too and falls back to the FnApiRunner when the download
+    fails; the ``direct`` profile names the FnApiRunner to avoid the attempt.) A streaming job
     belongs on Flink (``--profile=flink-local``); a bounded Kafka backfill
     runs fine on the DirectRunner without ``--streaming``.
     """
@@ -145,6 +150,39 @@ def run_job(options: PipelineOptions, pipeline_name: str, source, build, runner=
     result.wait_until_finish()
     print(summary(result, conns, pipeline_name), flush=True)
     return result
+
+
+def generate_if_asked(argv: typing.Sequence[str], what: str,
+                      sample_lines: typing.Callable[[int, int], typing.Sequence[str]],
+                      default_output: str, default_seed: int) -> typing.Optional[typing.List[str]]:
+    """``--generate N [--output FILE] [--seed S]``: writes ``sample_lines(N, S)``
+    to FILE, prints one line and returns None (the caller exits). Without
+    ``--generate``: the other arguments, for ``parse_options``."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--generate", type=int, help=f"Write this many sample {what} and exit.")
+    pre.add_argument("--output", default=default_output)
+    pre.add_argument("--seed", type=int, default=default_seed)
+    known, rest = pre.parse_known_args(list(argv))
+    if not known.generate:
+        return rest
+    n = write_lines(sample_lines(known.generate, known.seed), known.output)
+    print(f"wrote {n} lines to {known.output}", flush=True)
+    return None
+
+
+def input_or_sample(options: PipelineOptions, sample_path: str,
+                    sample_lines: typing.Optional[typing.Callable[[], typing.Sequence[str]]] = None
+                    ) -> None:
+    """No ``--input`` and no ``--kafka_bootstrap``: the job reads ``sample_path``
+    (first written from ``sample_lines()`` when given), so a bare
+    ``python -m beam_pipelines.<job>`` runs on sample data."""
+    opts = options.view_as(IheardOptions)
+    if opts.input or opts.kafka_bootstrap:
+        return
+    if sample_lines is not None:
+        write_lines(sample_lines(), sample_path)
+    _LOG.info("no --input or --kafka_bootstrap: using the sample %s", sample_path)
+    opts.input = sample_path
 
 
 def parse_options(argv: typing.Sequence[str], prog: str, description: str,

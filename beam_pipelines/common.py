@@ -58,7 +58,8 @@ __all__ = [
     "prepare_sinks",
     "check_connections",
     "archive_records",
-    "write_live_state",
+    "write_live_kpis",
+    "write_session_state",
     "count",
 ]
 
@@ -118,16 +119,20 @@ def read_source(
 
 def write_rows(
     rows: beam.PCollection, table: str, conns: Connections, pipeline: str,
-    streaming: bool = False, batched: bool = False,
+    streaming: bool = False, batched: bool = False, first_writer_wins: bool = False,
 ) -> beam.PCollection:
     """Upserts dict rows into ``table``; returns the rejected rows as
     ``FailedRecord``s (for the dead-letter sink). ``streaming``: write from
     the stage that makes the rows, without the sink's Reshuffle (see
-    iheard_io.postgres). ``batched``: elements are lists of rows."""
+    iheard_io.postgres). ``batched``: elements are lists of rows.
+    ``first_writer_wins``: a row whose key is already stored is left as it is
+    (PostgreSQL; for rows written before de-duplication); the embedded
+    database is only used by bounded runs, which upsert."""
     if conns.postgres_dsn:
         return rows | f"WriteToPostgres[{table}]" >> WriteToPostgres(
             conns.postgres_dsn, table, pipeline=pipeline, reshuffle=not streaming,
-            batched=batched, retry_budget_seconds=conns.postgres_retry_budget_s,
+            batched=batched, first_writer_wins=first_writer_wins,
+            retry_budget_seconds=conns.postgres_retry_budget_s,
         )
     if batched:
         rows = rows | f"ExplodeRows[{table}]" >> ExplodeBatches()
@@ -247,13 +252,15 @@ def archive_records(
     records: beam.PCollection, conns: Connections, pipeline: str, schema, streaming: bool,
     batched: bool = False,
     label: str = "ArchiveEvents",
+    pre_encoded: bool = False,
 ) -> beam.PCollection:
     """Archives ``records`` as Avro under ``conns.archive_path``; returns the
     records that could not be archived as ``FailedRecord``s.
 
     A streaming job closes one file set per ``ARCHIVE_WINDOW_SECONDS`` of event
     time (a global window would never fire); a bounded job writes one file set
-    per hour partition.
+    per hour partition. ``pre_encoded``: lists of ``EncodeForArchive``'s slim
+    records, whose Avro bytes are written as they are.
     """
     return records | label >> WriteToArchive(
         conns.archive_path,
@@ -262,29 +269,27 @@ def archive_records(
         window_seconds=ARCHIVE_WINDOW_SECONDS if streaming else None,
         pipeline=pipeline,
         batched=batched,
+        pre_encoded=pre_encoded,
     )
 
 
-def write_live_state(
-    events: beam.PCollection,
-    sessions: beam.PCollection,
-    conns: Connections,
-    pipeline: str,
-    batched: bool = False,
-) -> typing.List[beam.PCollection]:
-    """Live KPIs from events (lists of events with ``batched``) and hot
-    session state from session panes (Redis)."""
-    return [
-        events | "WriteLiveKpis" >> WriteLiveKpis(
-            conns.redis_url, pipeline=pipeline, batched=batched,
-            password_file=conns.redis_password_file,
-            retry_budget_seconds=conns.redis_retry_budget_s),
-        sessions | "WriteSessionState" >> WriteSessionState(
-            conns.redis_url, key_prefix=session_state_prefix(pipeline), pipeline=pipeline,
-            password_file=conns.redis_password_file,
-            retry_budget_seconds=conns.redis_retry_budget_s,
-        ),
-    ]
+def write_live_kpis(events: beam.PCollection, conns: Connections, pipeline: str,
+                    batched: bool = False) -> beam.PCollection:
+    """Live KPIs in Redis from events (lists of events with ``batched``)."""
+    return events | "WriteLiveKpis" >> WriteLiveKpis(
+        conns.redis_url, pipeline=pipeline, batched=batched,
+        password_file=conns.redis_password_file,
+        retry_budget_seconds=conns.redis_retry_budget_s)
+
+
+def write_session_state(sessions: beam.PCollection, conns: Connections,
+                        pipeline: str) -> beam.PCollection:
+    """Hot session state in Redis from session panes."""
+    return sessions | "WriteSessionState" >> WriteSessionState(
+        conns.redis_url, key_prefix=session_state_prefix(pipeline), pipeline=pipeline,
+        password_file=conns.redis_password_file,
+        retry_budget_seconds=conns.redis_retry_budget_s,
+    )
 
 
 def count(pcoll: beam.PCollection, namespace: str, name: str, label: str) -> beam.PCollection:

@@ -28,7 +28,23 @@ The chain (every step labelled as it appears in the Flink dashboard)::
 A streaming Kafka job (``--streaming``, default ``--hot_path=batched``)
 carries one Kafka poll per element through every step and aggregates
 sessions in keyed state per session bucket (transforms/batches.py,
-transforms/session_batches.py); the rows are the same.
+transforms/session_batches.py); the rows are the same. Its sinks are placed
+so that most data crosses no stage boundary and live KPIs wait for one
+bundle, not two::
+
+    ReadEvents -> ParseEvents -> RedactPii -> EnrichEvents      (source stage)
+        |-> WriteToPostgres[frontend_analytics]  first writer wins: a later
+        |                                        duplicate never overwrites
+        |-> WriteLiveKpis (Redis sets, HyperLogLogs, ZADD GT: a duplicate
+        |                  changes nothing)
+        |-> WriteToSnowflake[FRONTEND_EVENTS] (MERGE by event_id)
+        '-> EncodeForArchive: event_id, timestamp_ms, the session fields and
+            the record's Avro bytes, the only things the shuffle carries
+              -> DedupeEvents -> ArchiveEvents (the pre-encoded bytes)
+                              '-> AggregateSessions -> frontend_sessions
+
+Sessions, their Redis state and the archive see each event once (behind the
+de-duplication); the idempotent writes above see duplicates and absorb them.
 """
 from __future__ import annotations
 
@@ -41,6 +57,7 @@ import apache_beam as beam
 
 from beam_pipelines import cli, common
 from beam_pipelines.options import Connections, IheardOptions
+from iheard_io.archive import EncodeForArchive
 from schemas.avro import load_schema
 from schemas.events import FrontendEvent
 from transforms.dedupe import DedupeEvents
@@ -48,7 +65,7 @@ from transforms.frontend_enrich import EnrichFrontendEvents, EnrichmentConfig
 from transforms.parse import ParseEvents
 from transforms.pii import FRONTEND_TEXT_FIELDS, FRONTEND_TOKEN_FIELDS, RedactPii
 from transforms.session_batches import AggregateSessionBatches
-from transforms.sessions import AggregateSessions
+from transforms.sessions import SESSION_FIELDS, AggregateSessions
 
 __all__ = ["build_pipeline", "run", "FRONTEND_TOPIC", "SAMPLE_INPUT"]
 
@@ -57,6 +74,10 @@ _LOG = logging.getLogger(__name__)
 PIPELINE = "frontend"
 FRONTEND_TOPIC = "frontend_user_interaction"
 SAMPLE_INPUT = os.path.join(os.path.dirname(__file__), "sample_data", "frontend_events.jsonl.gz")
+# What the batched hot path carries through the de-duplication shuffle besides
+# each event's Avro bytes: its id and time (de-duplication, archive
+# partitions) and what a session summary reads.
+HOT_PATH_FIELDS = tuple(dict.fromkeys(("event_id", "timestamp_ms") + SESSION_FIELDS))
 
 
 def build_pipeline(
@@ -83,7 +104,23 @@ def build_pipeline(
     enriched = redacted[RedactPii.VALID] | "EnrichEvents" >> EnrichFrontendEvents(
         EnrichmentConfig(), PIPELINE, batched=batched
     )
-    events = enriched[EnrichFrontendEvents.VALID] | "DedupeEvents" >> DedupeEvents(
+    schema = load_schema("frontend_enriched_v1")
+    failures = [
+        parsed[ParseEvents.FAILED],
+        redacted[RedactPii.FAILED],
+        enriched[EnrichFrontendEvents.FAILED],
+    ]
+    if batched:
+        # The hot path: idempotent writes in the source stage, then only slim
+        # records through the shuffle (module docstring).
+        full = enriched[EnrichFrontendEvents.VALID]
+        failures.extend(_write_event_rows(full, conns, streaming, batched, first_writer_wins=True))
+        encoded = full | "EncodeForArchive" >> EncodeForArchive(schema, HOT_PATH_FIELDS, PIPELINE)
+        failures.append(encoded[EncodeForArchive.FAILED])
+        to_dedupe = encoded.encoded
+    else:
+        to_dedupe = enriched[EnrichFrontendEvents.VALID]
+    events = to_dedupe | "DedupeEvents" >> DedupeEvents(
         ttl_seconds=opts.dedupe_ttl_seconds, namespace=PIPELINE, streaming=streaming,
         batched=batched, buckets=opts.dedupe_buckets,
     )
@@ -103,32 +140,37 @@ def build_pipeline(
     sessions = common.count(
         events | "AggregateSessions" >> aggregate, PIPELINE, "session_panes", "CountSessionPanes")
 
-    failures = [
-        parsed[ParseEvents.FAILED],
-        redacted[RedactPii.FAILED],
-        enriched[EnrichFrontendEvents.FAILED],
-        common.write_rows(events, "frontend_analytics", conns, PIPELINE, streaming, batched),
+    if not batched:
+        failures.extend(_write_event_rows(events, conns, streaming, batched))
+    failures.extend([
         common.write_rows(sessions, "frontend_sessions", conns, PIPELINE, streaming),
-        common.archive_records(
-            events, conns, PIPELINE, load_schema("frontend_enriched_v1"), streaming, batched
-        ),
-    ]
+        common.archive_records(events, conns, PIPELINE, schema, streaming, batched,
+                               pre_encoded=batched),
+    ])
+    if conns.redis_url:
+        failures.append(common.write_session_state(sessions, conns, PIPELINE))
+    common.write_dead_letters(failures, conns, PIPELINE)
+    return {"events": events, "sessions": sessions}
+
+
+def _write_event_rows(events, conns: Connections, streaming: bool, batched: bool,
+                      first_writer_wins: bool = False) -> typing.List[beam.PCollection]:
+    """One row per event: frontend_analytics (and its Snowflake copy), and
+    the live KPIs in Redis; returns the failed outputs."""
+    failures = [common.write_rows(events, "frontend_analytics", conns, PIPELINE, streaming, batched,
+                                  first_writer_wins=first_writer_wins)]
     failures.extend(common.write_warehouse_rows(
         events, "frontend_analytics", conns, PIPELINE, streaming, batched))
     if conns.redis_url:
-        failures.extend(common.write_live_state(events, sessions, conns, PIPELINE, batched))
-    common.write_dead_letters(failures, conns, PIPELINE)
-    return {"events": events, "sessions": sessions}
+        failures.append(common.write_live_kpis(events, conns, PIPELINE, batched))
+    return failures
 
 
 def run(argv: typing.Optional[typing.List[str]] = None, save_main_session: bool = False):
     """Parses ``argv``, builds and runs the pipeline; returns the PipelineResult."""
     argv = list(sys.argv[1:] if argv is None else argv)
     options = cli.parse_options(argv, "python -m beam_pipelines.frontend", __doc__.splitlines()[0])
-    opts = options.view_as(IheardOptions)
-    if not opts.input and not opts.kafka_bootstrap:
-        _LOG.info("no --input or --kafka_bootstrap: using the bundled sample %s", SAMPLE_INPUT)
-        opts.input = SAMPLE_INPUT
+    cli.input_or_sample(options, SAMPLE_INPUT)
     return cli.run_job(options, PIPELINE, common.event_source(FRONTEND_TOPIC), build_pipeline,
                        batches=True)
 

@@ -18,6 +18,7 @@ Output is deterministic for a given ``--seed`` and ``--start_ms``.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import gzip
 import json
 import os
@@ -25,7 +26,7 @@ import random
 import sys
 import typing
 
-__all__ = ["frontend_events", "sample_turns", "write_lines", "main"]
+__all__ = ["frontend_events", "sample_turns", "sample_leads", "write_lines", "main"]
 
 USER_AGENTS = [
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
@@ -288,6 +289,99 @@ def sample_turns(n_sessions: int = 200, seed: int = 7, start_ms: int = 1_741_000
             if roll > 1 - duplicate_share:
                 lines.append(line)
             ts += rng.randint(5_000, 240_000)
+    return lines
+
+
+# -- Marketo leads ---------------------------------------------------------------
+_FIRST = ["jane", "JOHN", "Maria", "wei", "Olga", "ahmed", "Sofia", "liam", "Chloé", "Raj"]
+_LAST = ["doe", "SMITH", "García", "zhang", "Ivanova", "khan", "rossi", "o'brien", "Martin", "Patel"]
+_COMPANIES = [("Acme Corp", "acme-corp.com"), ("globex inc.", "globex.com"),
+              ("Initech LLC", "initech.io"), ("Umbrella GmbH", "umbrella.de"),
+              ("Hooli", "hooli.com"), ("Stark Industries", "starkindustries.com"),
+              (None, "gmail.com"), (None, "yahoo.com"), (None, "mailinator.com"),
+              ("Wayne Enterprises", "wayne-enterprises.com")]
+_TITLES = ["CEO", "VP of Sales", "Director of IT", "Marketing Manager", "Software Engineer",
+           "Student", "Head of Growth", "Founder", None, "Analyst"]
+_SOURCES = ["Referral", "Organic Search", "Paid Search", "Website", "Event", "Partner",
+            "List Import", None]
+_PLACES = [("USA", "CA", "san francisco"), ("United States", "New York", "NEW YORK"),
+           ("US", "tx", "Austin"), ("Germany", None, "berlin"), ("UK", None, "London"),
+           ("France", None, "Paris"), ("Canada", "ON", "Toronto"), ("India", "KA", "bengaluru"),
+           (None, "WA", "Seattle"), ("Brazil", None, "São Paulo")]
+
+
+def _iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _text_agent_sample_users() -> typing.List[str]:
+    """User ids of the text-agent pipeline's default sample, so a demo run of
+    both pipelines has leads with agent conversations."""
+    users = set()
+    for line in sample_turns():
+        try:
+            user = json.loads(line).get("user_id")
+        except (ValueError, AttributeError):
+            continue
+        if user:
+            users.add(user)
+    return sorted(users)
+
+
+def sample_leads(n: int = 120, seed: int = 11, start_ms: int = 1_741_000_000_000,
+                 malformed_share: float = 0.03, late_share: float = 0.05) -> typing.List[str]:
+    """JSON lines of leads as ``leads.json`` returns them (and the extractor
+    publishes them). A share of lines is malformed, and a share of leads is
+    followed by an *older* version of itself (a late delta). Some leads carry
+    an ``iheardUserId`` of the frontend or text-agent samples' users.
+    Deterministic."""
+    rng = random.Random(seed)
+    agent_users = _text_agent_sample_users()
+    lines: typing.List[str] = []
+    for i in range(n):
+        lead_id = 1000 + i
+        first, last = rng.choice(_FIRST), rng.choice(_LAST)
+        company, domain = rng.choice(_COMPANIES)
+        country, state, city = rng.choice(_PLACES)
+        updated = start_ms + rng.randrange(0, 30 * 86_400_000)
+        hot = i % 6 == 0  # a steady share of ideal-profile leads
+        lead = {
+            "id": lead_id,
+            "email": f"{first.lower()}.{last.lower().replace(chr(39), '')}{i}@{domain}",
+            "firstName": first, "lastName": last,
+            "company": company,
+            "title": "Chief Revenue Officer" if hot else rng.choice(_TITLES),
+            "phone": f"+1 415 555 {1000 + i}" if hot or rng.random() < 0.5 else None,
+            "leadSource": "Referral" if hot else rng.choice(_SOURCES),
+            "leadStatus": rng.choice(["New", "Open", "Working", "Nurture"]),
+            "leadScore": rng.randint(85, 100) if hot else rng.randint(0, 100),
+            "industry": rng.choice(["Software", "Retail", "Finance", None]),
+            "country": country, "state": state, "city": city,
+            "postalCode": f"{rng.randint(10000, 99999)}",
+            "createdAt": _iso(updated - rng.randrange(1, 400) * 86_400_000),
+            "updatedAt": _iso(updated),
+        }
+        if hot:
+            lead["company"], lead["email"] = "Stark Industries", f"{first.lower()}{i}@starkindustries.com"
+        roll_user = rng.random()
+        if roll_user < 0.4:
+            lead["iheardUserId"] = f"user_{rng.randrange(0, 80):07d}"  # frontend sample's ids
+        elif roll_user < 0.55 and agent_users:
+            lead["iheardUserId"] = rng.choice(agent_users)
+        line = json.dumps(lead, sort_keys=True, ensure_ascii=False)
+        roll = rng.random()
+        if roll < malformed_share:
+            line = rng.choice([
+                line[: len(line) // 2],
+                json.dumps({k: v for k, v in lead.items() if k != "id"}),
+                json.dumps(dict(lead, email="not-an-email")),
+                json.dumps(dict(lead, email=None)),
+                json.dumps(dict(lead, updatedAt="yesterday-ish")),
+            ])
+        lines.append(line)
+        if roll > 1 - late_share:
+            older = dict(lead, updatedAt=_iso(updated - 3_600_000), leadScore=1, title="Student")
+            lines.append(json.dumps(older, sort_keys=True, ensure_ascii=False))
     return lines
 
 

@@ -58,6 +58,24 @@ import sys
 import time
 import typing
 
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_pipelines import cli
+from beam_pipelines.marketo_options import MARKETO_TOPIC, MarketoOptions, resolve_marketo_api
+from beam_pipelines.options import IheardOptions, resolve_connections
+from iheard_io.delta_publish import JsonLinesDeltaPublisher, KafkaDeltaPublisher, PublishError
+from iheard_io.kafka import kafka_client_config
+from iheard_io.marketo_client import (
+    DEFAULT_LEAD_FIELDS,
+    MarketoAuthError,
+    MarketoClient,
+    MarketoError,
+    MarketoQuotaExceeded,
+)
+from iheard_io.watermark import SqlHighWaterMark
+from schemas.records import FailedRecord, utc_now_iso
+from transforms.pii import PiiRedactor
+
 __all__ = ["extract_once", "backfill", "ExtractResult", "run", "main", "LEAD_CHANGE_FIELDS",
            "EXIT_OK", "EXIT_QUOTA", "EXIT_UNAVAILABLE", "EXIT_AUTH", "EXIT_PUBLISH"]
 
@@ -118,8 +136,6 @@ def _lead_id(value) -> typing.Optional[int]:
 
 
 def _failed(raw, reason: str, redact, stage: str = "extract"):
-    from schemas.records import FailedRecord, utc_now_iso
-
     text = json.dumps(raw, sort_keys=True, default=str) if not isinstance(raw, str) else raw
     return FailedRecord(
         raw=redact(text),
@@ -140,6 +156,30 @@ def _split_leads(leads: typing.Iterable[dict], redact):
     return records, failed
 
 
+# Why a run stopped, most specific first: exception class, status, exit code.
+_STOPS = (
+    (MarketoQuotaExceeded, "quota_exhausted", EXIT_QUOTA),
+    (MarketoAuthError, "auth_failed", EXIT_AUTH),
+    (MarketoError, "unavailable", EXIT_UNAVAILABLE),  # MarketoUnavailable and the rest
+    (PublishError, "publish_failed", EXIT_PUBLISH),
+)
+
+
+def _stopped(result: ExtractResult, exc: Exception) -> None:
+    for cls, status, exit_code in _STOPS:
+        if isinstance(exc, cls):
+            result.status, result.exit_code, result.reason = status, exit_code, str(exc)
+            break
+    if isinstance(exc, MarketoQuotaExceeded):
+        result.reason = f"Marketo daily API quota reached (607); stopped, mark kept: {exc}"
+
+
+def _finished(result: ExtractResult, client, watermark) -> ExtractResult:
+    result.stats = dict(sorted(client.stats.items()))
+    watermark.record_run(result.status, result.reason, result.stats)
+    return result
+
+
 def extract_once(client, publisher, watermark, *, since_default: dt.datetime,
                  lead_fields: typing.Sequence[str],
                  change_fields: typing.Sequence[str] = LEAD_CHANGE_FIELDS,
@@ -147,10 +187,6 @@ def extract_once(client, publisher, watermark, *, since_default: dt.datetime,
                  redact: typing.Callable[[str], str] = lambda text: text) -> ExtractResult:
     """One incremental extraction (see the module docstring); never raises
     for API, quota or publish failures: the result says what stopped it."""
-    from iheard_io.delta_publish import PublishError
-    from iheard_io.marketo import (MarketoAuthError, MarketoError, MarketoQuotaExceeded,
-                                   MarketoUnavailable)
-
     state = watermark.load()
     mark = state.high_water_mark or since_default
     result = ExtractResult("ok", EXIT_OK, None, high_water_mark=state.high_water_mark)
@@ -186,18 +222,9 @@ def extract_once(client, publisher, watermark, *, since_default: dt.datetime,
             token = page.next_page_token
             if not page.more_result or should_stop():
                 break
-    except MarketoQuotaExceeded as exc:
-        result.status, result.exit_code = "quota_exhausted", EXIT_QUOTA
-        result.reason = f"Marketo daily API quota reached (607); stopped, mark kept: {exc}"
-    except MarketoAuthError as exc:
-        result.status, result.exit_code, result.reason = "auth_failed", EXIT_AUTH, str(exc)
-    except (MarketoUnavailable, MarketoError) as exc:
-        result.status, result.exit_code, result.reason = "unavailable", EXIT_UNAVAILABLE, str(exc)
-    except PublishError as exc:
-        result.status, result.exit_code, result.reason = "publish_failed", EXIT_PUBLISH, str(exc)
-    result.stats = dict(sorted(client.stats.items()))
-    watermark.record_run(result.status, result.reason, result.stats)
-    return result
+    except (MarketoError, PublishError) as exc:
+        _stopped(result, exc)
+    return _finished(result, client, watermark)
 
 
 def backfill(client, publisher, watermark, *, updated_from: dt.datetime,
@@ -206,9 +233,6 @@ def backfill(client, publisher, watermark, *, updated_from: dt.datetime,
              redact: typing.Callable[[str], str] = lambda text: text) -> ExtractResult:
     """Bulk lead export of [from, to] in windows of at most 31 days; after
     each window is acknowledged the mark moves to its end (if later)."""
-    from iheard_io.delta_publish import PublishError
-    from iheard_io.marketo import (MarketoAuthError, MarketoError, MarketoQuotaExceeded)
-
     result = ExtractResult("ok", EXIT_OK, None)
     start = updated_from
     try:
@@ -224,33 +248,17 @@ def backfill(client, publisher, watermark, *, updated_from: dt.datetime,
             watermark.advance(end, None, len(records))
             result.high_water_mark = end
             start = end
-    except MarketoQuotaExceeded as exc:
-        result.status, result.exit_code = "quota_exhausted", EXIT_QUOTA
-        result.reason = f"Marketo daily API quota reached (607); stopped, mark kept: {exc}"
-    except MarketoAuthError as exc:
-        result.status, result.exit_code, result.reason = "auth_failed", EXIT_AUTH, str(exc)
-    except MarketoError as exc:
-        result.status, result.exit_code, result.reason = "unavailable", EXIT_UNAVAILABLE, str(exc)
-    except PublishError as exc:
-        result.status, result.exit_code, result.reason = "publish_failed", EXIT_PUBLISH, str(exc)
-    result.stats = dict(sorted(client.stats.items()))
-    watermark.record_run(result.status, result.reason, result.stats)
-    return result
+    except (MarketoError, PublishError) as exc:
+        _stopped(result, exc)
+    return _finished(result, client, watermark)
 
 
 def _make_publisher(conns, opts, mopts):
-    from beam_pipelines.marketo_options import MARKETO_TOPIC
-
     if conns.kafka_bootstrap:
-        from iheard_io.delta_publish import KafkaDeltaPublisher
-        from iheard_io.kafka import kafka_client_config
-
         config = kafka_client_config(conns.kafka_bootstrap, **conns.kafka_security)
         return KafkaDeltaPublisher(config, opts.kafka_topic or MARKETO_TOPIC,
                                    conns.dead_letter_topic or "pipeline_dead_letter")
     if mopts.output_jsonl:
-        from iheard_io.delta_publish import JsonLinesDeltaPublisher
-
         return JsonLinesDeltaPublisher(mopts.output_jsonl)
     raise ValueError("no destination: pass --kafka_bootstrap=HOST:PORT or --output_jsonl=FILE")
 
@@ -258,14 +266,6 @@ def _make_publisher(conns, opts, mopts):
 def run(argv: typing.Optional[typing.Sequence[str]] = None, env=None) -> int:
     """Parses ``argv``, runs one extraction (or keeps running); returns the
     exit status."""
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    from beam_pipelines import cli
-    from beam_pipelines.marketo_options import MarketoOptions, resolve_marketo_api
-    from beam_pipelines.options import IheardOptions, resolve_connections
-    from iheard_io.marketo import DEFAULT_LEAD_FIELDS, MarketoClient
-    from iheard_io.watermark import SqlHighWaterMark
-
     argv = list(sys.argv[1:] if argv is None else argv)
     cli.exit_with_help_if_asked(argv, "python -m beam_pipelines.marketo_extract",
                                    __doc__.splitlines()[0], MarketoOptions)
@@ -282,8 +282,6 @@ def run(argv: typing.Optional[typing.Sequence[str]] = None, env=None) -> int:
     watermark = SqlHighWaterMark(mopts.marketo_extract_name, postgres_dsn=conns.postgres_dsn,
                                  duckdb_path=conns.embedded_db)
     user_field = mopts.marketo_user_id_field
-    from transforms.pii import PiiRedactor
-
     redactor = PiiRedactor(conns.pii_secret)
 
     def redact(text: str) -> str:
@@ -332,14 +330,8 @@ def run(argv: typing.Optional[typing.Sequence[str]] = None, env=None) -> int:
 
 
 def main() -> None:
-    common_logging()
-    raise SystemExit(run())
-
-
-def common_logging() -> None:
-    from beam_pipelines import cli
-
     cli.configure_cli_logging()
+    raise SystemExit(run())
 
 
 if __name__ == "__main__":

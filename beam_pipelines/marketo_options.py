@@ -2,17 +2,19 @@
 
 Kept beside ``beam_pipelines/options.py`` (whose ``IheardOptions`` and
 ``resolve_connections`` they reuse) so the Marketo source adds flags without
-touching the shared ones. Like there, the environment is read in one place:
-``resolve_marketo_api`` falls back to the seed's ``MARKETO_BASE_URL``,
-``MARKETO_CLIENT_ID`` and ``MARKETO_CLIENT_SECRET`` when a flag is absent.
+touching the shared ones. Like there, the environment is read through
+``iheard_io.settings``: ``resolve_marketo_api`` falls back to the seed's
+``MARKETO_BASE_URL``, ``MARKETO_CLIENT_ID`` and ``MARKETO_CLIENT_SECRET`` when a
+flag is absent.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
 import typing
 
 from apache_beam.options.pipeline_options import PipelineOptions
+
+from iheard_io import settings
 
 __all__ = ["MarketoOptions", "MarketoApi", "resolve_marketo_api", "MARKETO_TOPIC"]
 
@@ -73,12 +75,8 @@ class MarketoApi:
 def resolve_marketo_api(opts: MarketoOptions, env=None) -> MarketoApi:
     """Flags, else the seed's MARKETO_* variables; raises ``ValueError``
     naming what is missing."""
-    env = os.environ if env is None else env
-    values = {
-        "base_url": opts.marketo_base_url or env.get("MARKETO_BASE_URL"),
-        "client_id": opts.marketo_client_id or env.get("MARKETO_CLIENT_ID"),
-        "client_secret": opts.marketo_client_secret or env.get("MARKETO_CLIENT_SECRET"),
-    }
+    from_env = settings.marketo_api_values(env)
+    values = {name: getattr(opts, f"marketo_{name}") or from_env[name] for name in from_env}
     missing = [k for k, v in values.items() if not v]
     if missing:
         raise ValueError(

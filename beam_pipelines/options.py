@@ -1,9 +1,11 @@
 """Pipeline options shared by the project's pipelines.
 
-Configuration enters here once: every connection setting is a flag, and the
-seed's environment variables (``KAFKA_USER``, ``POSTGRES_HOST``, ``REDIS_HOST``,
-``SPACES_ACCESS_KEY``, ``SNOWFLAKE_ACCOUNT`` ...) are read only by
-``resolve_connections`` when a flag is absent. Connectors (``iheard_io``) take every setting as an argument and
+Configuration enters here once: every connection setting is a flag, and
+``resolve_connections`` falls back to the seed's environment variables
+(``KAFKA_USER``, ``POSTGRES_HOST``, ``REDIS_HOST``, ``SPACES_ACCESS_KEY``,
+``SNOWFLAKE_ACCOUNT`` ...) when a flag is absent, read through
+``iheard_io.settings`` (the one reader of the environment, for every entry
+point). Connectors (``iheard_io``) take every setting as an argument and
 have no environment fallbacks; DoFns never read options or the environment.
 
 With no connection flag at all a pipeline writes to embedded defaults: a DuckDB
@@ -16,7 +18,11 @@ import logging
 import os
 import typing
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, S3Options
+
+from iheard_io import settings
+from iheard_io.security import redact
+from iheard_io.snowflake import SnowflakeSettings
 
 from iheard_io.retry import DEFAULT_RETRY_BUDGET_S
 
@@ -189,7 +195,7 @@ HOT_PATHS = ("batched", "per_event")
 # Configured when an account is given (flag or variable).
 _SNOWFLAKE_FLAGS = (
     ("account", "SNOWFLAKE_ACCOUNT", "Snowflake account identifier; enables loading "
-     "FRONTEND_EVENTS / AGENT_TURNS."),
+     "FRONTEND_EVENTS / AGENT_TURNS / MARKETO_LEADS."),
     ("user", "SNOWFLAKE_USER", "Snowflake user."),
     ("password", "SNOWFLAKE_PASSWORD", "Snowflake password (prefer the variable)."),
     ("database", "SNOWFLAKE_DATABASE", "Snowflake database (must exist)."),
@@ -240,65 +246,21 @@ class Connections:
     def __repr__(self) -> str:
         # Connections hold passwords (DSN, Redis URL, Kafka SASL, PII key):
         # a log line or traceback that shows one must not show them.
-        from iheard_io.security import redact
-
         fields = ", ".join(
             f"{f.name}={redact(getattr(self, f.name), f.name)!r}" for f in dataclasses.fields(self))
         return f"Connections({fields})"
 
 
-def _postgres_dsn_from_env(env) -> typing.Optional[str]:
-    """A libpq connection string from POSTGRES_*, or None without POSTGRES_HOST.
-
-    Values are quoted by libpq's rules, so a password with a space or a quote
-    survives."""
-    from psycopg.conninfo import make_conninfo
-
-    host = env.get("POSTGRES_HOST")
-    if not host:
-        return None
-    parts = {
-        "host": host,
-        "port": env.get("POSTGRES_PORT", "5432"),
-        "user": env.get("POSTGRES_USER", "postgres"),
-        "password": env.get("POSTGRES_PASSWORD", ""),
-        "dbname": env.get("POSTGRES_DB", "analytics"),
-        "sslmode": env.get("POSTGRES_SSLMODE", "prefer"),
-        "sslrootcert": env.get("POSTGRES_SSLROOTCERT", ""),
-        # libpq reads the password from this pgpass file itself, on the worker.
-        "passfile": env.get("POSTGRES_PASSFILE", ""),
-        "connect_timeout": env.get("POSTGRES_CONNECT_TIMEOUT", "10"),
-    }
-    if parts["passfile"]:
-        parts["password"] = ""
-    return make_conninfo(**{k: v for k, v in parts.items() if v != ""})
-
-
-def _redis_url_from_env(env) -> typing.Optional[str]:
-    host = env.get("REDIS_HOST")
-    if not host:
-        return None
-    from urllib.parse import quote
-
-    tls = env.get("REDIS_TLS", "").lower() in ("1", "true", "yes")
-    scheme = "rediss" if tls else "redis"
-    password = env.get("REDIS_PASSWORD") if not env.get("REDIS_PASSWORD_FILE") else None
-    auth = f":{quote(password, safe='')}@" if password else ""
-    query = f"?ssl_ca_certs={quote(env['REDIS_CA_CERT'])}" if tls and env.get("REDIS_CA_CERT") else ""
-    return f"{scheme}://{auth}{host}:{env.get('REDIS_PORT', '6379')}/0{query}"
-
-
 def _snowflake_settings(opts, env):
-    values = {name: getattr(opts, f"snowflake_{name}", None) or env.get(variable)
-              for name, variable, _ in _SNOWFLAKE_FLAGS}
+    from_env = settings.snowflake_values(env)
+    values = {name: getattr(opts, f"snowflake_{name}", None) or from_env[name]
+              for name, _, _ in _SNOWFLAKE_FLAGS}
     if not values["account"]:
         return None
     missing = [f"--snowflake_{n} / {v}" for n, v, _ in _SNOWFLAKE_FLAGS
                if n in ("user", "database") and not values[n]]
     if missing:
         raise ValueError("Snowflake account given but not " + ", ".join(missing))
-    from iheard_io.snowflake import SnowflakeSettings
-
     values["schema"] = values["schema"] or "PUBLIC"
     return SnowflakeSettings(**values)
 
@@ -306,36 +268,21 @@ def _snowflake_settings(opts, env):
 def resolve_connections(opts: PipelineOptions, env=None) -> Connections:
     """Merges flags with the seed's environment variables (flags win).
 
-    The only code in the project that reads connection settings from the
-    environment (``env``, default ``os.environ``)."""
-    env = os.environ if env is None else env
+    The environment (``env``, default ``os.environ``) is read through
+    ``iheard_io.settings``, as by every other entry point."""
     opts = opts.view_as(IheardOptions)
-    postgres_dsn = opts.postgres_dsn or _postgres_dsn_from_env(env)
-    redis_url = opts.redis_url or _redis_url_from_env(env)
+    postgres_dsn = opts.postgres_dsn or settings.postgres_dsn(env)
+    redis_url = opts.redis_url or settings.redis_url(env)
     output_dir = opts.output_dir or "output"
-    secret = opts.pii_secret or env.get("PII_HMAC_SECRET")
+    secret = opts.pii_secret or settings.pii_secret(env)
     if not secret:
         _LOG.warning(
             "No --pii_secret or PII_HMAC_SECRET: using the development key; "
             "PII tokens are NOT secret."
         )
         secret = DEV_PII_SECRET
-    protocol = opts.kafka_security_protocol or env.get("KAFKA_SECURITY_PROTOCOL") or "PLAINTEXT"
-    security = {"security_protocol": protocol}
-    if protocol.startswith("SASL"):
-        security.update(
-            sasl_mechanism=opts.kafka_sasl_mechanism or env.get("KAFKA_SASL_MECHANISM") or "PLAIN",
-            username=env.get("KAFKA_USER"),
-        )
-        if env.get("KAFKA_PASSWORD_FILE"):
-            # Read by the workers (iheard_io.security): only the path
-            # travels with the job.
-            security["password_file"] = env["KAFKA_PASSWORD_FILE"]
-        else:
-            security["password"] = env.get("KAFKA_PASSWORD")
-    cafile = opts.kafka_ssl_cafile or env.get("KAFKA_SSL_CAFILE")
-    if protocol.endswith("SSL") and cafile:
-        security["ssl_cafile"] = cafile
+    security = settings.kafka_security(env, opts.kafka_security_protocol,
+                                       opts.kafka_sasl_mechanism, opts.kafka_ssl_cafile)
     return Connections(
         input=opts.input,
         kafka_bootstrap=opts.kafka_bootstrap,
@@ -349,45 +296,28 @@ def resolve_connections(opts: PipelineOptions, env=None) -> Connections:
         s3_options=_s3_options_from_env(opts, env),
         s3_credentials=_s3_credentials_from_env(opts, env),
         snowflake=_snowflake_settings(opts, env),
-        redis_password_file=env.get("REDIS_PASSWORD_FILE") if redis_url and not opts.redis_url else None,
+        redis_password_file=(settings.redis_password_file(env)
+                             if redis_url and not opts.redis_url else None),
         postgres_retry_budget_s=opts.postgres_retry_budget_seconds,
         redis_retry_budget_s=opts.redis_retry_budget_seconds,
         snowflake_retry_budget_s=opts.snowflake_retry_budget_seconds,
     )
 
 
-# Beam's S3 options <- the design document's DigitalOcean Spaces variables.
-# Only settings that are not secret become pipeline options: every pipeline
-# option is shown in the Flink dashboard's job configuration.
-_SPACES_ENV = (
-    ("s3_endpoint_url", "SPACES_ENDPOINT"),
-    ("s3_region_name", "SPACES_REGION"),
-    # A CA bundle for an https endpoint with a private CA.
-    ("s3_verify", "SPACES_CA_BUNDLE"),
-)
-# The keys go to boto3's own variables instead (see ``apply_s3_options``).
-_SPACES_CREDENTIALS_ENV = (
-    ("AWS_ACCESS_KEY_ID", "SPACES_ACCESS_KEY"),
-    ("AWS_SECRET_ACCESS_KEY", "SPACES_SECRET_KEY"),
-)
 _SECRET_S3_OPTIONS = ("s3_secret_access_key", "s3_session_token")
 
 
 def _s3_options_from_env(options: PipelineOptions, env) -> typing.Dict[str, str]:
-    from apache_beam.options.pipeline_options import S3Options
-
     s3 = options.view_as(S3Options)
-    return {option: env[variable] for option, variable in _SPACES_ENV
-            if not getattr(s3, option, None) and env.get(variable)}
+    return {option: value for option, value in settings.spaces_s3_options(env).items()
+            if not getattr(s3, option, None)}
 
 
 def _s3_credentials_from_env(options: PipelineOptions, env) -> typing.Dict[str, str]:
-    from apache_beam.options.pipeline_options import S3Options
-
     s3 = options.view_as(S3Options)
     if s3.s3_access_key_id or s3.s3_secret_access_key:
         return {}  # keys given as flags win (and are visible: see apply_s3_options)
-    return {name: env[variable] for name, variable in _SPACES_CREDENTIALS_ENV if env.get(variable)}
+    return settings.spaces_credentials(env)
 
 
 def apply_s3_options(options: PipelineOptions, conns: Connections, environ=None) -> None:
@@ -413,8 +343,6 @@ def apply_s3_options(options: PipelineOptions, conns: Connections, environ=None)
     ``--s3_access_key_id`` / ``--s3_secret_access_key`` given as flags still
     work, but then the secret is among the job's options: warned about.
     """
-    from apache_beam.options.pipeline_options import S3Options
-
     environ = os.environ if environ is None else environ
     s3 = options.view_as(S3Options)
     for option, value in conns.s3_options.items():

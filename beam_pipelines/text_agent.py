@@ -42,7 +42,6 @@ Redis keys (when ``--redis_url`` is set): ``iheard:text_agent:session:<id>``
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -51,7 +50,7 @@ import typing
 import apache_beam as beam
 
 from beam_pipelines import cli, common
-from beam_pipelines.generate import sample_turns, write_lines
+from beam_pipelines.generate import sample_turns
 from beam_pipelines.options import Connections, IheardOptions
 from iheard_io.redis_io import (
     DAILY_COST_PREFIX,
@@ -159,25 +158,15 @@ def _write_live_state(conversations, billing, conns: Connections):
 def run(argv: typing.Optional[typing.List[str]] = None, runner=None):
     """Parses ``argv``, builds and runs the pipeline; returns the PipelineResult.
     ``runner`` (a runner instance) overrides ``--runner`` (tests name theirs)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--generate", type=int, help="Write this many sample sessions and exit.")
-    pre.add_argument("--output", default="text_agent_turns.jsonl.gz")
-    pre.add_argument("--seed", type=int, default=7)
-    known, rest = pre.parse_known_args(argv)
-    if known.generate:
-        n = write_lines(sample_turns(known.generate, seed=known.seed), known.output)
-        print(f"wrote {n} lines to {known.output}", flush=True)
+    argv = sys.argv[1:] if argv is None else argv
+    rest = cli.generate_if_asked(argv, "sessions", sample_turns, "text_agent_turns.jsonl.gz", 7)
+    if rest is None:
         return None
-
     options = cli.parse_options(rest, "python -m beam_pipelines.text_agent",
                                 __doc__.splitlines()[0])
-    opts = options.view_as(IheardOptions)
-    if not opts.input and not opts.kafka_bootstrap:
-        sample = os.path.join(opts.output_dir or "output", "text_agent_sample.jsonl.gz")
-        write_lines(sample_turns(), sample)
-        _LOG.info("no --input or --kafka_bootstrap: using generated sample turns %s", sample)
-        opts.input = sample
+    output_dir = options.view_as(IheardOptions).output_dir or "output"
+    cli.input_or_sample(options, os.path.join(output_dir, "text_agent_sample.jsonl.gz"),
+                        sample_turns)
     return cli.run_job(options, PIPELINE, common.event_source(TEXT_AGENT_TOPIC), build_pipeline,
                        runner=runner, batches=True)
 

@@ -1,20 +1,26 @@
-"""The streaming frontend job on the local Flink cluster: throughput, latency, memory.
+"""A streaming job (frontend or text agent) on the local Flink cluster: throughput, latency, memory.
 
     python benchmarks/flink_bench.py                      # 1,000,000 events
     python benchmarks/flink_bench.py --events=100000 --latency-events=1000
+    python benchmarks/flink_bench.py --pipeline=text_agent --events=100000
 
 Starts the services and the cluster if needed (``services/services.sh up``,
 ``flink/cluster.sh up``), then:
 
 1. produces ``--events`` generated frontend events (2 % malformed, 1 %
-   duplicated) to a fresh topic of ``--partitions`` partitions (timed on its
-   own);
-2. submits ``python -m beam_pipelines.frontend --profile=flink-local
+   duplicated), or text-agent turns with ``--pipeline=text_agent``, to a
+   fresh topic of ``--partitions`` partitions (timed on its own);
+2. submits ``python -m beam_pipelines.<pipeline> --profile=flink-local
    --streaming`` (LOOPBACK: the Python SDK worker runs inside that child
    process) against Kafka, PostgreSQL, Redis and the S3 archive, and measures
-   the sustained rate at which the backlog drains into PostgreSQL (rows of the
-   run counted every second; events/s = events / time from the first to the
-   last row);
+   the sustained rate at which the backlog drains (events/s = events / time
+   from the first PostgreSQL row to the moment every sink is done: every
+   distinct valid event a PostgreSQL row, and the archive's and the Redis
+   sinks' written counters at their expected totals). CPU counts every
+   process the job uses: TaskManagers, the JobManager, and the job process
+   with all its children (LOOPBACK SDK workers, the job-server JVM). The
+   state size of the job's checkpoints is printed at the start and the end
+   of the drain;
 3. then produces ``--latency-events`` more at ``--latency-rate`` events/s and
    polls Redis (the per-minute KPI set of each event) and PostgreSQL for each
    one: p50/p95 latency from the producer's send to the first poll that sees
@@ -55,10 +61,20 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 import io_bench  # noqa: E402  (raw consume and naive consumer, shared with io_bench)
 
+from iheard_io import settings  # noqa: E402
+
 from tests.flink.flink_rest import FlinkRest, wait_for  # noqa: E402
-from tests.support import end_process, proc_status_kib, script_env, taskmanager_pids  # noqa: E402
+from tests.support import (  # noqa: E402
+    end_process,
+    jobmanager_pids,
+    proc_status_kib,
+    script_env,
+    taskmanager_pids,
+)
 
 KPI_PREFIX = "iheard:kpi:"
+# The streaming archive's window (iheard_io.archive.DEFAULT_STREAMING_WINDOW_S).
+ARCHIVE_WINDOW_S = 300
 
 
 def _vertex_load(rest: FlinkRest, jid: str) -> typing.Dict[str, typing.Tuple[float, float]]:
@@ -83,11 +99,37 @@ def _vertex_load(rest: FlinkRest, jid: str) -> typing.Dict[str, typing.Tuple[flo
     return out
 
 
-def _events(n: int, run_id: str, seed: int, start_ms: int) -> typing.Iterator[typing.Tuple[str, typing.Optional[dict]]]:
-    """Generated lines with the run id in every session id: (line, payload or None if malformed)."""
-    from beam_pipelines.generate import frontend_events
+# What each pipeline is benchmarked on: its module, the PostgreSQL table whose
+# rows mark the drain, and the Redis sink whose written counter must reach
+# the number of distinct valid events.
+PIPELINES = {
+    "frontend": {"module": "beam_pipelines.frontend", "table": "frontend_analytics", "redis": "WriteLiveKpis"},
+    "text_agent": {"module": "beam_pipelines.text_agent", "table": "agent_turns", "redis": None},
+}
+# sample_turns makes 1-6 turns per conversation: about 3.5 lines each.
+TURNS_PER_CONVERSATION = 3.5
 
-    for line in frontend_events(n, seed=seed, start_ms=start_ms):
+
+def _generated_lines(pipeline: str, n: int, seed: int, start_ms: int) -> typing.Iterator[str]:
+    from beam_pipelines.generate import frontend_events, sample_turns
+
+    if pipeline == "frontend":
+        return frontend_events(n, seed=seed, start_ms=start_ms)
+    # A fifth more conversations than the mean needs, then the first n lines.
+    return iter(sample_turns(int(n / TURNS_PER_CONVERSATION * 1.2) + 1, seed=seed, start_ms=start_ms)[:n])
+
+
+def _events(n: int, run_id: str, seed: int, start_ms: int, pipeline: str = "frontend",
+            span_ms: typing.Optional[int] = None) -> typing.Iterator[typing.Tuple[str, typing.Optional[dict]]]:
+    """Generated lines with the run id in every session id: (line, payload or
+    None if malformed). ``span_ms``: event times rescaled to run from
+    ``start_ms`` over this many milliseconds (a backlog as dense as a live
+    stream); None keeps the generator's spacing (a visit every ~10 s, so
+    1,000,000 events span a month)."""
+    lines = _generated_lines(pipeline, n, seed, start_ms)
+    if span_ms is not None:
+        lines = _rescaled(list(lines), start_ms, span_ms)
+    for line in lines:
         try:
             payload = json.loads(line)
         except ValueError:
@@ -113,6 +155,85 @@ def _produce(bootstrap: str, topic: str, lines: typing.Iterable[str]) -> int:
     return n
 
 
+class _JobCpu:
+    """CPU seconds of every process a job uses, split into the TaskManagers
+    and the rest (JobManager, the job process and all its descendants: SDK
+    workers, job-server JVM). A process that exits keeps the CPU it used."""
+
+    def __init__(self, tm_pids: typing.Sequence[int], jm_pids: typing.Sequence[int], job_pid: int):
+        self._tm, self._jm, self._job = list(tm_pids), list(jm_pids), job_pid
+        self._last: typing.Dict[int, float] = {}
+
+    def _descendants(self) -> typing.List[int]:
+        children: typing.Dict[int, typing.List[int]] = collections.defaultdict(list)
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                children[ppid].append(int(entry))
+        out, todo = [], [self._job]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            todo.extend(children.get(pid, ()))
+        return out
+
+    def now(self) -> typing.Tuple[float, float, float]:
+        """(TaskManagers, JobManager, job process tree) CPU seconds so far."""
+        for pid in set(self._tm + self._jm + self._descendants()):
+            value = _cpu_seconds(pid)
+            if value > 0:
+                self._last[pid] = value
+        tree = set(self._descendants()) | {p for p in self._last if p not in self._tm + self._jm}
+        return (sum(self._last.get(p, 0.0) for p in self._tm),
+                sum(self._last.get(p, 0.0) for p in self._jm),
+                sum(self._last.get(p, 0.0) for p in tree))
+
+
+def _checkpoint_state(rest: FlinkRest, jid: str) -> typing.Optional[str]:
+    """The latest completed checkpoint: state size and duration, as text."""
+    try:
+        latest = (rest.get(f"/jobs/{jid}/checkpoints").get("latest") or {}).get("completed")
+    except Exception:  # REST busy: the figure is optional
+        return None
+    if not latest:
+        return None
+    size = latest.get("checkpointed_size") or latest.get("state_size") or 0
+    full = latest.get("state_size") or size
+    return (f"checkpoint {latest.get('id')}: {full / 2**20:,.1f} MiB state "
+            f"({size / 2**20:,.1f} MiB written), {latest.get('end_to_end_duration', 0) / 1000:.1f} s")
+
+
+def _rescaled(lines: typing.List[str], start_ms: int, span_ms: int) -> typing.List[str]:
+    """``lines`` with every integer ``timestamp`` mapped linearly from the
+    lines' own range onto [start_ms, start_ms + span_ms] (order kept)."""
+    def stamp(line):
+        try:
+            payload = json.loads(line)
+        except ValueError:
+            return None, None
+        ts = payload.get("timestamp") if isinstance(payload, dict) else None
+        return (payload, ts) if isinstance(ts, int) and not isinstance(ts, bool) else (None, None)
+
+    parsed = [stamp(line) for line in lines]
+    stamps = [ts for _, ts in parsed if ts is not None]
+    if not stamps:
+        return lines
+    lo, hi = min(stamps), max(stamps)
+    scale = span_ms / max(1, hi - lo)
+    out = []
+    for line, (payload, ts) in zip(lines, parsed):
+        if payload is None:
+            out.append(line)
+            continue
+        payload["timestamp"] = start_ms + int((ts - lo) * scale)
+        out.append(json.dumps(payload, separators=(",", ":")))
+    return out
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU time of one process (all its threads), from /proc."""
     try:
@@ -134,24 +255,28 @@ def _rate_between(samples: typing.List[typing.Tuple[float, int]], lo: int, hi: i
     return (hit[1] - n_lo) / (hit[0] - t_lo)
 
 
-def _distinct_valid_ids(lines: typing.Iterable[str]) -> int:
-    """How many rows frontend_analytics must end up with: distinct event ids of
-    the lines the pipeline's own parser accepts (the rest are dead letters)."""
+def _distinct_valid_ids(lines: typing.Iterable[str], pipeline: str = "frontend") -> int:
+    """How many rows the pipeline's table must end up with: distinct keys
+    (frontend: event id; text agent: session and turn) of the lines the
+    pipeline's own parser accepts (the rest are dead letters)."""
     from schemas.events import FrontendEvent
+    from schemas.text_agent import TextAgentTurn
     from transforms.parse import parse_record
+    from transforms.text_agent import turn_key
 
+    model, key = (FrontendEvent, lambda e: e["event_id"]) if pipeline == "frontend" else (TextAgentTurn, turn_key)
     ids = set()
     for line in lines:
         try:
-            ids.add(parse_record(line, FrontendEvent)["event_id"])
+            ids.add(key(parse_record(line, model)))
         except ValueError:
             continue
     return len(ids)
 
 
-def _rows(conn, run_id: str) -> int:
+def _rows(conn, run_id: str, table: str = "frontend_analytics") -> int:
     return conn.execute(
-        "SELECT count(*) FROM frontend_analytics WHERE session_id LIKE %s", (run_id + "-%",)
+        f"SELECT count(*) FROM {table} WHERE session_id LIKE %s", (run_id + "-%",)
     ).fetchone()[0]
 
 
@@ -161,7 +286,8 @@ def _percentile(values: typing.List[float], q: float) -> float:
 
 def _print_sink_write_latency(rest: FlinkRest, jid: str) -> None:
     """p50/p95 of each sink's per-batch write time over the whole run, from
-    its cumulative ``write_ms_le_<N>`` counters (iheard_io.sink_base)."""
+    its cumulative ``write_ms_le_<N>`` counters (iheard_io.sink_base), read
+    from the ended job's accumulators."""
     from iheard_io.sink_base import latency_by_sink
 
     try:
@@ -191,6 +317,7 @@ def _pyspy_summary(path: str, top: int = 15) -> typing.List[str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pipeline", choices=sorted(PIPELINES), default="frontend")
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--parallelism", type=int, default=2)
@@ -200,6 +327,11 @@ def main(argv=None) -> int:
     parser.add_argument("--profile-seconds", type=int, default=30, help="py-spy sampling of the worker (0: off)")
     parser.add_argument("--drain-timeout-s", type=int, default=3600)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--backlog-rate", type=float, default=1000.0,
+                        help="events per second of event time in the backlog, which ends 6 minutes ago (a "
+                             "job that was down while a live stream went on); 0: the generator's own "
+                             "spacing from 6 h ago (a visit every ~10 s: 1,000,000 events span a month, "
+                             "as in the figures before December 2026)")
     parser.add_argument("--job-arg", action="append", default=[], metavar="FLAG",
                         help="extra pipeline flag for the job (repeatable), e.g. --job-arg=--max_bundle_size=5000")
     args = parser.parse_args(argv)
@@ -208,7 +340,7 @@ def main(argv=None) -> int:
     subprocess.run(["bash", os.path.join(REPO, "flink/cluster.sh"), "up"], check=True)
     env = script_env(os.path.join(REPO, "services/services.sh"))
     flink_env = script_env(os.path.join(REPO, "flink/cluster.sh"))
-    bootstrap, dsn = env["KAFKA_BOOTSTRAP"], env["POSTGRES_DSN"]
+    bootstrap, dsn = env["KAFKA_BOOTSTRAP"], settings.postgres_dsn(env)
     rest = FlinkRest("http://127.0.0.1:" + flink_env["FLINK_MASTER"].rsplit(":", 1)[1])
 
     import psycopg
@@ -219,11 +351,22 @@ def main(argv=None) -> int:
     topic = f"flink-bench-{run_id}"
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     admin.create_topics([NewTopic(topic, args.partitions, 1)])
-    start_ms = (int(time.time()) - 6 * 3600) * 1000
+    if args.backlog_rate > 0:
+        # The backlog ends one archive window (plus a minute) ago, so that
+        # once it is read, the idle watermark closes every archive window it
+        # touches and the drain can wait for the archive too.
+        span_ms = int(args.events / args.backlog_rate * 1000)
+        start_ms = int(time.time() * 1000) - span_ms - (ARCHIVE_WINDOW_S + 60) * 1000
+    else:
+        span_ms, start_ms = None, (int(time.time()) - 6 * 3600) * 1000
 
-    print(f"run {run_id}: {args.events} events -> topic {topic} ({args.partitions} partitions)", flush=True)
-    lines = [line for line, _ in _events(args.events, run_id, args.seed, start_ms)]
-    expected_rows = _distinct_valid_ids(lines)
+    spec = PIPELINES[args.pipeline]
+    print(f"run {run_id}: {args.events} {args.pipeline} events -> topic {topic} ({args.partitions} partitions)",
+          flush=True)
+    lines = [line for line, _ in _events(args.events, run_id, args.seed, start_ms, args.pipeline, span_ms)]
+    print(f"backlog event times: {'the generator spacing from 6 h ago' if span_ms is None else f'the last {span_ms / 1000:,.0f} s ({args.backlog_rate:,.0f} events/s)'}",
+          flush=True)
+    expected_rows = _distinct_valid_ids(lines, args.pipeline)
     t = time.perf_counter()
     _produce(bootstrap, topic, lines)
     produce_s = time.perf_counter() - t
@@ -233,13 +376,13 @@ def main(argv=None) -> int:
     job_name = f"iheard-bench-{run_id}"
     child_env = dict(os.environ, **flink_env, PYTHONPATH=REPO)
     job_args = [
-        sys.executable, "-m", "beam_pipelines.frontend", "--profile=flink-local", "--streaming",
+        sys.executable, "-m", spec["module"], "--profile=flink-local", "--streaming",
         f"--parallelism={args.parallelism}", f"--job_name={job_name}",
         f"--kafka_bootstrap={bootstrap}", f"--kafka_topic={topic}", f"--kafka_group_id={topic}",
-        f"--postgres_dsn={dsn}", f"--redis_url={env['REDIS_URL']}",
+        f"--postgres_dsn={dsn}", f"--redis_url={settings.redis_url(env)}",
         f"--archive_path=s3://{env['ARCHIVE_BUCKET']}/flink-bench/{run_id}",
-        f"--s3_endpoint_url={env['S3_ENDPOINT_URL']}", f"--s3_access_key_id={env['SPACES_ACCESS_KEY']}",
-        f"--s3_secret_access_key={env['SPACES_SECRET_KEY']}", f"--s3_region_name={env.get('S3_REGION', 'us-east-1')}",
+        f"--s3_endpoint_url={env['SPACES_ENDPOINT']}", f"--s3_access_key_id={env['SPACES_ACCESS_KEY']}",
+        f"--s3_secret_access_key={env['SPACES_SECRET_KEY']}", f"--s3_region_name={env.get('SPACES_REGION', 'us-east-1')}",
         *args.job_arg,
     ]
     log = open(os.path.join(workdir, "job.log"), "w")
@@ -268,10 +411,25 @@ def main(argv=None) -> int:
             )
 
         tm_pids = taskmanager_pids(REPO)
+        job_cpu = _JobCpu(tm_pids, jobmanager_pids(REPO), proc.pid)
+        cpu_now = job_cpu.now
+        print(f"state at the start of the drain: {_checkpoint_state(rest, jid) or 'no checkpoint yet'}", flush=True)
 
-        def cpu_now() -> typing.Tuple[float, float]:
-            """(TaskManager CPU-s, Python worker CPU-s)."""
-            return sum(_cpu_seconds(pid) for pid in tm_pids), _cpu_seconds(proc.pid)
+        def sinks_behind() -> typing.List[str]:
+            """The sinks whose written counter is still below the expected
+            total (Beam counters reach Flink's REST API a few seconds late)."""
+            behind = []
+            checks = [("archive", "WriteToArchive", "records")]
+            if spec["redis"]:
+                checks.append(("Redis", spec["redis"], "written"))
+            for what, namespace, name in checks:
+                try:
+                    value = rest.user_metric(jid, namespace, name) or 0
+                except Exception:  # REST busy: ask again next time
+                    value = 0
+                if value < expected_rows:
+                    behind.append(f"{what} {int(value):,}")
+            return behind
 
         conn = psycopg.connect(dsn, autocommit=True)
         row_samples: typing.List[typing.Tuple[float, int]] = []
@@ -280,8 +438,10 @@ def main(argv=None) -> int:
         first_row_at = None
         last_count, last_change = -1, time.perf_counter()
         deadline = time.monotonic() + args.drain_timeout_s
+        rows_done_at = None
+        behind: typing.List[str] = []
         while time.monotonic() < deadline:
-            count = _rows(conn, run_id)
+            count = _rows(conn, run_id, spec["table"])
             now = time.perf_counter()
             cpu = cpu_now()
             if count and first_row_at is None:
@@ -289,11 +449,17 @@ def main(argv=None) -> int:
             if count != last_count:
                 last_count, last_change, cpu_at_last_change = count, now, cpu
                 row_samples.append((now, count))
-            # Done when every distinct valid event is a row (rows arrive in
-            # bursts; Beam counters lag behind, so they cannot decide this);
-            # two minutes without a new row end the wait too.
+            # Rows first: every distinct valid event a row (rows arrive in
+            # bursts); then the other sinks' counters. Two minutes without a
+            # new row, or without the other sinks catching up, end the wait.
             if count >= expected_rows or (count and now - last_change > 120):
-                break
+                rows_done_at = rows_done_at or now
+                behind = sinks_behind()
+                if not behind:
+                    last_change, cpu_at_last_change = now, cpu
+                    break
+                if now - max(last_change, rows_done_at) > 120:
+                    break
             try:
                 for name, sample in _vertex_load(rest, jid).items():
                     load_samples[name].append(sample)
@@ -301,23 +467,28 @@ def main(argv=None) -> int:
                 pass
             time.sleep(1)
         drained_at = last_change
-        valid = int(rest.user_metric(jid, "frontend", "valid") or 0)
-        dups = int(rest.user_metric(jid, "frontend", "duplicates_dropped") or 0)
-        dead = int(rest.user_metric(jid, "frontend", "dead_letters") or 0)
-        print(f"drain: {last_count:,} of {expected_rows:,} expected rows in PostgreSQL (counters: received {args.events:,}, valid {valid:,}, "
-              f"duplicates dropped {dups:,}, dead letters {dead:,})", flush=True)
+        valid = int(rest.user_metric(jid, args.pipeline, "valid") or 0)
+        dups = int(rest.user_metric(jid, args.pipeline, "duplicates_dropped") or 0)
+        dead = int(rest.user_metric(jid, args.pipeline, "dead_letters") or 0)
+        print(f"drain: {last_count:,} of {expected_rows:,} expected rows in {spec['table']} (counters: received "
+              f"{args.events:,}, valid {valid:,}, duplicates dropped {dups:,}, dead letters {dead:,})"
+              + (f"; sinks still behind after 120 s: {', '.join(behind)}" if behind else
+                 "; archive and Redis counters complete"), flush=True)
+        if rows_done_at is not None and drained_at > rows_done_at:
+            print(f"other sinks done {drained_at - rows_done_at:.1f} s after the last PostgreSQL row", flush=True)
+        print(f"state at the end of the drain: {_checkpoint_state(rest, jid) or 'no checkpoint'}", flush=True)
         if first_row_at is not None and drained_at > first_row_at:
             sustained = args.events / (drained_at - first_row_at)
             print(f"sustained: {sustained:,.0f} events/s "
                   f"(first to last row {drained_at - first_row_at:.1f} s; "
                   f"{args.events / (drained_at - running):,.0f} events/s counting from tasks running)", flush=True)
-            tm_s = cpu_at_last_change[0] - cpu_at_first_row[0]
-            worker_s = cpu_at_last_change[1] - cpu_at_first_row[1]
-            cpu_s = tm_s + worker_s
+            tm_s, jm_s, job_s = (b - a for a, b in zip(cpu_at_first_row, cpu_at_last_change))
+            cpu_s = tm_s + jm_s + job_s
             if cpu_s > 0:
-                print(f"events per CPU-second (TaskManager + Python worker, first to last row): "
+                print(f"events per CPU-second (every process of the job, first row to drained): "
                       f"{args.events / cpu_s:,.0f} ({cpu_s:.1f} CPU-s: TaskManager {tm_s:.1f}, "
-                      f"worker {worker_s:.1f})", flush=True)
+                      f"JobManager {jm_s:.1f}, job process with its workers and job server {job_s:.1f})",
+                      flush=True)
             tenth = max(1, expected_rows // 10)
             first = _rate_between(row_samples, 1, tenth)
             last = _rate_between(row_samples, expected_rows - tenth, expected_rows)
@@ -334,22 +505,35 @@ def main(argv=None) -> int:
         if profiler is not None:
             profiler.wait(timeout=args.profile_seconds + 60)
 
-        # Latency: live events at a fixed rate, each looked up in Redis and PostgreSQL.
+        # Latency: live events at a fixed rate, each looked up in PostgreSQL
+        # (and, for the frontend, in Redis's per-minute KPI set).
         from schemas.events import FrontendEvent
+        from schemas.text_agent import TextAgentTurn
         from transforms.parse import parse_record
+        from transforms.text_agent import turn_key
 
-        latency_lines = list(_events(args.latency_events, run_id + "L", args.seed + 1, int(time.time() * 1000) - 60_000))
+        frontend = args.pipeline == "frontend"
+        model, key_of = (FrontendEvent, lambda e: e["event_id"]) if frontend else (TextAgentTurn, turn_key)
+        pg_lookup = ("SELECT event_id FROM frontend_analytics WHERE event_id = ANY(%s)" if frontend else
+                     "SELECT session_id || chr(31) || turn_id FROM agent_turns "
+                     "WHERE session_id || chr(31) || turn_id = ANY(%s)")
+        # Event times as the events are sent (the live stream's own rate).
+        latency_lines = list(_events(args.latency_events, run_id + "L", args.seed + 1,
+                                     int(time.time() * 1000), args.pipeline,
+                                     int(args.latency_events / args.latency_rate * 1000)))
         sent: typing.Dict[str, float] = {}
         keys: typing.Dict[str, str] = {}
         line_ids: typing.Dict[int, str] = {}
         for n, (line, payload) in enumerate(latency_lines):
             try:
-                parsed = parse_record(line, FrontendEvent)
+                parsed = parse_record(line, model)
             except ValueError:  # malformed on purpose: a dead letter, never a row
                 continue
-            eid, ts = parsed["event_id"], parsed["timestamp_ms"]
+            eid, ts = key_of(parsed), parsed["timestamp_ms"]
             line_ids[n] = eid
-            keys[eid] = f"{KPI_PREFIX}events:{parsed['event_type']}:{time.strftime('%Y%m%d%H%M', time.gmtime(ts / 1000))}"
+            if frontend:
+                keys[eid] = (f"{KPI_PREFIX}events:{parsed['event_type']}:"
+                             f"{time.strftime('%Y%m%d%H%M', time.gmtime(ts / 1000))}")
 
         from kafka import KafkaProducer
 
@@ -359,11 +543,11 @@ def main(argv=None) -> int:
         stop = threading.Event()
 
         def poll():
-            r = redis.Redis.from_url(env["REDIS_URL"])
+            r = redis.Redis.from_url(settings.redis_url(env))
             pg = psycopg.connect(dsn, autocommit=True)
             while not stop.is_set():
                 now = time.perf_counter()
-                pending_r = [e for e in list(sent) if e not in seen_redis]
+                pending_r = [e for e in list(sent) if e not in seen_redis] if frontend else []
                 if pending_r:
                     pipe = r.pipeline()
                     for e in pending_r:
@@ -373,8 +557,7 @@ def main(argv=None) -> int:
                             seen_redis[e] = now
                 pending_p = [e for e in list(sent) if e not in seen_pg]
                 if pending_p:
-                    for (e,) in pg.execute("SELECT event_id FROM frontend_analytics WHERE event_id = ANY(%s)",
-                                           (pending_p,)).fetchall():
+                    for (e,) in pg.execute(pg_lookup, (pending_p,)).fetchall():
                         seen_pg[e] = now
                 time.sleep(0.1)
 
@@ -393,8 +576,8 @@ def main(argv=None) -> int:
             next_at += interval
         producer.close()
         try:
-            wait_for(lambda: len(seen_pg) >= len(sent) and len(seen_redis) >= len(sent), 300,
-                     "latency events in Redis and PostgreSQL", interval_s=0.5)
+            wait_for(lambda: len(seen_pg) >= len(sent) and (not frontend or len(seen_redis) >= len(sent)),
+                     300, "latency events in Redis and PostgreSQL", interval_s=0.5)
         except TimeoutError:
             print(f"after 300 s: {len(sent) - len(seen_redis)} events missing in Redis, "
                   f"{len(sent) - len(seen_pg)} in PostgreSQL; percentiles over the rest", flush=True)
@@ -402,10 +585,10 @@ def main(argv=None) -> int:
         poller.join()
         to_redis = [seen_redis[e] - sent[e] for e in sent if e in seen_redis] or [float("nan")]
         to_pg = [seen_pg[e] - sent[e] for e in sent if e in seen_pg] or [float("nan")]
-        print(f"latency over {len(sent)} events at {args.latency_rate:.0f}/s: "
-              f"to Redis p50 {_percentile(to_redis, 50):.2f} s p95 {_percentile(to_redis, 95):.2f} s; "
+        to_redis_text = (f"to Redis p50 {_percentile(to_redis, 50):.2f} s p95 {_percentile(to_redis, 95):.2f} s; "
+                         if frontend else "")
+        print(f"latency over {len(sent)} events at {args.latency_rate:.0f}/s: {to_redis_text}"
               f"to PostgreSQL p50 {_percentile(to_pg, 50):.2f} s p95 {_percentile(to_pg, 95):.2f} s", flush=True)
-        _print_sink_write_latency(rest, jid)
 
         for pid in tm_pids:
             print(f"TaskManager {pid} peak RSS {(proc_status_kib(pid, 'VmHWM') or 0) / 1024:,.0f} MiB (since it started)")
@@ -418,6 +601,8 @@ def main(argv=None) -> int:
         if jid:
             try:
                 rest.cancel_and_wait(jid)
+                # the job's accumulators hold its counters once it has ended
+                _print_sink_write_latency(rest, jid)
             except Exception as e:  # keep going: the process is ended below
                 print(f"cancel failed: {e}")
         end_process(proc)

@@ -25,13 +25,33 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import apache_beam as beam  # noqa: E402
+from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner  # noqa: E402
+
+from beam_pipelines import common  # noqa: E402
+from beam_pipelines.generate import sample_leads  # noqa: E402
+from beam_pipelines.marketo import build_pipeline  # noqa: E402
+from beam_pipelines.marketo_extract import extract_once  # noqa: E402
+from beam_pipelines.options import IheardOptions, resolve_connections  # noqa: E402
+from iheard_io.delta_publish import JsonLinesDeltaPublisher  # noqa: E402
+from iheard_io.embedded import close_embedded  # noqa: E402
+from iheard_io.marketo_client import DEFAULT_LEAD_FIELDS, MarketoClient  # noqa: E402
+from iheard_io.watermark import SqlHighWaterMark  # noqa: E402
+from schemas.events import MarketoLead  # noqa: E402
+from schemas.records import SourceRecord  # noqa: E402
+from tests.marketo_server import CLIENT_ID, CLIENT_SECRET, MarketoStub  # noqa: E402
+from transforms.marketo import lead_row  # noqa: E402
+from transforms.marketo_scoring import Engagement  # noqa: E402
+from transforms.parse import parse_record  # noqa: E402
+from transforms.pii import PiiRedactor  # noqa: E402
 
 SECRET = b"benchmark-secret-0123456789"
 START_MS = 1_735_000_000_000
@@ -48,12 +68,6 @@ def _best(fn, repeat):
 
 
 def bench_extraction(n: int, repeat: int) -> None:
-    from beam_pipelines.marketo_extract import extract_once
-    from iheard_io.delta_publish import JsonLinesDeltaPublisher
-    from iheard_io.marketo import DEFAULT_LEAD_FIELDS, MarketoClient
-    from iheard_io.watermark import SqlHighWaterMark
-    from tests.marketo_server import CLIENT_ID, CLIENT_SECRET, MarketoStub
-
     with MarketoStub(page_size=300) as stub:
         stub.add_leads(n, START_MS)
 
@@ -75,12 +89,6 @@ def bench_extraction(n: int, repeat: int) -> None:
 
 
 def bench_core(lines, repeat: int) -> None:
-    from schemas.events import MarketoLead
-    from transforms.marketo import lead_row
-    from transforms.marketo_scoring import Engagement
-    from transforms.parse import parse_record
-    from transforms.pii import PiiRedactor
-
     redactor = PiiRedactor(SECRET)
 
     def once():
@@ -99,16 +107,6 @@ def bench_core(lines, repeat: int) -> None:
 
 
 def bench_pipeline(lines, repeat: int) -> None:
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
-    from beam_pipelines import common
-    from beam_pipelines.marketo import build_pipeline
-    from beam_pipelines.options import IheardOptions, resolve_connections
-    from iheard_io.embedded import close_embedded
-    from schemas.records import SourceRecord
-
     records = [SourceRecord(value=line.encode(), topic="bench", offset=i)
                for i, line in enumerate(lines)]
 
@@ -133,7 +131,6 @@ def main(argv=None) -> int:
     parser.add_argument("--leads", type=int, default=6000)
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args(argv)
-    from beam_pipelines.marketo import sample_leads
 
     lines = sample_leads(args.leads, seed=5)
     bench_extraction(args.leads, args.repeat)

@@ -1,8 +1,7 @@
 """``python -m collector``: serves the collector with uvicorn.
 
-    eval "$(bash services/services.sh env)"
-    python -m collector --port 8000 --kafka_bootstrap=$KAFKA_BOOTSTRAP \\
-        --allowed_origins=https://shop.example.com --flink_rest_url=http://127.0.0.1:18081
+    eval "$(bash services/services.sh env)"; eval "$(bash flink/cluster.sh env)"
+    python -m collector --port 8000 --allowed_origins=https://shop.example.com
 """
 from __future__ import annotations
 

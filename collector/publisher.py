@@ -33,6 +33,8 @@ import threading
 import time
 import typing
 
+from iheard_io.security import resolve_secret_files
+
 __all__ = ["KafkaPublisher", "PublishUnavailable", "Delivery", "DEFAULT_PRODUCER_CONFIG"]
 
 # acks=all and idempotence: an acknowledged record is on every in-sync
@@ -133,7 +135,7 @@ class KafkaPublisher:
             raise ValueError("client_config needs bootstrap_servers")
         if send_threads < 1:
             raise ValueError(f"send_threads must be >= 1, got {send_threads}")
-        self._config = {**DEFAULT_PRODUCER_CONFIG, **client_config, **(producer_config or {})}
+        self._config = {**DEFAULT_PRODUCER_CONFIG, **resolve_secret_files(client_config), **(producer_config or {})}
         # A little past the producer's own bound, so its error (which names
         # the cause) normally arrives first.
         self._ack_timeout_s = self._config["delivery_timeout_ms"] / 1000.0 + 2.0

@@ -1,14 +1,16 @@
 """The collector's configuration: one dataclass, filled once from the command
 line (``python -m collector --help``) with environment fallbacks for the
-connection settings, then passed explicitly to everything else."""
+connection settings (read through ``iheard_io.settings``, under the same names
+as every other entry point), then passed explicitly to everything else."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import typing
 
 from collector.events import DEFAULT_TOPICS, FRONTEND, TEXT_AGENT
+from iheard_io import settings as env_settings
+from iheard_io.kafka import kafka_client_config
 
 __all__ = ["CollectorSettings", "parse_args"]
 
@@ -21,9 +23,10 @@ DEFAULT_MAX_EVENTS = 500
 @dataclasses.dataclass(frozen=True)
 class CollectorSettings:
     kafka_bootstrap: str
-    kafka_security_protocol: str = "PLAINTEXT"
-    kafka_username: typing.Optional[str] = None
-    kafka_password: typing.Optional[str] = None
+    # Keyword arguments of iheard_io.kafka.kafka_client_config (security_protocol,
+    # sasl_mechanism, username, password or password_file, ssl_cafile).
+    kafka_security: typing.Mapping[str, typing.Any] = dataclasses.field(
+        default_factory=lambda: {"security_protocol": "PLAINTEXT"})
     topics: typing.Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(DEFAULT_TOPICS))
     allowed_origins: typing.Tuple[str, ...] = ()
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -52,10 +55,7 @@ class CollectorSettings:
                 raise ValueError(f"allowed origin {origin!r} must start with http:// or https://")
 
     def kafka_client_config(self) -> dict:
-        from iheard_io.kafka import kafka_client_config
-
-        return kafka_client_config(self.kafka_bootstrap, self.kafka_security_protocol,
-                                   username=self.kafka_username, password=self.kafka_password)
+        return kafka_client_config(self.kafka_bootstrap, **self.kafka_security)
 
     @property
     def source_topics(self) -> typing.Dict[str, str]:
@@ -73,11 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="HTTP collector: POST /api/analytics -> Kafka.")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--kafka_bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP"))
-    p.add_argument("--kafka_security_protocol", default="PLAINTEXT")
+    p.add_argument("--kafka_bootstrap", default=env_settings.value(None, "KAFKA_BOOTSTRAP"))
+    p.add_argument("--kafka_security_protocol", default=None,
+                   choices=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"],
+                   help="default: $KAFKA_SECURITY_PROTOCOL, else PLAINTEXT (user, password "
+                        "and CA from KAFKA_USER, KAFKA_PASSWORD[_FILE], KAFKA_SSL_CAFILE)")
     p.add_argument("--frontend_topic", default=DEFAULT_TOPICS[FRONTEND])
     p.add_argument("--text_agent_topic", default=DEFAULT_TOPICS[TEXT_AGENT])
-    p.add_argument("--allowed_origins", default=os.environ.get("COLLECTOR_ALLOWED_ORIGINS", ""),
+    p.add_argument("--allowed_origins", default=env_settings.value(None, "COLLECTOR_ALLOWED_ORIGINS", ""),
                    help="comma-separated widget origins allowed to post from a browser "
                         "(e.g. https://shop.example.com); none by default")
     p.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
@@ -87,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate_limit_burst", type=int, default=100)
     p.add_argument("--trust_forwarded_for", action="store_true",
                    help="identify clients by X-Forwarded-For (behind a trusted proxy only)")
-    p.add_argument("--flink_rest_url", default=os.environ.get("FLINK_REST_URL"),
-                   help="e.g. http://127.0.0.1:18081, for /status")
+    p.add_argument("--flink_rest_url", default=env_settings.flink_rest_url(),
+                   help="e.g. http://127.0.0.1:18081, for /status (default: $FLINK_MASTER)")
     p.add_argument("--status_groups", default="",
                    help="consumer groups whose lag /status reports (default: every group)")
     p.add_argument("--log_format", choices=("json", "text"), default=None,
@@ -101,9 +104,7 @@ def parse_args(argv=None) -> typing.Tuple[CollectorSettings, argparse.Namespace]
     args = build_parser().parse_args(argv)
     settings = CollectorSettings(
         kafka_bootstrap=args.kafka_bootstrap,
-        kafka_security_protocol=args.kafka_security_protocol,
-        kafka_username=os.environ.get("KAFKA_USER"),
-        kafka_password=os.environ.get("KAFKA_PASSWORD"),
+        kafka_security=env_settings.kafka_security(None, args.kafka_security_protocol),
         topics={FRONTEND: args.frontend_topic, TEXT_AGENT: args.text_agent_topic},
         allowed_origins=_csv(args.allowed_origins),
         max_body_bytes=args.max_body_bytes,

@@ -30,7 +30,7 @@ set -euo pipefail
 
 readonly FLINK_PATCH_VERSION=1.19.3
 readonly FLINK_MINOR_VERSION=1.19
-readonly BEAM_VERSION=2.62.0
+readonly BEAM_VERSION=2.70.0
 
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 IHEARD_HOME=${IHEARD_HOME:-$HOME/.cache/iheardai}

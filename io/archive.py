@@ -59,11 +59,13 @@ from apache_beam.transforms.trigger import AfterWatermark
 from apache_beam.utils.timestamp import Duration
 from apache_beam.utils.timestamp import Timestamp
 
+from schemas.records import EventBatch
 from schemas.records import FailedRecord
 from schemas.records import failed_from_event
 from schemas.tables import to_utc_datetime
 
-__all__ = ["WriteToArchive", "archive_path", "window_id", "container_bytes"]
+__all__ = ["WriteToArchive", "EncodeForArchive", "ENCODED_FIELD", "archive_path", "window_id",
+           "container_bytes"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -78,6 +80,10 @@ DEFAULT_STREAMING_WINDOW_S = 300
 # Late records (a phone that was offline) are archived for a day after their
 # window closed.
 DEFAULT_ALLOWED_LATENESS_S = 24 * 3600
+# EncodeForArchive puts a record's Avro encoding under this key of the slim
+# dict that replaces the record; WriteToArchive(pre_encoded=True) reads it.
+ENCODED_FIELD = "_avro"
+_HOUR_MS = 3600 * 1000
 
 
 class _PartitionKey(typing.NamedTuple):
@@ -150,9 +156,7 @@ class _KeyByPartitionFn(beam.DoFn):
         record without a usable time or sort key."""
         moment = _record_time(record, self._timestamp_fn, timestamp)
         sort_key = str(self._sort_key_fn(record))
-        # A stable hash (not hash(), which is salted per process) so a replay
-        # puts every record in the same shard.
-        shard = int.from_bytes(hashlib.sha256(sort_key.encode()).digest()[:8], "big") % self._shards
+        shard = _shard_of(sort_key, self._shards)
         # A plain tuple key: its coder is deterministic, as GroupByKey needs.
         return (moment.strftime("%Y-%m-%d"), moment.strftime("%H"), shard, window_id(window)), (sort_key, record)
 
@@ -165,47 +169,154 @@ class _KeyByPartitionFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(self.FAILED, _failure(record, exc, self._pipeline))
 
 
-class _KeyBatchByPartitionFn(_KeyByPartitionFn):
-    """A list of records -> one ``(partition key, [(sort key, Avro bytes), ...])``
-    per partition the list touches.
+def _shard_of(sort_key: str, shards: int) -> int:
+    # A stable hash (not hash(), which is salted per process) so a replay
+    # puts every record in the same shard.
+    return int.from_bytes(hashlib.sha256(sort_key.encode()).digest()[:8], "big") % shards
 
-    Records are Avro-encoded here, before the GroupByKey: the runner then
-    shuffles and buffers compact bytes instead of pickled dicts (on Flink the
-    buffered window contents live in RocksDB until the window fires), and a
-    record the schema rejects becomes a dead letter at once."""
 
-    def __init__(self, shards, timestamp_fn, sort_key_fn, pipeline, schema):
-        super().__init__(shards, timestamp_fn, sort_key_fn, pipeline)
-        self._schema = schema
-        self._parsed = None
+class _AvroEncoder:
+    """Encodes one record at a time with a parsed schema into reused memory;
+    a record the schema rejects raises the validator's field-level message."""
 
-    def setup(self):
+    def __init__(self, schema):
         import fastavro
 
-        self._parsed = fastavro.parse_schema(self._schema)
+        self._parsed = fastavro.parse_schema(schema)
+        self._buf = io.BytesIO()
+
+    def encode(self, record) -> bytes:
+        import fastavro
+
+        buf = self._buf
+        buf.seek(0)
+        buf.truncate()
+        try:
+            fastavro.schemaless_writer(buf, self._parsed, record)
+        except Exception:  # pylint: disable=broad-except
+            _check_encodes(record, self._parsed)  # raises the validator's message
+            raise
+        return buf.getvalue()
+
+
+class _KeyBatchByPartitionFn(_KeyByPartitionFn):
+    """A list of records (all in one window) -> one ``(partition key,
+    EventBatch[(sort key, Avro bytes), ...])`` per partition the list touches.
+
+    Records are Avro-encoded before the GroupByKey (here, or earlier by
+    ``EncodeForArchive`` with ``pre_encoded``): the runner then shuffles and
+    buffers compact bytes instead of dicts (on Flink the buffered window
+    contents live in the state backend until the window fires), and a record
+    the schema rejects becomes a dead letter at once. The window id is
+    computed once per list and the date/hour once per hour of
+    ``timestamp_ms``: per record they cost as much as the encoding."""
+
+    def __init__(self, shards, timestamp_fn, sort_key_fn, pipeline, schema, pre_encoded=False):
+        super().__init__(shards, timestamp_fn, sort_key_fn, pipeline)
+        self._schema = schema
+        self._pre_encoded = pre_encoded
+        self._encoder = None
+        self._hours: typing.Dict[int, typing.Tuple[str, str]] = {}
+
+    def setup(self):
+        self._encoder = None if self._pre_encoded else _AvroEncoder(self._schema)
+        self._hours = {}
+
+    def _date_hour(self, record, timestamp) -> typing.Tuple[str, str]:
+        ts = record.get("timestamp_ms") if self._timestamp_fn is None else None
+        if type(ts) is not int:  # pylint: disable=unidiomatic-typecheck
+            moment = _record_time(record, self._timestamp_fn, timestamp)
+            return moment.strftime("%Y-%m-%d"), moment.strftime("%H")
+        hour_ms = ts - ts % _HOUR_MS
+        cached = self._hours.get(hour_ms)
+        if cached is None:
+            moment = dt.datetime.fromtimestamp(hour_ms / 1000, tz=dt.timezone.utc)
+            cached = self._hours[hour_ms] = (moment.strftime("%Y-%m-%d"), moment.strftime("%H"))
+        return cached
 
     def process(self, records, timestamp=beam.DoFn.TimestampParam,
                 window=beam.DoFn.WindowParam):
-        import fastavro
-
-        groups: typing.Dict[tuple, list] = {}
-        buf = io.BytesIO()
+        wid = window_id(window)
+        groups: typing.Dict[tuple, EventBatch] = {}
         for record in records:
             try:
-                key, (sort_key, _) = self._key(record, timestamp, window)
-                buf.seek(0)
-                buf.truncate()
-                try:
-                    fastavro.schemaless_writer(buf, self._parsed, record)
-                except Exception:  # pylint: disable=broad-except
-                    _check_encodes(record, self._parsed)  # raises the validator's message
-                    raise
+                date, hour = self._date_hour(record, timestamp)
+                sort_key = str(self._sort_key_fn(record))
+                encoded = record[ENCODED_FIELD] if self._pre_encoded else self._encoder.encode(record)
             except Exception as exc:  # pylint: disable=broad-except
                 self._failed.inc()
                 yield beam.pvalue.TaggedOutput(self.FAILED, _failure(record, exc, self._pipeline))
                 continue
-            groups.setdefault(key, []).append((sort_key, buf.getvalue()))
+            key = (date, hour, _shard_of(sort_key, self._shards), wid)
+            group = groups.get(key)
+            if group is None:
+                groups[key] = EventBatch([(sort_key, encoded)])
+            else:
+                group.append((sort_key, encoded))
         yield from groups.items()
+
+
+class _EncodeBatchFn(beam.DoFn):
+    """A list of records -> the list of their slim forms: ``keep_fields`` of
+    each record plus its Avro encoding under ``ENCODED_FIELD``; a record the
+    schema rejects -> failed (a dead letter with the validator's reason)."""
+
+    FAILED = "failed"
+
+    def __init__(self, schema, keep_fields, pipeline):
+        self._schema = schema
+        self._keep = tuple(keep_fields)
+        self._pipeline = pipeline
+        self._encoder = None
+        self._failed = Metrics.counter("WriteToArchive", "failed")
+
+    def setup(self):
+        self._encoder = _AvroEncoder(self._schema)
+
+    def process(self, records, timestamp=beam.DoFn.TimestampParam):
+        out = EventBatch()
+        keep = self._keep
+        for record in records:
+            try:
+                encoded = self._encoder.encode(record)
+            except Exception as exc:  # pylint: disable=broad-except
+                self._failed.inc()
+                yield beam.pvalue.TaggedOutput(self.FAILED, _failure(record, exc, self._pipeline))
+                continue
+            slim = {name: record.get(name) for name in keep}
+            slim[ENCODED_FIELD] = encoded
+            out.append(slim)
+        if out:
+            yield beam.window.TimestampedValue(out, timestamp)
+
+
+class EncodeForArchive(beam.PTransform):
+    """Lists of records -> lists of slim dicts, each the record's
+    ``keep_fields`` plus its Avro bytes (``ENCODED_FIELD``); tagged output
+    ``failed``: ``FailedRecord``s of records the schema rejects.
+
+    Encoding in the stage that makes the records lets the steps after a
+    shuffle (de-duplication, sessions, ``WriteToArchive(pre_encoded=True)``)
+    receive a few fields and compact bytes instead of whole records. Keep
+    ``timestamp_ms`` and the archive's sort key (default ``event_id``)."""
+
+    FAILED = _EncodeBatchFn.FAILED
+
+    def __init__(self, schema, keep_fields: typing.Sequence[str], pipeline: str):
+        super().__init__()
+        import fastavro
+
+        fastavro.parse_schema(schema)  # fail at construction on a bad schema
+        if "timestamp_ms" not in keep_fields:
+            raise ValueError("keep_fields must include timestamp_ms (archive partitions and windows)")
+        self._schema = schema
+        self._keep = tuple(keep_fields)
+        self._pipeline = pipeline
+
+    def expand(self, batches):
+        return batches | "EncodeAvro" >> beam.ParDo(
+            _EncodeBatchFn(self._schema, self._keep, self._pipeline)).with_outputs(
+                self.FAILED, main="encoded")
 
 
 def _zigzag_varint(value: int) -> bytes:
@@ -268,9 +379,9 @@ def _split_by_window(window_ms: int):
     ``timestamp_ms``, each stamped with its oldest record's time, so the
     windowing that follows puts every record where it would put it alone."""
     def split(records):
-        by_window: typing.Dict[int, list] = {}
+        by_window: typing.Dict[int, EventBatch] = {}
         for record in records:
-            by_window.setdefault(record["timestamp_ms"] // window_ms, []).append(record)
+            by_window.setdefault(record["timestamp_ms"] // window_ms, EventBatch()).append(record)
         for sub in by_window.values():
             yield beam.window.TimestampedValue(sub, min(r["timestamp_ms"] for r in sub) / 1000.0)
     return split
@@ -428,6 +539,9 @@ class WriteToArchive(beam.PTransform):
         per window and per partition, and each record is Avro-encoded before
         the shuffle (``container_bytes`` assembles the files), so the files
         hold the same records as with one element per record.
+      pre_encoded: (with ``batched``) the records are ``EncodeForArchive``'s
+        slim dicts: their Avro bytes are written as they are; the sort key
+        and ``timestamp_ms`` are read from the slim dict.
     """
 
     def __init__(
@@ -443,8 +557,11 @@ class WriteToArchive(beam.PTransform):
         codec: str = DEFAULT_CODEC,
         pipeline: typing.Optional[str] = None,
         batched: bool = False,
+        pre_encoded: bool = False,
     ):
         super().__init__()
+        if pre_encoded and not batched:
+            raise ValueError("pre_encoded records come in batches (batched=True)")
         if batched and window_seconds is None:
             raise ValueError("batched input needs window_seconds (streaming archive windows)")
         if batched and codec not in ("null", "deflate"):
@@ -471,6 +588,7 @@ class WriteToArchive(beam.PTransform):
         self._codec = codec
         self._pipeline = pipeline if pipeline is not None else source
         self._batched = batched
+        self._pre_encoded = pre_encoded
 
     def expand(self, records):
         windowfn = records.windowing.windowfn
@@ -494,7 +612,7 @@ class WriteToArchive(beam.PTransform):
             records = records | "RewindowForArchive" >> beam.WindowInto(beam_window.GlobalWindows())
         if self._batched:
             key_fn = _KeyBatchByPartitionFn(self._shards, self._timestamp_fn, self._sort_key_fn,
-                                            self._pipeline, self._schema)
+                                            self._pipeline, self._schema, self._pre_encoded)
         else:
             key_fn = _KeyByPartitionFn(self._shards, self._timestamp_fn, self._sort_key_fn,
                                        self._pipeline)

@@ -20,6 +20,8 @@ import json
 import os
 import typing
 
+from iheard_io.security import resolve_secret_files
+
 __all__ = ["PublishError", "KafkaDeltaPublisher", "JsonLinesDeltaPublisher"]
 
 Record = typing.Tuple[typing.Union[str, bytes], typing.Union[str, bytes]]
@@ -49,8 +51,6 @@ class KafkaDeltaPublisher:
         if not topic:
             raise ValueError("topic is required")
         from kafka import KafkaProducer
-
-        from iheard_io.security import resolve_secret_files
 
         self.topic = topic
         self._dead_letter_topic = dead_letter_topic

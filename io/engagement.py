@@ -1,14 +1,17 @@
-"""Lookup of a lead's frontend sessions and agent conversations (PostgreSQL or DuckDB).
+"""Lookup of a person's frontend sessions and agent conversations (PostgreSQL or DuckDB).
 
-``LookupEngagement`` attaches to each lead dict, under ``_engagement``, the
-activity the other two pipelines stored for the same person
-(``transforms.marketo_scoring.Engagement``): the ``frontend_sessions`` and
-``agent_conversations`` rows whose ``user_id`` is one of the lead's identity
-keys (``transforms.marketo.lead_identity``: keyed email token, email, the
-application user id from a lead field)::
+``LookupEngagement`` reads, for each element (a dict), the user ids listed
+under ``keys_field`` and attaches under ``output_field`` what the other two
+pipelines stored for them: ``{user_id: (frontend aggregate, agent
+aggregate)}`` for the ids found in ``frontend_sessions`` or
+``agent_conversations``. It knows nothing of leads: the Marketo job lists a
+lead's identity keys before it (``transforms.marketo.IdentifyLeads``) and
+folds the aggregates into a score input after it
+(``transforms.marketo_scoring.engagement_from_rows``), so this connector and
+the transforms never import each other::
 
-    leads --_LookupEngagementFn--> leads + _engagement
-            buffers ``batch_size`` leads, then one grouped query per table
+    elements --_LookupEngagementFn--> elements + {output_field: {user_id: aggregates}}
+            buffers ``batch_size`` elements, then one grouped query per table
             (``WHERE user_id IN (...)``) for the whole batch
 
 Why a lookup and not a join of streams: the sessions and conversations are
@@ -22,9 +25,10 @@ Buffering, the connection's life and the retry policy are those of
 retried on a fresh connection with capped exponential backoff for
 ``retry_budget_seconds`` (default 60 s), then the bundle fails (the runner
 retries it); any other error fails it at once. A lead is never scored with
-made-up engagement. The lookup only reads. Counters (namespace
-``LookupEngagement``): ``received``, ``retries``, and the latency buckets of
-each batch query (``write_ms_le_<N>``, as the sinks').
+made-up engagement. The lookup only reads. Counters: namespace
+``LookupEngagement`` (``received``, ``retries``, and the latency buckets of
+each batch query, ``write_ms_le_<N>`` as the sinks'), and ``namespace``'s
+``engagement_looked_up`` / ``engagement_matched``.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
+from iheard_io.embedded import ensure_embedded_schema
 from iheard_io.retry import DEFAULT_FIRST_BACKOFF_S
 from iheard_io.retry import DEFAULT_RETRY_BUDGET_S
 from iheard_io.retry import OnExhausted
@@ -74,30 +79,6 @@ def query_engagement(cursor, keys: typing.Sequence[str], placeholder: str = "?"
     return out
 
 
-def _engagement_for(keys, found):
-    from transforms.marketo_scoring import Engagement
-
-    sessions = events = messages = conversions = conversations = turns = 0
-    max_engagement = max_value = 0.0
-    captured = False
-    for key in keys:
-        hit = found.get(key)
-        if hit is None:
-            continue
-        (s, e, m, c, me), (a, t, lc, mv) = hit
-        sessions += int(s)
-        events += int(e)
-        messages += int(m)
-        conversions += int(c)
-        max_engagement = max(max_engagement, float(me))
-        conversations += int(a)
-        turns += int(t)
-        captured = captured or bool(lc)
-        max_value = max(max_value, float(mv))
-    return Engagement(sessions, events, messages, conversions, max_engagement,
-                      conversations, turns, captured, max_value)
-
-
 class _DuckDbErrors(StoreErrors):
     name = "DuckDB"
 
@@ -111,24 +92,22 @@ class _DuckDbErrors(StoreErrors):
 class _LookupEngagementFn(BufferedBatchFn):
     counter_namespace = "LookupEngagement"
 
-    def __init__(self, postgres_dsn, duckdb_path, pii_secret, user_id_field, batch_size,
+    def __init__(self, postgres_dsn, duckdb_path, keys_field, output_field, batch_size,
                  retry_budget_s, backoff_s, namespace):
         super().__init__(errors=PostgresErrors() if postgres_dsn else _DuckDbErrors(),
                          retry=retry_policy(retry_budget_s, backoff_s, OnExhausted.FAIL),
                          batch_size=batch_size)
         self._dsn = postgres_dsn
         self._duckdb_path = duckdb_path
-        self._secret = pii_secret
-        self._user_id_field = user_id_field
+        self._keys_field = keys_field
+        self._output_field = output_field
         self._matched = Metrics.counter(namespace, "engagement_matched")
         self._looked_up = Metrics.counter(namespace, "engagement_looked_up")
 
     def setup(self):
-        from transforms.pii import PiiRedactor
-
-        self._redactor = PiiRedactor(self._secret)
         # The connection opens at the first query (retrying): a DuckDB file
-        # is locked per process, so hold it only while leads are looked up.
+        # is locked per process, so hold it only while elements are looked up.
+        pass
 
     def open_client(self):
         if self._dsn:
@@ -136,8 +115,6 @@ class _LookupEngagementFn(BufferedBatchFn):
 
             return psycopg.connect(self._dsn, autocommit=True)
         import duckdb
-
-        from iheard_io.embedded import ensure_embedded_schema
 
         ensure_embedded_schema(self._duckdb_path)  # the process's shared instance
         return duckdb.connect(self._duckdb_path)
@@ -150,30 +127,30 @@ class _LookupEngagementFn(BufferedBatchFn):
             cursor.close()
 
     def flush_batch(self, items):
-        from transforms.marketo import ENGAGEMENT_FIELD, lead_identity
-
-        identities = [lead_identity(lead, self._redactor, self._user_id_field)
-                      for lead, _, _ in items]
+        identities = [tuple(element.get(self._keys_field) or ()) for element, _, _ in items]
         keys = sorted({k for ids in identities for k in ids})
         found = (self.retrying(lambda conn: self.timed(self._query, conn, keys))
                  if keys else {})
-        for (lead, ts, win), ids in zip(items, identities):
-            engagement = _engagement_for(ids, found)
+        for (element, ts, win), ids in zip(items, identities):
+            hits = {k: found[k] for k in ids if k in found}
             self._looked_up.inc()
-            if any(k in found for k in ids):
+            if hits:
                 self._matched.inc()
-            out = dict(lead)
-            out[ENGAGEMENT_FIELD] = tuple(engagement)
+            out = dict(element)
+            out[self._output_field] = hits
             yield WindowedValue(out, ts, [win if win is not None else GlobalWindow()])
 
 
 class LookupEngagement(beam.PTransform):
-    """Leads -> the same leads with ``_engagement`` (see the module docstring).
-    Give exactly one of ``postgres_dsn`` and ``duckdb_path``."""
+    """Dicts listing user ids under ``keys_field`` -> the same dicts with
+    ``output_field`` = ``{user_id: (frontend aggregate, agent aggregate)}``
+    (see the module docstring). Give exactly one of ``postgres_dsn`` and
+    ``duckdb_path``. ``retry_budget_seconds``: how long a database that is
+    down is retried before the bundle fails (default 60 s)."""
 
-    def __init__(self, pii_secret: bytes, postgres_dsn: typing.Optional[str] = None,
+    def __init__(self, keys_field: str, output_field: str,
+                 postgres_dsn: typing.Optional[str] = None,
                  duckdb_path: typing.Optional[str] = None,
-                 user_id_field: typing.Optional[str] = "iheardUserId",
                  batch_size: int = DEFAULT_BATCH_SIZE,
                  retry_budget_seconds: float = DEFAULT_RETRY_BUDGET_S,
                  retry_backoff_seconds: float = DEFAULT_FIRST_BACKOFF_S,
@@ -185,8 +162,8 @@ class LookupEngagement(beam.PTransform):
             raise ValueError("batch_size must be >= 1")
         if retry_budget_seconds < 0:
             raise ValueError("retry_budget_seconds must be >= 0")
-        self._args = (postgres_dsn, duckdb_path, pii_secret, user_id_field, batch_size,
+        self._args = (postgres_dsn, duckdb_path, keys_field, output_field, batch_size,
                       retry_budget_seconds, retry_backoff_seconds, namespace)
 
-    def expand(self, leads):
-        return leads | "QueryEngagementBatches" >> beam.ParDo(_LookupEngagementFn(*self._args))
+    def expand(self, elements):
+        return elements | "QueryEngagementBatches" >> beam.ParDo(_LookupEngagementFn(*self._args))

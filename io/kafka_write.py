@@ -13,6 +13,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from schemas.records import FailedRecord
 from schemas.records import utc_now_iso
+from schemas.tables import json_default
 
 from iheard_io.kafka_client import _tuning_config, kafka_client_config
 from iheard_io.security import resolve_secret_files
@@ -27,25 +28,13 @@ _LOG = logging.getLogger(__name__)
 # --------------------------------------------------------------------------
 
 
-def _json_default(value):
-    if hasattr(value, "_asdict"):
-        return value._asdict()
-    if isinstance(value, (bytes, bytearray)):
-        return value.decode("utf-8", errors="replace")
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return str(value)
-
-
 def json_value(element) -> bytes:
     """Default ``value_fn``: the element as compact, key-sorted JSON (a
     ``FailedRecord`` or other NamedTuple as its fields)."""
     if hasattr(element, "_asdict"):
         element = element._asdict()
     return json.dumps(element, sort_keys=True, separators=(",", ":"),
-                      default=_json_default).encode("utf-8")
+                      default=json_default).encode("utf-8")
 
 
 # How long a bundle keeps re-sending records the broker did not take for a
@@ -213,14 +202,9 @@ class WriteToKafka(beam.PTransform):
         key_fn: typing.Optional[typing.Callable] = None,
         value_fn: typing.Callable = json_value,
         producer_config: typing.Optional[dict] = None,
-        security_protocol: str = "PLAINTEXT",
-        sasl_mechanism: typing.Optional[str] = None,
-        username: typing.Optional[str] = None,
-        password: typing.Optional[str] = None,
-        ssl_cafile: typing.Optional[str] = None,
         pipeline: str = "",
-        password_file: typing.Optional[str] = None,
         retry_timeout_s: float = DEFAULT_RETRY_TIMEOUT_S,
+        **security,
     ):
         super().__init__()
         if not topic:
@@ -228,9 +212,7 @@ class WriteToKafka(beam.PTransform):
         if retry_timeout_s < 0:
             raise ValueError("retry_timeout_s must be >= 0")
         self._retry_timeout_s = retry_timeout_s
-        self._client_config = kafka_client_config(
-            bootstrap_servers, security_protocol, sasl_mechanism, username, password, ssl_cafile,
-            password_file)
+        self._client_config = kafka_client_config(bootstrap_servers, **security)
         self._topic = topic
         self._key_fn = key_fn
         self._value_fn = value_fn

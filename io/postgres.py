@@ -44,7 +44,10 @@ What a flush writes is the table's declaration (``schemas.tables.TableSpec``):
 its columns, its key, and ``on_conflict``, which says what a second row with a
 stored key does (``"update"``: replace the stored row, under
 ``update_condition`` if set; ``"nothing"``: the first row written wins).
-``WriteToPostgres(on_conflict=...)`` overrides it for one sink.
+``WriteToPostgres(first_writer_wins=True)`` makes it ``"nothing"`` for one
+sink (the streaming frontend job writes ``frontend_analytics`` before
+de-duplication: a later duplicate must not replace the copy that
+de-duplication passes on).
 
 Delivery guarantee: at-least-once; replays are harmless because every write is
 an upsert on the table's key.
@@ -62,7 +65,6 @@ or the POSTGRES_* variables in ``beam_pipelines.options.resolve_connections``).
 from __future__ import annotations
 
 import dataclasses
-import typing
 
 import apache_beam as beam
 
@@ -73,7 +75,6 @@ from iheard_io.retry import PostgresErrors
 from iheard_io.retry import is_postgres_refusal as is_refusal
 from iheard_io.sink_base import BatchSinkFn
 from iheard_io.sink_base import retry_policy
-from schemas.tables import ON_CONFLICT_ACTIONS
 from schemas.tables import TABLES
 from schemas.tables import TableSpec
 from schemas.tables import ddl_statements
@@ -114,9 +115,12 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def upsert_sql(spec: TableSpec, source: str) -> str:
-    """``INSERT ... SELECT ... FROM source ON CONFLICT (key) DO UPDATE`` (or
-    ``DO NOTHING`` when the table declares ``on_conflict="nothing"``)."""
+def upsert_sql(spec: TableSpec, source: str, first_writer_wins: bool = False) -> str:
+    """``INSERT ... SELECT ... FROM source ON CONFLICT (key) DO UPDATE``, or
+    ``DO NOTHING`` when the table declares ``on_conflict="nothing"`` or with
+    ``first_writer_wins`` (a stored row is never changed)."""
+    if first_writer_wins:
+        spec = dataclasses.replace(spec, on_conflict="nothing")
     cols = ", ".join(_quote(c) for c in spec.columns)
     updates = [c for c in spec.columns if c not in spec.key]
     conflict = ", ".join(_quote(c) for c in spec.key)
@@ -200,8 +204,10 @@ class WriteToPostgres(beam.PTransform):
     buffered per bundle and written with one COPY per ``batch_size``.
     ``retry_budget_seconds``: how long a database that is down is retried
     before the bundle fails (default 60 s); ``retry_backoff_seconds``: the
-    first wait (doubling, capped at 5 s). ``on_conflict``: ``"update"`` or
-    ``"nothing"`` instead of the table's declaration."""
+    first wait (doubling, capped at 5 s). ``first_writer_wins=True``: ``ON
+    CONFLICT DO NOTHING``, and the first row of a key within a batch: a row
+    already stored is never changed, so rows written before de-duplication
+    keep the copy that came first."""
 
     def __init__(
         self,
@@ -214,7 +220,7 @@ class WriteToPostgres(beam.PTransform):
         retry_backoff_seconds: float = DEFAULT_FIRST_BACKOFF_S,
         reshuffle: bool = True,
         batched: bool = False,
-        on_conflict: typing.Optional[str] = None,
+        first_writer_wins: bool = False,
     ):
         super().__init__()
         if not dsn:
@@ -225,11 +231,9 @@ class WriteToPostgres(beam.PTransform):
             raise ValueError("batch_size must be positive")
         if retry_budget_seconds < 0:
             raise ValueError("retry_budget_seconds must be >= 0")
-        if on_conflict is not None and on_conflict not in ON_CONFLICT_ACTIONS:
-            raise ValueError(f"on_conflict must be one of {ON_CONFLICT_ACTIONS}")
         spec = TABLES[table]
-        if on_conflict is not None:
-            spec = dataclasses.replace(spec, on_conflict=on_conflict)
+        if first_writer_wins:
+            spec = dataclasses.replace(spec, on_conflict="nothing")
         self._fn_args = dict(dsn=dsn, spec=spec, batch_size=batch_size,
                              retry_budget_s=retry_budget_seconds,
                              backoff_s=retry_backoff_seconds, pipeline=pipeline,

@@ -22,6 +22,7 @@ at-least-once, idempotent (an older version never overwrites a newer one).
 """
 from __future__ import annotations
 
+import datetime as dt
 import typing
 
 from iheard_io.redis_io import (
@@ -74,8 +75,6 @@ class _WritePriorityLeadsFn(_RedisBatchFn):
         self._day_ttl_s = int(day_ttl_s)
 
     def _queue(self, pipe, row):
-        import datetime as dt
-
         lead_id = row.get("lead_id")
         version = _epoch_ms(row.get("updated_at"))
         score = row.get("lead_quality_score")

@@ -13,6 +13,9 @@ PostgreSQL needs none of this: libpq reads ``passfile=`` itself.
 """
 from __future__ import annotations
 
+import re
+import socket
+import ssl
 import typing
 
 __all__ = ["read_secret_file", "resolve_secret_files", "redact", "tls_handshake", "speaks_tls",
@@ -51,8 +54,6 @@ def redact(value, name: str = ""):
     """``value`` with passwords masked, for logs and reprs: a DSN's
     ``password=`` and URL userinfo, and whole values (or mapping entries)
     whose name says password, secret or token."""
-    import re
-
     if any(part in name.lower() for part in _SECRET_NAME_PARTS):
         return None if value is None else "***"
     if isinstance(value, typing.Mapping):
@@ -68,9 +69,6 @@ def tls_handshake(host: str, port: int, cafile: typing.Optional[str] = None,
                   verify: bool = True, timeout_s: float = 5.0) -> None:
     """One TLS handshake with ``host:port``; raises ``ssl.SSLError`` (e.g.
     certificate verify failed) or ``OSError`` (no connection)."""
-    import socket
-    import ssl
-
     if verify:
         context = ssl.create_default_context(cafile=cafile)
     else:
@@ -85,8 +83,6 @@ def tls_handshake(host: str, port: int, cafile: typing.Optional[str] = None,
 def speaks_tls(host: str, port: int, timeout_s: float = 5.0) -> typing.Optional[bool]:
     """Whether the server completes a TLS handshake (certificate unchecked);
     None when nothing accepts a connection."""
-    import ssl
-
     try:
         tls_handshake(host, port, verify=False, timeout_s=timeout_s)
         return True
@@ -98,8 +94,6 @@ def speaks_tls(host: str, port: int, timeout_s: float = 5.0) -> typing.Optional[
 
 
 def _accepts(host, port, timeout_s) -> bool:
-    import socket
-
     try:
         socket.create_connection((host, port), timeout=timeout_s).close()
         return True

@@ -26,32 +26,24 @@ retried at the first write instead) to ``teardown()``; after a transient
 error it is closed and reopened, so a restarted server is reached on fresh
 connections.
 
-Policy per store (defaults; each sink takes ``retry_budget_seconds``,
-``retry_backoff_seconds`` and, where allowed, ``on_exhausted``; the pipelines
-take ``--postgres_retry_budget_seconds``, ``--redis_retry_budget_seconds`` and
-``--snowflake_retry_budget_seconds``):
+Policy per store. Every store is retried the same way while it is down:
+0.2 s, doubling, at most 5 s between tries, for 60 s (the defaults: each
+sink takes ``retry_budget_seconds``, ``retry_backoff_seconds`` and, for Redis
+and Snowflake, ``on_exhausted``; the pipelines take
+``--postgres_retry_budget_seconds``, ``--redis_retry_budget_seconds`` and
+``--snowflake_retry_budget_seconds``); then:
 
-================  =========  ==========================  ==============================  ===================
-store (sink)      role       store down: retried          after the budget                delivery guarantee
-================  =========  ==========================  ==============================  ===================
-PostgreSQL        system of  0.2 s doubling, capped at    **fail the bundle**: Flink      at-least-once,
-(WriteToPostgres) record     5 s, for 60 s                restores the last checkpoint    idempotent upserts:
-                                                          and replays; nothing lost       effectively once
-Redis             derived    0.2 s doubling, capped at    **dead letter** every row of    at-least-once while
-(WriteSessionState,          5 s, for 60 s                the batch (``StoreUnavailable``  up; rows of an outage
-WriteLiveKpis,                                            in ``failed_events``, the row   longer than the budget
-WritePriorityLeads)                                       as JSON: replayable, versioned  are dead letters until
-                                                          writes); PostgreSQL writes go   replayed
-                                                          on
-Snowflake         optional   0.2 s doubling, capped at    **dead letter** every row of    as Redis
-(WriteToSnowflake) copy      5 s, for 60 s                the batch; the warehouse lags
-                                                          until replayed (the rows are
-                                                          also in PostgreSQL and the
-                                                          archive)
-PostgreSQL/DuckDB read-only  0.2 s doubling, capped at    fail the bundle: a lead is      (a lookup)
-(LookupEngagement) lookup    5 s, for 60 s                never scored on made-up
-                                                          engagement
-================  =========  ==========================  ==============================  ===================
+| store (sinks)                      | role             | after the budget                | delivery guarantee           |
+|------------------------------------|------------------|---------------------------------|------------------------------|
+| PostgreSQL (WriteToPostgres)       | system of record | fail the bundle: Flink restores | at-least-once, idempotent    |
+|                                    |                  | the checkpoint and replays      | upserts (nothing lost)       |
+| Redis (WriteSessionState,          | derived          | dead letter every row of the    | at-least-once while Redis is |
+| WriteLiveKpis, WritePriorityLeads) |                  | batch (StoreUnavailable, the    | up; an outage past the       |
+|                                    |                  | row as JSON: replayable); the   | budget: dead letters until   |
+|                                    |                  | job and PostgreSQL go on        | replayed                     |
+| Snowflake (WriteToSnowflake)       | optional copy    | as Redis                        | as Redis; MERGE on the key   |
+| PostgreSQL/DuckDB read             | lookup           | fail the bundle: a lead is      | -                            |
+| (LookupEngagement)                 |                  | never scored on made-up data    |                              |
 
 What each choice costs: a PostgreSQL outage longer than its budget restarts
 the job (Flink's restart strategy, 30 attempts 5 s apart, then bounds how long

@@ -1,8 +1,8 @@
 """Snowflake sink: staged CSV files, ``COPY INTO`` a staging table, ``MERGE`` on the key.
 
 ``WriteToSnowflake`` loads row dicts of a project table (``frontend_analytics``,
-``agent_turns``) into its warehouse table (``FRONTEND_EVENTS``,
-``AGENT_TURNS``: ``schemas.warehouse``) through ``snowflake-connector-python``::
+``agent_turns``, ``marketo_leads``) into its warehouse table (``FRONTEND_EVENTS``,
+``AGENT_TURNS``, ``MARKETO_LEADS``: ``schemas.warehouse``) through ``snowflake-connector-python``::
 
     rows
       -> Reshuffle          (``reshuffle=True``, the default) materialises the
@@ -166,7 +166,8 @@ def ensure_snowflake_schema(settings: SnowflakeSettings) -> None:
 
 def merge_sql(table: WarehouseTable, staging: str) -> str:
     """``MERGE INTO table USING (SELECT ... FROM staging) s ON key ...``: JSON
-    columns are parsed in the source query, so the match arms only copy."""
+    columns are parsed in the source query, so the match arms only copy; with
+    ``table.newer_wins`` an older incoming row leaves the stored one alone."""
     select = ", ".join(
         f"PARSE_JSON({quote(c.name)}) AS {quote(c.name)}" if c.kind == JSON else quote(c.name)
         for c in table.columns)
@@ -175,7 +176,11 @@ def merge_sql(table: WarehouseTable, staging: str) -> str:
                         for c in table.columns if c.name not in table.key)
     cols = ", ".join(quote(c.name) for c in table.columns)
     values = ", ".join(f"s.{quote(c.name)}" for c in table.columns)
-    matched = f" WHEN MATCHED THEN UPDATE SET {updates}" if updates else ""
+    newer = ""
+    if table.newer_wins:
+        column = quote(table.newer_wins)
+        newer = f" AND (t.{column} IS NULL OR s.{column} >= t.{column})"
+    matched = f" WHEN MATCHED{newer} THEN UPDATE SET {updates}" if updates else ""
     return (f"MERGE INTO {quote(table.name)} t USING (SELECT {select} FROM {staging}) s "
             f"ON {on}{matched} WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({values})")
 

@@ -23,6 +23,9 @@ import datetime as dt
 import json
 import typing
 
+from iheard_io.embedded import ensure_embedded_schema
+from iheard_io.postgres import ensure_schema
+
 __all__ = ["SqlHighWaterMark", "WatermarkState"]
 
 
@@ -62,12 +65,8 @@ class SqlHighWaterMark:
     # -- connections -----------------------------------------------------------
     def _ensure_schema(self) -> None:
         if self._dsn:
-            from iheard_io.postgres import ensure_schema
-
             ensure_schema(self._dsn)
         else:
-            from iheard_io.embedded import ensure_embedded_schema
-
             ensure_embedded_schema(self._duckdb_path)
 
     def _execute(self, sql: str, params: tuple, fetch: bool = False):
@@ -78,8 +77,6 @@ class SqlHighWaterMark:
                 with conn.cursor() as cur:
                     cur.execute(sql.replace("?", "%s"), params)
                     return cur.fetchone() if fetch else None
-        from iheard_io.embedded import ensure_embedded_schema
-
         import duckdb
 
         ensure_embedded_schema(self._duckdb_path)  # same in-process instance

@@ -2,9 +2,12 @@
 lag, topic end offsets (dead-letter rate), Flink job state and checkpoint
 failures, database round-trip times and each service's health.
 
-    eval "$(bash services/services.sh env)"
-    python -m monitoring.exporter --port 19400 --kafka_bootstrap=$KAFKA_BOOTSTRAP \\
-        --flink_rest_url=http://127.0.0.1:18081 --postgres_dsn=$POSTGRES_DSN --redis_url=$REDIS_URL
+    eval "$(bash services/services.sh env)"; eval "$(bash flink/cluster.sh env)"
+    python -m monitoring.exporter --port 19400
+
+Without flags it reads the same variables as every entry point
+(``iheard_io.settings``): ``KAFKA_BOOTSTRAP`` and ``KAFKA_*`` security,
+``FLINK_MASTER``, ``POSTGRES_*`` and ``REDIS_*``.
 
 Every scrape runs the probes (``monitoring.probes``) once, at most every
 ``--min_interval_s`` (a cached result answers scrapes in between). Metrics:
@@ -21,7 +24,6 @@ Every scrape runs the probes (``monitoring.probes``) once, at most every
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import typing
@@ -29,6 +31,8 @@ import typing
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
+from iheard_io import settings as env_settings
+from iheard_io.kafka import kafka_client_config
 from monitoring import probes
 from monitoring.logs import configure_logging, get_logger
 
@@ -142,12 +146,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m monitoring.exporter", description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=19400)
-    p.add_argument("--kafka_bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP"))
+    p.add_argument("--kafka_bootstrap", default=env_settings.value(None, "KAFKA_BOOTSTRAP"))
     p.add_argument("--topics", default=",".join(DEFAULT_TOPICS))
     p.add_argument("--groups", default="", help="consumer groups (default: every group)")
-    p.add_argument("--flink_rest_url", default=os.environ.get("FLINK_REST_URL"))
-    p.add_argument("--postgres_dsn", default=os.environ.get("POSTGRES_DSN"))
-    p.add_argument("--redis_url", default=os.environ.get("REDIS_URL"))
+    p.add_argument("--flink_rest_url", default=env_settings.flink_rest_url(),
+                   help="default: $FLINK_MASTER")
+    p.add_argument("--postgres_dsn", default=env_settings.postgres_dsn(),
+                   help="default: from POSTGRES_HOST and friends")
+    p.add_argument("--redis_url", default=env_settings.redis_url(),
+                   help="default: from REDIS_HOST and friends")
     p.add_argument("--min_interval_s", type=float, default=10.0)
     p.add_argument("--log_format", choices=("json", "text"), default=None)
     args = p.parse_args(argv)
@@ -155,7 +162,8 @@ def main(argv=None) -> int:
     if not args.kafka_bootstrap:
         p.error("--kafka_bootstrap (or KAFKA_BOOTSTRAP) is required")
     settings = ExporterSettings(
-        kafka_client_config={"bootstrap_servers": args.kafka_bootstrap},
+        kafka_client_config=kafka_client_config(args.kafka_bootstrap,
+                                                **env_settings.kafka_security()),
         topics=tuple(t for t in args.topics.split(",") if t),
         groups=tuple(g for g in args.groups.split(",") if g) or None,
         flink_rest_url=args.flink_rest_url, postgres_dsn=args.postgres_dsn, redis_url=args.redis_url,

@@ -22,11 +22,12 @@ neither, JSON unless stderr is a terminal.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import typing
 
 import structlog
+
+from iheard_io import settings as env_settings
 
 __all__ = [
     "LOG_FORMATS",
@@ -48,7 +49,7 @@ _QUIET_LOGGERS = ("apache_beam", "kafka")
 def resolve_log_format(log_format: typing.Optional[str] = None, stream=None) -> str:
     """The explicit format, else ``$IHEARD_LOG_FORMAT``, else json unless
     ``stream`` (stderr) is a terminal."""
-    chosen = log_format or os.environ.get(LOG_FORMAT_ENV) or None
+    chosen = log_format or env_settings.value(None, LOG_FORMAT_ENV) or None
     if chosen is None:
         stream = stream if stream is not None else sys.stderr
         return "text" if getattr(stream, "isatty", lambda: False)() else "json"

@@ -22,6 +22,8 @@ import threading
 import time
 import typing
 
+from iheard_io.security import resolve_secret_files
+
 __all__ = [
     "kafka_offsets",
     "consumer_lag",
@@ -47,7 +49,7 @@ def kafka_offsets(client_config: typing.Mapping, topics: typing.Sequence[str],
     from kafka.errors import KafkaError
 
     try:
-        consumer = KafkaConsumer(**client_config, enable_auto_commit=False,
+        consumer = KafkaConsumer(**resolve_secret_files(client_config), enable_auto_commit=False,
                                  request_timeout_ms=_KAFKA_TIMEOUT_MS + 2000,
                                  bootstrap_timeout_ms=_KAFKA_TIMEOUT_MS,
                                  consumer_timeout_ms=_KAFKA_TIMEOUT_MS)
@@ -112,7 +114,7 @@ def consumer_lag(client_config: typing.Mapping, topics: typing.Sequence[str],
     if not offsets["reachable"]:
         return {"reachable": False, "error": offsets["error"], "groups": {}}
     try:
-        admin = KafkaAdminClient(**client_config, request_timeout_ms=_KAFKA_TIMEOUT_MS + 2000,
+        admin = KafkaAdminClient(**resolve_secret_files(client_config), request_timeout_ms=_KAFKA_TIMEOUT_MS + 2000,
                                  bootstrap_timeout_ms=_KAFKA_TIMEOUT_MS)
     except KafkaError as exc:
         return {"reachable": False, "error": _kafka_error(exc), "groups": {}}

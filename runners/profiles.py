@@ -15,11 +15,13 @@ instead of the profile's 2. Print the profiles with their current values::
 Profiles
 --------
 ``direct``
-    In-process ``FnApiRunner``. Named explicitly because Beam 2.62's
-    ``DirectRunner`` picks the Prism runner for pipelines the FnApiRunner does
-    not take (streaming ones), and Prism downloads a binary from the internet
-    at run time: offline that fails, and a network that drops packets makes it
-    hang.
+    In-process ``FnApiRunner``. Named explicitly because Beam's
+    ``DirectRunner`` hands pipelines to the Prism runner, which downloads a
+    binary from the internet at run time: offline that fails, and a network
+    that drops packets makes it hang. Beam 2.62 did that for pipelines the
+    FnApiRunner does not take (streaming ones); Beam 2.70 tries Prism first
+    for every pipeline it supports, batch ones too, and falls back to the
+    FnApiRunner when the download fails (checked on 2.70.0 here, offline).
 ``flink-local``
     The project's Flink 1.19 session cluster on 127.0.0.1:18081, submitted
     through the Beam job server that ``flink/cluster.sh install`` assembles
@@ -32,8 +34,8 @@ Profiles
     port 50000 (``EXTERNAL`` environment). The image must already contain the
     project: an external worker pool does not install staged artifacts.
 
-Environment read here (and only here): ``FLINK_MASTER``,
-``FLINK_JOB_SERVER_JAR``, ``IHEARD_HOME``.
+Environment (through ``iheard_io.settings``, like every entry point):
+``FLINK_MASTER``, ``FLINK_JOB_SERVER_JAR``, ``IHEARD_HOME``.
 """
 from __future__ import annotations
 
@@ -41,10 +43,12 @@ import os
 import sys
 import typing
 
+from iheard_io import settings
+
 __all__ = ["PROFILES", "profile_flags", "expand_argv", "flag_name"]
 
 FLINK_VERSION = "1.19"
-BEAM_VERSION = "2.62.0"
+BEAM_VERSION = "2.70.0"
 LOCAL_FLINK_MASTER = "localhost:18081"
 # Where flink/cluster.sh puts the job-server launcher (keep in sync).
 _LAUNCHER_RELPATH = (
@@ -66,31 +70,47 @@ CHECKPOINTING_INTERVAL_MS = 10_000
 MAX_BUNDLE_TIME_MS = 150
 MAX_BUNDLE_SIZE = 1_000
 # Finish open bundles before a checkpoint barrier instead of buffering their
-# outputs into the checkpoint. Without it Beam 2.62's Flink runner can, at
+# outputs into the checkpoint. Without it Beam's Flink runner (2.62; 2.70 see
+# flink/README.md) can, at
 # start-up, send Impulse's +inf watermark past the stage that discovers the
 # Kafka partitions while that stage's outputs sit in the checkpoint buffer:
 # the source never gets its partitions and every watermark downstream is +inf
 # (flink/README.md, "Watermark of a Python SDF's output").
 FINISH_BUNDLE_BEFORE_CHECKPOINTING = "--finish_bundle_before_checkpointing"
 LOCAL_PARALLELISM = 2
+# flink-local keeps keyed state on the TaskManager's heap (Beam's
+# "filesystem" backend: heap state, checkpoints written to files), not in the
+# cluster's default RocksDB. The jobs' state is bounded (de-duplication ids
+# for the TTL, open sessions, archive windows), and RocksDB's serialisation
+# and compaction doubled the TaskManager's CPU: benchmarks/flink_bench.py
+# --events=100000 measured 1,656 events/s and 1,272 per CPU-second on RocksDB
+# against 2,104 and 1,831 on the heap (flink/README.md, Performance). Give a
+# job --state_backend=rocksdb when its state outgrows the TaskManager heap
+# (a day of de-duplication ids at a high rate); flink-k8s keeps the cluster's
+# RocksDB for that reason. (Beam 2.62 and 2.70 take "rocksdb" or "filesystem";
+# Flink's newer name "hashmap" is refused at submission.)
+LOCAL_STATE_BACKEND = "filesystem"
 EXTERNAL_WORKER_POOL = "localhost:50000"
 
 PROFILES = ("direct", "flink-local", "flink-k8s")
 # --runner takes a fully qualified class name; "FnApiRunner" alone is not a
-# registered runner name in Beam 2.62.
+# registered runner name in Beam 2.62 or 2.70.
 FN_API_RUNNER = "apache_beam.runners.portability.fn_api_runner.fn_runner.FnApiRunner"
 
 
 def _default_job_server_jar(environ: typing.Mapping[str, str]) -> str:
-    if environ.get("FLINK_JOB_SERVER_JAR"):
-        return environ["FLINK_JOB_SERVER_JAR"]
-    home = environ.get("IHEARD_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "iheardai")
-    return os.path.join(home, *_LAUNCHER_RELPATH)
+    return (settings.value(environ, "FLINK_JOB_SERVER_JAR")
+            or os.path.join(settings.iheard_home(environ), *_LAUNCHER_RELPATH))
+
+
+def _local_checkpoint_dir(environ: typing.Mapping[str, str]) -> str:
+    """Where flink/cluster.sh keeps the local cluster's checkpoints."""
+    return "file://" + os.path.join(settings.iheard_home(environ), "flink", "checkpoints")
 
 
 def profile_flags(name: str, environ: typing.Optional[typing.Mapping[str, str]] = None) -> typing.List[str]:
     """The flags of profile ``name``, resolved against ``environ`` (default: os.environ)."""
-    env = os.environ if environ is None else environ
+    env = settings.environment(environ)
     if name == "direct":
         return [f"--runner={FN_API_RUNNER}"]
     flink_common = [
@@ -104,13 +124,15 @@ def profile_flags(name: str, environ: typing.Optional[typing.Mapping[str, str]] 
     ]
     if name == "flink-local":
         return flink_common + [
-            f"--flink_master={env.get('FLINK_MASTER') or LOCAL_FLINK_MASTER}",
+            f"--flink_master={settings.flink_master(env, LOCAL_FLINK_MASTER)}",
             "--environment_type=LOOPBACK",
             f"--parallelism={LOCAL_PARALLELISM}",
+            f"--state_backend={LOCAL_STATE_BACKEND}",
+            f"--state_backend_storage_path={_local_checkpoint_dir(env)}",
         ]
     if name == "flink-k8s":
         return flink_common + [
-            f"--flink_master={env.get('FLINK_MASTER') or LOCAL_FLINK_MASTER}",
+            f"--flink_master={settings.flink_master(env, LOCAL_FLINK_MASTER)}",
             "--environment_type=EXTERNAL",
             f"--environment_config={EXTERNAL_WORKER_POOL}",
         ]

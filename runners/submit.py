@@ -58,13 +58,13 @@ import argparse
 import importlib
 import json
 import logging
-import os
 import secrets
 import sys
 import threading
 import time
 import typing
 
+from iheard_io import settings
 from runners.flink_rest import (
     REST_TIMEOUT_S,
     UPLOAD_TIMEOUT_S,
@@ -328,7 +328,7 @@ def _print_json(payload: typing.Mapping[str, typing.Any]) -> None:
 def _add_master(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--flink_master",
-        default=os.environ.get("FLINK_MASTER"),
+        default=settings.flink_master(),
         help="Flink REST address, http://host:port (default: $FLINK_MASTER).",
     )
 

@@ -15,8 +15,12 @@ per-submission settings (job id, savepoint) travel through ``NEXT_RUN`` in
 this module; ``runners.submit`` sets them before it starts the pipeline, and
 ``pipeline_argv`` gives the flags that select this runner.
 
-The job-server jar is ``--job_server_jar``, else ``$IHEARD_FLINK_JOB_SERVER_JAR``,
-else the one ``flink/uberjar/build.sh`` builds (needs mvn): ``resolve_jar``.
+The job-server jar is ``--job_server_jar``, else ``$FLINK_JOB_SERVER_JAR`` when
+that is a fat jar (the image's), else the one ``flink/uberjar/build.sh`` builds
+(needs mvn): ``resolve_jar``. ``FLINK_JOB_SERVER_JAR`` is one setting for both
+uses: the runner profiles start it as the job server, and an upload needs the
+classes inside it, so a manifest-only launcher (``flink/cluster.sh``'s) is
+passed over for the build here.
 """
 from __future__ import annotations
 
@@ -27,7 +31,9 @@ import pathlib
 import subprocess
 import threading
 import typing
+import zipfile
 
+from iheard_io import settings
 from runners.flink_rest import FlinkRestClient, SubmitError, check_job_id, normalize_master
 from runners.profiles import FINISH_BUNDLE_BEFORE_CHECKPOINTING
 
@@ -45,7 +51,7 @@ _LOG = logging.getLogger("runners.uberjar")
 
 FLINK_MINOR_VERSION = "1.19"
 ENTRY_CLASS = "org.apache.beam.runners.flink.FlinkPipelineRunner"
-JAR_ENV_VAR = "IHEARD_FLINK_JOB_SERVER_JAR"
+JAR_ENV_VAR = "FLINK_JOB_SERVER_JAR"
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 RUNNER = "runners.uberjar.FlinkUberJarRunner"
 
@@ -151,9 +157,10 @@ def _make_runner_classes():
     class _RestSubmittedFlinkJob(uber.FlinkBeamJob):
         """Beam's uber-jar job with the upload/run done here, adding savepoint restore.
 
-        Relies on FlinkBeamJob's attributes in apache-beam 2.62 (``_jar``,
-        ``_flink_jar_id``, ``_jar_uploaded``, ``_flink_job_id``), which its
-        state polling and cancel use; apache-beam is pinned to that version.
+        Relies on FlinkBeamJob's attributes in apache-beam 2.62 and 2.70
+        (``_jar``, ``_flink_jar_id``, ``_jar_uploaded``, ``_flink_job_id``),
+        which its state polling and cancel use; apache-beam is pinned, and
+        tests/flink/test_submit.py exercises them.
         """
 
         def run(self):
@@ -245,13 +252,31 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-def resolve_jar(explicit: typing.Optional[str]) -> str:
-    """The job-server jar: the flag, then $IHEARD_FLINK_JOB_SERVER_JAR, then a local build."""
-    for candidate in (explicit, os.environ.get(JAR_ENV_VAR)):
-        if candidate:
-            if not os.path.isfile(candidate):
-                raise SubmitError(f"job-server jar {candidate} does not exist")
-            return candidate
+def holds_runner_classes(jar: str) -> bool:
+    """Whether ``jar`` contains the Flink runner itself (a fat jar), not only a
+    manifest whose Class-Path names other files (cluster.sh's launcher)."""
+    try:
+        with zipfile.ZipFile(jar) as archive:
+            return ENTRY_CLASS.replace(".", "/") + ".class" in archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def resolve_jar(explicit: typing.Optional[str], environ=None) -> str:
+    """The job-server jar: the flag, then $FLINK_JOB_SERVER_JAR if it is a fat
+    jar, then a local build."""
+    if explicit:
+        if not os.path.isfile(explicit):
+            raise SubmitError(f"job-server jar {explicit} does not exist")
+        return explicit
+    from_env = settings.value(environ, JAR_ENV_VAR)
+    if from_env:
+        if not os.path.isfile(from_env):
+            raise SubmitError(f"job-server jar {from_env} (${JAR_ENV_VAR}) does not exist")
+        if holds_runner_classes(from_env):
+            return from_env
+        _LOG.info("$%s %s is a launcher without the runner's classes: building a fat jar",
+                  JAR_ENV_VAR, from_env)
     build = REPO_ROOT / "flink" / "uberjar" / "build.sh"
     if not build.is_file():
         raise SubmitError(f"no --job_server_jar, no ${JAR_ENV_VAR} and no {build}")

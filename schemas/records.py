@@ -15,6 +15,7 @@ import json
 import typing
 
 __all__ = [
+    "EventBatch",
     "SourceRecord",
     "FailedRecord",
     "PIPELINE_VERSION",
@@ -35,6 +36,26 @@ RAW_PAYLOAD_MAX_CHARS = 256 * 1024
 # Written into every dead letter and into transformation_metadata so a row can
 # be traced to the code that produced it.
 PIPELINE_VERSION = "0.1.0"
+
+
+class EventBatch(list):
+    """A list of events (or of other records) carried as ONE pipeline element.
+
+    Only the type differs from ``list``, and that is the point: where a
+    collection's coder is Beam's ``FastPrimitivesCoder`` (every untyped
+    collection of the streaming hot path), a plain list of dicts is encoded
+    value by value with a type tag each, while any other type goes to the
+    coder's fallback, pickle, which encodes the whole list in one C call and
+    shares repeated key strings. On 5,000 enriched frontend events (one
+    process, the same load): encode + decode 169 us and 1,517 bytes per event
+    as a ``list``, 82 us and 428 bytes as an ``EventBatch``. Every element of
+    the hot path crosses the Fn API data plane (and, for keyed steps, the
+    TaskManager's state or network buffers) in that encoding, so this is the
+    cost of each stage boundary. Never use it as a key: pickle is not a
+    deterministic encoding (keys stay ``str``/``int``).
+    """
+
+    __slots__ = ()
 
 
 class SourceRecord(typing.NamedTuple):

@@ -26,6 +26,7 @@ __all__ = [
     "ddl_statements",
     "failure_row",
     "to_utc_datetime",
+    "json_default",
 ]
 
 SQL_DIR = pathlib.Path(__file__).parent / "sql"
@@ -249,13 +250,26 @@ def to_utc_datetime(value) -> typing.Optional[dt.datetime]:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 
 
-def _json_default(value):
-    if isinstance(value, (dt.datetime, dt.date)):
+def json_default(value):
+    """``json.dumps``'s ``default`` for the project's JSON columns and payloads:
+    datetimes and dates as ISO text, ``Decimal`` as a number, a set as a
+    *sorted* list (the same set always gives the same text, so a replayed row
+    compares and hashes equal; mixed types sort by their repr), bytes as UTF-8
+    text, a named-tuple-like object by its fields, anything else as ``str``.
+    (Tuples never reach it: ``json`` writes them as lists itself.)"""
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
         return value.isoformat()
     if isinstance(value, decimal.Decimal):
         return float(value)
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
+    if isinstance(value, (set, frozenset)):
+        try:
+            return sorted(value)
+        except TypeError:
+            return sorted(value, key=repr)
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("utf-8", errors="replace")
+    if hasattr(value, "_asdict"):
+        return value._asdict()
     return str(value)
 
 
@@ -265,7 +279,7 @@ def row_values(spec: TableSpec, row: typing.Mapping) -> tuple:
     for column in spec.columns:
         value = row.get(column)
         if value is not None and column in spec.json_columns:
-            value = json.dumps(value, sort_keys=True, default=_json_default)
+            value = json.dumps(value, sort_keys=True, default=json_default)
         elif column in spec.timestamp_columns:
             value = to_utc_datetime(value)
         out.append(value)

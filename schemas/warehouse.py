@@ -22,7 +22,7 @@ import json
 import pathlib
 import typing
 
-from schemas.tables import TABLES, to_utc_datetime
+from schemas.tables import TABLES, json_default, to_utc_datetime
 
 __all__ = [
     "WarehouseColumn",
@@ -79,12 +79,17 @@ class WarehouseTable:
     source_table: str  # the schemas.tables name whose rows this table receives
     columns: typing.Tuple[WarehouseColumn, ...]
     key: typing.Tuple[str, ...]
+    # A column whose larger value wins: the MERGE updates a row only when the
+    # incoming value is not older (as the PostgreSQL upsert's update_condition).
+    newer_wins: typing.Optional[str] = None
 
     def __post_init__(self):
         names = [c.name for c in self.columns]
         missing = [k for k in self.key if k not in names]
         if missing:
             raise ValueError(f"{self.name}: key columns {missing} not in columns")
+        if self.newer_wins is not None and self.newer_wins not in names:
+            raise ValueError(f"{self.name}: newer_wins column {self.newer_wins} not in columns")
         if self.source_table not in TABLES:
             raise ValueError(f"{self.name}: unknown source table {self.source_table!r}")
         unknown = [c.source for c in self.columns
@@ -183,6 +188,35 @@ AGENT_TURNS = _register(WarehouseTable(
 ))
 
 
+# One row per Marketo lead: the scored marketo_leads row as redacted for the
+# archive (transforms.marketo.redacted_lead): the email token, never the
+# address or the name. The latest UPDATED_AT wins, as in PostgreSQL.
+MARKETO_LEADS = _register(WarehouseTable(
+    name="MARKETO_LEADS",
+    source_table="marketo_leads",
+    columns=(
+        _c("LEAD_ID", INTEGER, False),
+        _c("EMAIL_TOKEN", TEXT, True, 40),
+        _c("EMAIL_DOMAIN", TEXT, True, 255),
+        _c("EMAIL_DOMAIN_CLASS", TEXT, True, 20),
+        _c("COMPANY", TEXT, True, 255),
+        _c("LEAD_SOURCE", TEXT, True, 100),
+        _c("LEAD_QUALITY_SCORE", INTEGER),
+        _c("ENGAGEMENT_LEVEL", TEXT, True, 20),
+        _c("CONVERSION_PROBABILITY", FLOAT),
+        _c("RECOMMENDED_ACTION", TEXT, True, 50),
+        _c("GEOGRAPHIC_INFO", JSON),
+        _c("SCORE_FACTORS", JSON),
+        _c("ENGAGEMENT", JSON),
+        _c("TRANSFORMATION_METADATA", JSON),
+        _c("CREATED_AT", TIMESTAMP),
+        _c("UPDATED_AT", TIMESTAMP),
+    ),
+    key=("LEAD_ID",),
+    newer_wins="UPDATED_AT",
+))
+
+
 def warehouse_table_for(source_table: str) -> typing.Optional[WarehouseTable]:
     """The warehouse table fed by project table ``source_table``, if any."""
     for table in WAREHOUSE_TABLES.values():
@@ -215,16 +249,6 @@ def snowflake_ddl() -> typing.List[str]:
 
 
 # -- row -> CSV fields ---------------------------------------------------------
-
-def _json_default(value):
-    if isinstance(value, (dt.datetime, dt.date)):
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal):
-        return float(value)
-    if isinstance(value, (set, frozenset, tuple)):
-        return sorted(value) if isinstance(value, (set, frozenset)) else list(value)
-    return str(value)
-
 
 def _text(column: WarehouseColumn, value) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
@@ -290,7 +314,7 @@ def _timestamp(column: WarehouseColumn, value) -> str:
 
 
 def _json(column: WarehouseColumn, value) -> str:
-    return json.dumps(value, sort_keys=True, default=_json_default, ensure_ascii=False)
+    return json.dumps(value, sort_keys=True, default=json_default, ensure_ascii=False)
 
 
 _CONVERT = {TEXT: _text, INTEGER: _integer, FLOAT: _float, DECIMAL: _decimal,

@@ -1,7 +1,7 @@
 """A local Marketo-compatible HTTP server for the tests and the benchmark.
 
 There is no internet here, so the client and the extractor are exercised
-against this stand-in. It implements the endpoints ``iheard_io.marketo``
+against this stand-in. It implements the endpoints ``iheard_io.marketo_client``
 uses, with Marketo's answer shapes (HTTP 200 with ``success: false`` and an
 ``errors`` list for API errors), and lets a test inject the failures that
 matter:

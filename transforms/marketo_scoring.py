@@ -60,6 +60,7 @@ __all__ = [
     "conversion_probability",
     "recommended_action",
     "seniority_of",
+    "engagement_from_rows",
     "SOURCE_CONVERSION_RATES",
 ]
 
@@ -104,6 +105,30 @@ class Engagement(typing.NamedTuple):
     turns: int = 0
     lead_captured: bool = False
     max_business_value: float = 0.0
+
+
+def engagement_from_rows(found: typing.Optional[typing.Mapping[str, typing.Sequence]]
+                         ) -> Engagement:
+    """The ``Engagement`` of a lead from what ``iheard_io.engagement`` found
+    under its identity keys: ``{key: (frontend aggregate, agent aggregate)}``
+    with ``(sessions, events, messages, conversions, max engagement score)``
+    and ``(conversations, turns, lead captured, max business value)``. Counts
+    add up over the keys (one person, several ids), maxima take the max."""
+    sessions = events = messages = conversions = conversations = turns = 0
+    max_engagement = max_value = 0.0
+    captured = False
+    for (s, e, m, c, me), (a, t, lc, mv) in (found or {}).values():
+        sessions += int(s)
+        events += int(e)
+        messages += int(m)
+        conversions += int(c)
+        max_engagement = max(max_engagement, float(me))
+        conversations += int(a)
+        turns += int(t)
+        captured = captured or bool(lc)
+        max_value = max(max_value, float(mv))
+    return Engagement(sessions, events, messages, conversions, max_engagement,
+                      conversations, turns, captured, max_value)
 
 
 class LeadFeatures(typing.NamedTuple):

@@ -18,7 +18,7 @@ FORCE=0
 [[ "${1:-}" == "--force" ]] && FORCE=1
 
 POM_HASH="$(sha256sum "$HERE/pom.xml" | cut -c1-12)"
-JAR="$CACHE_DIR/beam-runners-flink-1.19-job-server-2.62.0-$POM_HASH.jar"
+JAR="$CACHE_DIR/beam-runners-flink-1.19-job-server-2.70.0-$POM_HASH.jar"
 
 if [[ -s "$JAR" && "$FORCE" == 0 ]]; then
   echo "$JAR"
@@ -37,7 +37,7 @@ if ! mvn -B -f "$WORK/pom.xml" package >"$CACHE_DIR/build.log" 2>&1; then
   exit 1
 fi
 
-BUILT="$WORK/target/iheard-beam-flink-job-server-2.62.0.jar"
+BUILT="$WORK/target/iheard-beam-flink-job-server-2.70.0.jar"
 # The Python uber-jar submission needs these two entry points; fail here
 # rather than on the cluster if the shade configuration ever drops them.
 python3 - "$BUILT" <<'PY'
@@ -55,5 +55,5 @@ PY
 mv "$BUILT" "$JAR.tmp"
 mv "$JAR.tmp" "$JAR"
 # Older builds (other pom hashes) are dead weight.
-find "$CACHE_DIR" -maxdepth 1 -name 'beam-runners-flink-1.19-job-server-2.62.0-*.jar' ! -path "$JAR" -delete
+find "$CACHE_DIR" -maxdepth 1 -name 'beam-runners-flink-1.19-job-server-2.70.0-*.jar' ! -path "$JAR" -delete
 echo "$JAR"

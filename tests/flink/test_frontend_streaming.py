@@ -62,6 +62,7 @@ import uuid
 
 import pytest
 
+from iheard_io import settings
 from tests.flink.conftest import REPO_ROOT
 from tests.flink.flink_rest import prometheus_samples, wait_for
 from tests.support import script_env
@@ -187,7 +188,7 @@ def _create_topic(bootstrap: str, partitions: int = 1) -> str:
 def _pg_connect(env):
     import psycopg
 
-    return psycopg.connect(env["POSTGRES_DSN"], autocommit=True)
+    return psycopg.connect(settings.postgres_dsn(env), autocommit=True)
 
 
 def _analytics_rows(env, visits):
@@ -219,8 +220,8 @@ def _s3(env):
     import boto3
 
     return boto3.client(
-        "s3", endpoint_url=env["S3_ENDPOINT_URL"], aws_access_key_id=env["SPACES_ACCESS_KEY"],
-        aws_secret_access_key=env["SPACES_SECRET_KEY"], region_name=env.get("S3_REGION", "us-east-1"),
+        "s3", endpoint_url=env["SPACES_ENDPOINT"], aws_access_key_id=env["SPACES_ACCESS_KEY"],
+        aws_secret_access_key=env["SPACES_SECRET_KEY"], region_name=env.get("SPACES_REGION", "us-east-1"),
     )
 
 
@@ -251,12 +252,12 @@ def _frontend_args(env, topic, archive_prefix, group_id, checkpointing_interval_
         f"--checkpointing_interval={checkpointing_interval_ms}",
         f"--kafka_bootstrap={env['KAFKA_BOOTSTRAP']}", f"--kafka_topic={topic}",
         f"--kafka_group_id={group_id}",
-        f"--postgres_dsn={env['POSTGRES_DSN']}", f"--redis_url={env['REDIS_URL']}",
+        f"--postgres_dsn={settings.postgres_dsn(env)}", f"--redis_url={settings.redis_url(env)}",
         f"--archive_path=s3://{env['ARCHIVE_BUCKET']}/{archive_prefix}",
-        f"--s3_endpoint_url={env['S3_ENDPOINT_URL']}",
+        f"--s3_endpoint_url={env['SPACES_ENDPOINT']}",
         f"--s3_access_key_id={env['SPACES_ACCESS_KEY']}",
         f"--s3_secret_access_key={env['SPACES_SECRET_KEY']}",
-        f"--s3_region_name={env.get('S3_REGION', 'us-east-1')}",
+        f"--s3_region_name={env.get('SPACES_REGION', 'us-east-1')}",
     ]
 
 
@@ -302,7 +303,7 @@ def test_streaming_frontend_job_fills_postgres_redis_and_s3(flink_cluster, backg
     # Redis: session hashes and per-minute KPI sets.
     import redis
 
-    r = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
+    r = redis.Redis.from_url(settings.redis_url(env), decode_responses=True)
     expected_counts = {visits.session("A"): "4", visits.session("B"): "1", visits.session("C"): "1"}
 
     def session_counts():
@@ -343,6 +344,19 @@ def test_streaming_frontend_job_fills_postgres_redis_and_s3(flink_cluster, backg
     rest.cancel(jid)
     assert rest.wait_state(jid, {"CANCELED"}, 60) == "CANCELED"
     proc.wait(timeout=60)
+
+    # Each sink's per-batch write latency: cumulative bucket counters, read
+    # back into p50/p95 as benchmarks/flink_bench.py does (from the job's
+    # accumulators, which Beam's Flink runner fills in when the job ends).
+    from iheard_io.sink_base import latency_by_sink
+
+    def sink_latency():
+        return latency_by_sink(rest.accumulator_user_counters(jid))
+
+    wait_for(lambda: {"WriteToPostgres", "WriteLiveKpis", "WriteSessionState"} <= set(sink_latency()),
+             60, "latency buckets of the PostgreSQL and Redis sinks")
+    for sink, (batches, q) in sink_latency().items():
+        assert batches >= 1 and 0 <= q[0.5] <= q[0.95] <= 10_000, (sink, batches, q)
 
 
 def test_taskmanager_killed_mid_stream_loses_and_duplicates_nothing(flink_cluster, background_pipelines, services_env):

@@ -25,6 +25,7 @@ import uuid
 import pytest
 
 from beam_pipelines.generate import frontend_events
+from iheard_io import settings
 from schemas.events import FrontendEvent
 from schemas.tables import FRONTEND_ANALYTICS, FRONTEND_SESSIONS
 from tests.flink.flink_rest import wait_for
@@ -96,7 +97,7 @@ def _failures(env, topic, run_id):
 def _redis_sessions(env, run_id):
     import redis
 
-    r = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
+    r = redis.Redis.from_url(settings.redis_url(env), decode_responses=True)
     out = {}
     for key in r.scan_iter(f"{SESSION_PREFIX}{run_id}-*", count=1000):
         fields = r.hgetall(key)

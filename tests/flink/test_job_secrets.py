@@ -36,6 +36,7 @@ import uuid
 import pytest
 
 from beam_pipelines import generate
+from iheard_io import settings
 from tests.flink.conftest import REPO_ROOT, unique_job_name
 from tests.flink.flink_rest import wait_for
 from tests.support import script_env
@@ -72,8 +73,8 @@ def _cmdlines_of_session(sid: int):
 def _s3_keys(env, prefix):
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=env["S3_ENDPOINT_URL"], aws_access_key_id="reader",
-                      aws_secret_access_key="reader", region_name=env.get("S3_REGION", "us-east-1"))
+    s3 = boto3.client("s3", endpoint_url=env["SPACES_ENDPOINT"], aws_access_key_id="reader",
+                      aws_secret_access_key="reader", region_name=env.get("SPACES_REGION", "us-east-1"))
     listing = s3.list_objects_v2(Bucket=env["ARCHIVE_BUCKET"], Prefix=prefix + "/")
     return [obj["Key"] for obj in listing.get("Contents", [])]
 
@@ -103,7 +104,7 @@ def test_no_secret_in_the_flink_job_configuration_or_command_line(
         "POSTGRES_HOST": env["POSTGRES_HOST"], "POSTGRES_PORT": env["POSTGRES_PORT"],
         "POSTGRES_USER": env["POSTGRES_USER"], "POSTGRES_PASSWORD": env["POSTGRES_PASSWORD"],
         "POSTGRES_DB": env["POSTGRES_DB"],
-        "SPACES_ENDPOINT": env["S3_ENDPOINT_URL"], "SPACES_REGION": env.get("S3_REGION", "us-east-1"),
+        "SPACES_ENDPOINT": env["SPACES_ENDPOINT"], "SPACES_REGION": env.get("SPACES_REGION", "us-east-1"),
         **secrets,
     })
     args = ["--profile=flink-local", f"--input={events}",
@@ -128,7 +129,7 @@ def test_no_secret_in_the_flink_job_configuration_or_command_line(
     user_config = shown["job configuration"]["execution-config"]["user-config"]
     # The right place: pipeline options are there (camelCase), ours included.
     assert user_config.get("archivePath") == f"s3://{env['ARCHIVE_BUCKET']}/{prefix}"
-    assert user_config.get("s3EndpointUrl") == env["S3_ENDPOINT_URL"]
+    assert user_config.get("s3EndpointUrl") == env["SPACES_ENDPOINT"]
     assert not user_config.get("s3SecretAccessKey") and not user_config.get("s3AccessKeyId")
     assert not user_config.get("postgresDsn") and not user_config.get("piiSecret")
 
@@ -143,7 +144,7 @@ def test_no_secret_in_the_flink_job_configuration_or_command_line(
     # ... and yet the workers had them: rows in PostgreSQL, objects in S3.
     import psycopg
 
-    with psycopg.connect(env["POSTGRES_DSN"]) as conn:
+    with psycopg.connect(settings.postgres_dsn(env)) as conn:
         rows = conn.execute("select count(*) from frontend_analytics where session_id like %s",
                             (f"sess_{run_id}_%",)).fetchone()[0]
     assert rows > 0

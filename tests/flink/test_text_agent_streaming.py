@@ -29,6 +29,7 @@ import uuid
 
 import pytest
 
+from iheard_io import settings
 from tests.flink.flink_rest import wait_for
 from tests.flink.test_frontend_streaming import (  # noqa: F401  (services_env is a fixture)
     _create_topic,
@@ -92,11 +93,11 @@ def test_streaming_text_agent_job_fills_every_sink_and_restates_late_turns(
         lambda name: [
             "--profile=flink-local", "--streaming", "--checkpointing_interval=3000",
             f"--kafka_bootstrap={env['KAFKA_BOOTSTRAP']}", f"--kafka_topic={topic}",
-            f"--kafka_group_id={name}", f"--postgres_dsn={env['POSTGRES_DSN']}",
-            f"--redis_url={env['REDIS_URL']}", f"--archive_path=s3://{env['ARCHIVE_BUCKET']}/{prefix}",
-            f"--s3_endpoint_url={env['S3_ENDPOINT_URL']}", f"--s3_access_key_id={env['SPACES_ACCESS_KEY']}",
+            f"--kafka_group_id={name}", f"--postgres_dsn={settings.postgres_dsn(env)}",
+            f"--redis_url={settings.redis_url(env)}", f"--archive_path=s3://{env['ARCHIVE_BUCKET']}/{prefix}",
+            f"--s3_endpoint_url={env['SPACES_ENDPOINT']}", f"--s3_access_key_id={env['SPACES_ACCESS_KEY']}",
             f"--s3_secret_access_key={env['SPACES_SECRET_KEY']}",
-            f"--s3_region_name={env.get('S3_REGION', 'us-east-1')}",
+            f"--s3_region_name={env.get('SPACES_REGION', 'us-east-1')}",
         ],
         "iheard-test-text-agent-stream",
     )
@@ -136,7 +137,7 @@ def test_streaming_text_agent_job_fills_every_sink_and_restates_late_turns(
 
         import redis
 
-        r = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
+        r = redis.Redis.from_url(settings.redis_url(env), decode_responses=True)
         wait_for(lambda: r.hget(CONVERSATION_PREFIX + sessions[0], "turn_count") == "4", WAIT_S,
                  "Redis conversation hash of A at 4 turns")
 

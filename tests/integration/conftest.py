@@ -17,6 +17,7 @@ import subprocess
 
 import pytest
 
+from iheard_io import settings
 from tests.support import parse_exports
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -41,15 +42,15 @@ class Services:
 
     @property
     def pg_dsn(self):
-        return self.env["POSTGRES_DSN"]
+        return settings.postgres_dsn(self.env)
 
     @property
     def redis_url(self):
-        return self.env["REDIS_URL"]
+        return settings.redis_url(self.env)
 
     @property
     def s3_endpoint(self):
-        return self.env["S3_ENDPOINT_URL"]
+        return self.env["SPACES_ENDPOINT"]
 
     @property
     def s3_bucket(self):
@@ -65,7 +66,7 @@ class Services:
 
     @property
     def s3_region(self):
-        return self.env["S3_REGION"]
+        return self.env["SPACES_REGION"]
 
 
 def run_services_sh(*args, timeout_s, env=None):

@@ -251,6 +251,6 @@ def test_engagement_lookup_down_past_the_budget_fails_the_bundle():
     dsn = f"host=127.0.0.1 port={closed_port()} user=iheard dbname=analytics connect_timeout=2"
     with pytest.raises(Exception, match="(?i)connection refused|connection failed"):
         with BeamTestPipeline(runner=FnApiRunner()) as p:
-            _ = p | beam.Create([{"id": 1, "email": "lead@example.com"}]) | LookupEngagement(
-                b"k" * 32, postgres_dsn=dsn, retry_budget_seconds=0.5,
+            _ = p | beam.Create([{"id": 1, "_keys": ["u1"]}]) | LookupEngagement(
+                "_keys", "_engagement", postgres_dsn=dsn, retry_budget_seconds=0.5,
                 retry_backoff_seconds=0.05)

@@ -1,9 +1,15 @@
 """Marketo end to end on the real servers: local Marketo stub -> extractor ->
 Kafka (fresh topic) -> beam_pipelines.marketo (bounded Kafka read) ->
-PostgreSQL + Redis, with a 607 quota stop in the middle of the extraction
-and the high-water mark in PostgreSQL."""
+PostgreSQL + Redis + the S3 archive (source=marketo, redacted), with a 607
+quota stop in the middle of the extraction and the high-water mark in
+PostgreSQL."""
 import datetime as dt
+import io
+import json
 import uuid
+
+import boto3
+import fastavro
 
 import psycopg
 import pytest
@@ -26,6 +32,20 @@ def _lead(lead_id, updated_ms, user_id=None):
     if user_id:
         lead["iheardUserId"] = user_id
     return lead
+
+
+def _archived(services, prefix):
+    s3 = boto3.client("s3", endpoint_url=services.s3_endpoint,
+                      aws_access_key_id=services.s3_access_key,
+                      aws_secret_access_key=services.s3_secret_key, region_name=services.s3_region)
+    records = []
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=services.s3_bucket,
+                                                         Prefix=prefix + "/")
+    for page in pages:
+        for obj in page.get("Contents", []):
+            body = s3.get_object(Bucket=services.s3_bucket, Key=obj["Key"])["Body"].read()
+            records.extend((obj["Key"], r) for r in fastavro.reader(io.BytesIO(body)))
+    return records
 
 
 def _extract(stub, services, topic, dead_topic, name):
@@ -77,12 +97,30 @@ def test_extract_to_kafka_to_postgres_with_quota_stop(services):
                                       title="Chief Executive Officer"))
                 assert _extract(stub, services, topic, dead_topic, name) == marketo_extract.EXIT_OK
 
+            prefix = f"it-marketo-{run}-{uuid.uuid4().hex[:6]}"
             result = marketo.run([
                 f"--kafka_bootstrap={services.kafka_bootstrap}", f"--kafka_topic={topic}",
                 "--kafka_mode=bounded", "--kafka_start_from=earliest",
                 f"--postgres_dsn={services.pg_dsn}", f"--redis_url={services.redis_url}",
+                f"--archive_path=s3://{services.s3_bucket}/{prefix}",
+                f"--s3_endpoint_url={services.s3_endpoint}",
+                f"--s3_access_key_id={services.s3_access_key}",
+                f"--s3_secret_access_key={services.s3_secret_key}",
+                f"--s3_region_name={services.s3_region}",
                 f"--pii_secret={SECRET}"], runner=FnApiRunner())
             assert str(result.state) == "DONE"
+
+            # The archive: one record per lead (its newest version), same
+            # layout as the other sources, and no address, name or phone.
+            archived = _archived(services, prefix)
+            assert {key.split("/")[1] for key, _ in archived} == {"source=marketo"}
+            by_lead = {r["lead_id"]: r for _, r in archived}
+            assert sorted(by_lead) == ids and len(archived) == n
+            assert json.loads(by_lead[ids[0]]["transformation_metadata_json"])["title"] == (
+                "Chief Executive Officer")
+            text = json.dumps([r for _, r in archived]).lower()
+            assert "@acme-corp.com" not in text and "hopper" not in text
+            assert "415 555 0100" not in text and "4155550100" not in text
 
             rows = conn.execute(
                 "SELECT lead_id, lead_quality_score, engagement_level, recommended_action, "

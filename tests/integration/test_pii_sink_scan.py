@@ -1,5 +1,11 @@
 """No planted PII value reaches any sink: PostgreSQL, Redis, the S3 archive, dead letters.
 
+Marketo leads carrying the same personas' data (address, phone, PII inside
+company and title, a malformed line) run through ``beam_pipelines.marketo``
+too: their archive objects and dead letters are scanned with the rest. Its
+table output goes to a DuckDB file, not scanned: ``marketo_leads`` keeps the
+address and name in clear by design (transforms/marketo.py, PII policy).
+
 Generated frontend events and text-agent turns are filled with personal data
 of visitors from ten regions: internationalised e-mail addresses, phone
 numbers in their region's national format (no ``+``), phone numbers next to
@@ -24,7 +30,7 @@ import pytest
 import redis
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from beam_pipelines import frontend, generate, text_agent
+from beam_pipelines import frontend, generate, marketo, text_agent
 from tests.integration.test_kafka_io import make_topic, produce
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -199,8 +205,23 @@ def _turn_lines(rng, run_id, personas, tenant):
     return lines
 
 
+def _lead_lines(run_id, personas, start_ms):
+    lines = []
+    for i, p in enumerate(personas[:12]):
+        lead = {"id": 800_000_000 + int(run_id, 16) % 100_000 * 100 + i,
+                "email": p.ascii_email if i % 3 else p.email, "firstName": "Ada",
+                "lastName": f"Lovelace{run_id}", "phone": p.phone,
+                "company": f"Northwind ({p.iban})", "title": f"CTO, {p.cued}",
+                "leadSource": "Referral", "leadScore": 70, "country": p.region,
+                "updatedAt": start_ms + i * 1000}
+        lines.append(json.dumps(lead, ensure_ascii=False))
+    p = personas[0]
+    lines.append(json.dumps({"email": p.ascii_email, "phone": p.phone, "title": p.cued}))  # no id
+    return lines
+
+
 @pytest.fixture(scope="module")
-def planted_run(services, kafka_bootstrap, s3_bucket):
+def planted_run(services, kafka_bootstrap, s3_bucket, tmp_path_factory):
     import time
 
     run_id = uuid.uuid4().hex[:8]
@@ -242,13 +263,28 @@ def planted_run(services, kafka_bootstrap, s3_bucket):
         f"--pii_secret={SECRET}",
     ], runner=FnApiRunner())
 
+    mk_lines = _lead_lines(run_id, personas, start_ms)
+    mk_topic = make_topic(kafka_bootstrap, 1, prefix="it-pii-marketo")
+    produce(kafka_bootstrap, mk_topic, [(None, None, l.encode(), None) for l in mk_lines])
+    mk_dlq = make_topic(kafka_bootstrap, 1, prefix="it-pii-marketo-dlq")
+    dead_letter_topics.append(mk_dlq)
+    marketo.run([
+        f"--kafka_bootstrap={kafka_bootstrap}", f"--kafka_topic={mk_topic}",
+        "--kafka_mode=bounded", "--kafka_start_from=earliest",
+        f"--dead_letter_topic={mk_dlq}",
+        f"--output_dir={tmp_path_factory.mktemp('pii-marketo')}",  # tables: DuckDB, not scanned
+        f"--archive_path=s3://{s3_bucket}/it-pii-{run_id}/marketo", *s3_args,
+        f"--pii_secret={SECRET}",
+    ], runner=FnApiRunner())
+
     needles = {}
     for p in personas:
         for kind, value in p.planted():
             for form in _needles(kind, value):
                 needles[form] = (kind, value)
     return {"run_id": run_id, "tenant": tenant, "needles": needles,
-            "dead_letter_topics": dead_letter_topics, "fe_lines": fe_lines, "ta_lines": ta_lines}
+            "dead_letter_topics": dead_letter_topics, "fe_lines": fe_lines, "ta_lines": ta_lines,
+            "mk_lines": mk_lines}
 
 
 def _hits(blob, needles):
@@ -272,7 +308,7 @@ def test_the_pipelines_wrote_the_run(planted_run, services):
                     (f"%pii{planted_run['run_id']}%",))
         assert cur.fetchone()[0] >= 6
     # ... and the planted values really are in the input the jobs read.
-    inputs = "\n".join(planted_run["fe_lines"] + planted_run["ta_lines"])
+    inputs = "\n".join(planted_run["fe_lines"] + planted_run["ta_lines"] + planted_run["mk_lines"])
     assert len(_hits(inputs, planted_run["needles"])) >= 200
 
 
@@ -349,15 +385,17 @@ def test_no_planted_value_in_any_archive_object(planted_run, services, s3_bucket
     s3 = boto3.client("s3", endpoint_url=services.s3_endpoint,
                       aws_access_key_id=services.s3_access_key,
                       aws_secret_access_key=services.s3_secret_key, region_name=services.s3_region)
-    ours, leaks = 0, {}
+    ours, marketo_objects, leaks = 0, 0, {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket):
         for obj in page.get("Contents", []):
             body = s3.get_object(Bucket=s3_bucket, Key=obj["Key"])["Body"].read()
             ours += obj["Key"].startswith(f"it-pii-{planted_run['run_id']}/")
+            marketo_objects += obj["Key"].startswith(
+                f"it-pii-{planted_run['run_id']}/marketo/source=marketo/")
             hits = _hits(_object_text(obj["Key"], body), planted_run["needles"])
             if hits:
                 leaks[obj["Key"]] = hits[:10]
-    assert ours >= 2  # both jobs archived
+    assert ours >= 3 and marketo_objects >= 1  # every job archived
     assert not leaks, leaks
 
 

@@ -117,6 +117,23 @@ def test_same_key_twice_in_one_batch_keeps_the_last(pg_dsn, prefix):
     assert state == {f"{prefix}-00001": 55, f"{prefix}-00002": 2}
 
 
+def test_first_writer_wins_keeps_the_first_copy_across_and_within_batches(pg_dsn, prefix):
+    # The streaming hot path writes frontend_analytics before de-duplication
+    # (beam_pipelines/frontend.py): a duplicate with other content must not
+    # replace the copy that de-duplication passes on to sessions and archive.
+    first = [event_row(prefix, i, engagement_score=10) for i in range(3)]
+    write(pg_dsn, first, batch_size=64, first_writer_wins=True)
+    later = [event_row(prefix, 1, engagement_score=99), event_row(prefix, 3, engagement_score=7),
+             event_row(prefix, 3, engagement_score=8)]  # row 3 twice in one batch: the first stays
+    write(pg_dsn, later, batch_size=64, first_writer_wins=True)
+    state = {r[0]: r[3] for r in table_state(pg_dsn, prefix)}
+    assert state == {f"{prefix}-00000": 10, f"{prefix}-00001": 10, f"{prefix}-00002": 10,
+                     f"{prefix}-00003": 7}
+    # The default (bounded runs, re-runs): the newest copy replaces it.
+    write(pg_dsn, [event_row(prefix, 1, engagement_score=99)], batch_size=64)
+    assert {r[0]: r[3] for r in table_state(pg_dsn, prefix)}[f"{prefix}-00001"] == 99
+
+
 def test_bad_rows_go_to_failed_output_and_good_rows_land(pg_dsn, prefix):
     rows = [event_row(prefix, i) for i in range(200)]
     rows[17]["engagement_score"] = 140          # CHECK violation

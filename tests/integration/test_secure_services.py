@@ -29,6 +29,7 @@ import uuid
 import pytest
 
 from beam_pipelines import frontend, generate, text_agent
+from iheard_io import settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -152,7 +153,7 @@ def test_redis_refuses_wrong_password_plaintext_and_untrusted_certificate(secure
 
     env = secure_services.env
     host, port, ca, pw = env["REDIS_HOST"], env["REDIS_PORT"], env["REDIS_CA_CERT"], env["REDIS_PASSWORD"]
-    check_redis_connection(env["REDIS_URL"])
+    check_redis_connection(settings.redis_url(env))
     cases = {
         "wrong password": (f"rediss://:not-the-password@{host}:{port}/0?ssl_ca_certs={ca}",
                            "authentication failed"),
@@ -181,12 +182,12 @@ def test_s3_refuses_wrong_key_plaintext_and_untrusted_certificate(secure_service
     def list_buckets(endpoint, key, secret, verify):
         client = boto3.client(
             "s3", endpoint_url=endpoint, aws_access_key_id=key, aws_secret_access_key=secret,
-            region_name=env["S3_REGION"], verify=verify,
+            region_name=env["SPACES_REGION"], verify=verify,
             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
                           connect_timeout=3, read_timeout=5))
         return client.list_buckets()
 
-    endpoint, key, ca = env["S3_ENDPOINT_URL"], env["SPACES_ACCESS_KEY"], env["S3_CA_BUNDLE"]
+    endpoint, key, ca = env["SPACES_ENDPOINT"], env["SPACES_ACCESS_KEY"], env["SPACES_CA_BUNDLE"]
     assert list_buckets(endpoint, key, env["SPACES_SECRET_KEY"], ca)["Buckets"]
     for case, call, errors in [
         ("wrong secret", lambda: list_buckets(endpoint, key, "not-the-secret", ca), (ClientError,)),
@@ -269,22 +270,22 @@ def _consume_all(env, topic):
 def _pg(env):
     import psycopg
 
-    return psycopg.connect(env["POSTGRES_DSN"])
+    return psycopg.connect(settings.postgres_dsn(env))
 
 
 def _redis(env):
     import redis
 
-    return redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
+    return redis.Redis.from_url(settings.redis_url(env), decode_responses=True)
 
 
 def _archived(env, prefix):
     import boto3
     import fastavro
 
-    s3 = boto3.client("s3", endpoint_url=env["S3_ENDPOINT_URL"], verify=env["S3_CA_BUNDLE"],
+    s3 = boto3.client("s3", endpoint_url=env["SPACES_ENDPOINT"], verify=env["SPACES_CA_BUNDLE"],
                       aws_access_key_id=env["SPACES_ACCESS_KEY"],
-                      aws_secret_access_key=env["SPACES_SECRET_KEY"], region_name=env["S3_REGION"])
+                      aws_secret_access_key=env["SPACES_SECRET_KEY"], region_name=env["SPACES_REGION"])
     records = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=env["ARCHIVE_BUCKET"], Prefix=prefix):
         for obj in page.get("Contents", []):

@@ -28,6 +28,7 @@ from kafka.admin import ConfigResource
 from kafka.admin import ConfigResourceType
 from kafka.admin import KafkaAdminClient
 
+from iheard_io import settings
 from tests.support import parse_exports
 from tests.integration.conftest import run_services_sh
 
@@ -185,11 +186,14 @@ def test_second_up_leaves_running_servers_alone(services):
 def test_env_prints_consistent_settings(services):
     env = parse_exports(run_services_sh("env", timeout_s=30).stdout)
     assert env["KAFKA_BOOTSTRAP"] == "127.0.0.1:19092"
-    assert env["POSTGRES_DSN"] == (
-        f"postgresql://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}"
-        f"@{env['POSTGRES_HOST']}:{env['POSTGRES_PORT']}/{env['POSTGRES_DB']}")
-    assert env["REDIS_URL"] == f"redis://{env['REDIS_HOST']}:{env['REDIS_PORT']}/0"
-    assert env["S3_ENDPOINT_URL"] == "http://127.0.0.1:19000"
+    assert (env["POSTGRES_HOST"], env["POSTGRES_PORT"], env["POSTGRES_DB"]) == (
+        "127.0.0.1", "15433", "analytics")
+    # Every name it prints is one of the project's settings (or services.sh's own).
+    known = {v.name for v in settings.VARIABLES} | {n for n, _ in settings.SCRIPT_VARIABLES}
+    assert set(env) <= known
+    assert settings.postgres_dsn(env).startswith("host=127.0.0.1 port=15433")
+    assert settings.redis_url(env) == f"redis://{env['REDIS_HOST']}:{env['REDIS_PORT']}/0"
+    assert env["SPACES_ENDPOINT"] == "http://127.0.0.1:19000"
     assert (env["SPACES_ACCESS_KEY"], env["SPACES_SECRET_KEY"]) == ("test", "test")
     assert env["ARCHIVE_BUCKET"] == "iheardai-archive"
 

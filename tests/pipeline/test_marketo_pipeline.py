@@ -100,6 +100,41 @@ def test_engagement_joined_by_user_id_and_dead_letters(tmp_path):
     assert "email" in failed[2][2]
 
 
+def _archived(root):
+    import fastavro
+
+    records = []
+    for path in sorted((root / "archive").rglob("*.avro")):
+        with open(path, "rb") as f:
+            records.extend((path.relative_to(root / "archive").parts[0], r)
+                           for r in fastavro.reader(f))
+    return records
+
+
+def test_leads_are_archived_redacted_under_source_marketo(tmp_path):
+    lines = [
+        _lead(1, "2024-05-01T10:00:00Z", title="CTO, call +1 415 555 0134"),
+        _lead(2, "2024-05-01T08:00:00Z", company="Acme ada.lovelace@acme-corp.com"),
+        _lead(1, "2024-05-01T09:00:00Z"),  # late, older: never scored, never archived
+    ]
+    _run(tmp_path, lines)
+    archived = _archived(tmp_path)
+    assert {source for source, _ in archived} == {"source=marketo"}
+    by_lead = {r["lead_id"]: r for _, r in archived}
+    assert sorted(by_lead) == [1, 2] and len(archived) == 2
+    text = json.dumps([r for _, r in archived])
+    for secret in ("lead1@acme-corp.com", "lead2@acme-corp.com", "ada.lovelace@acme-corp.com",
+                   "415 555 0134", "Ada Lovelace", "LOVELACE"):
+        assert secret.lower() not in text.lower()
+    assert by_lead[1]["email_token"].startswith("[EMAIL:")
+    assert by_lead[1]["email_domain"] == "acme-corp.com"
+    assert json.loads(by_lead[1]["transformation_metadata_json"])["title"].startswith("CTO, call [PHONE")
+    assert by_lead[1]["timestamp_ms"] == 1_714_557_600_000  # updatedAt 2024-05-01T10:00:00Z
+    # the same run again rewrites the same files with the same records
+    _run(tmp_path, lines)
+    assert _archived(tmp_path) == archived
+
+
 def test_sample_has_qualified_leads(tmp_path):
     db, _ = _run(tmp_path, sample_leads(60, seed=3))
     (count,), = _query(db, "SELECT COUNT(*) FROM marketo_leads WHERE lead_quality_score > 80;")

@@ -1,4 +1,4 @@
-"""The frontend and text-agent pipelines with Snowflake configured, on fakesnow.
+"""The frontend, text-agent and Marketo pipelines with Snowflake configured, on fakesnow.
 
 fakesnow (an emulator on PyPI) patches ``snowflake.connector.connect`` in this
 process; the pipelines run on the DirectRunner's in-process FnApiRunner with
@@ -231,6 +231,49 @@ def test_text_agent_turns_are_merged_into_agent_turns(tmp_path):
         ("ta2", "t1", 800, 150, 950, ["pricing_calculator"], 5),
         ("ta2", "t2", 800, 150, 950, ["pricing_calculator"], 90),
     ]
+
+
+def _lead(lead_id, updated, **over):
+    lead = {"id": lead_id, "email": f"ada.{lead_id}@acme-corp.com", "firstName": "Ada",
+            "lastName": "Lovelace", "company": "Acme Corp", "title": "CTO",
+            "leadSource": "Referral", "leadScore": 90, "country": "US", "state": "CA",
+            "updatedAt": updated}
+    lead.update(over)
+    return json.dumps(lead)
+
+
+def test_marketo_leads_are_merged_into_marketo_leads_newest_wins(tmp_path):
+    from beam_pipelines import marketo
+
+    first = [_lead(1, "2024-05-01T10:00:00Z"), _lead(2, "2024-05-01T08:00:00Z"),
+             '{"id": 3, "email": ']  # a dead letter, never a warehouse row
+    # A later run: an older version of lead 1 (must not overwrite), a newer lead 2.
+    second = [_lead(1, "2024-04-30T00:00:00Z", title="Intern"),
+              _lead(2, "2024-05-02T00:00:00Z", title="VP of Sales", company="Globex Inc.")]
+    out = tmp_path / "out"
+    from apache_beam.runners.direct.direct_runner import DirectRunner
+
+    with fakesnow.patch():
+        for i, lines in enumerate((first, second)):
+            path = tmp_path / f"leads{i}.jsonl"
+            path.write_text("\n".join(lines) + "\n")
+            marketo.run([f"--input={path}", f"--output_dir={out}",
+                         "--pii_secret=test-secret-0123456789", *SF_ARGS], runner=DirectRunner())
+            close_embedded(str(out / "iheardai.duckdb"))
+        cur = _cursor()
+        columns = [r[0] for r in cur.execute(
+            "SELECT COLUMN_NAME FROM INFORMATION_SCHEMA.COLUMNS WHERE TABLE_NAME = 'MARKETO_LEADS'"
+        ).fetchall()]
+        rows = cur.execute(
+            "SELECT LEAD_ID, COMPANY, TRANSFORMATION_METADATA, EMAIL_TOKEN, EMAIL_DOMAIN, "
+            "UPDATED_AT FROM MARKETO_LEADS ORDER BY LEAD_ID").fetchall()
+    assert "EMAIL" not in columns and "FULL_NAME" not in columns
+    assert [(r[0], r[1], json.loads(r[2])["title"], r[4]) for r in rows] == [
+        (1, "Acme Corp", "CTO", "acme-corp.com"),
+        (2, "Globex Inc.", "VP of Sales", "acme-corp.com"),
+    ]
+    assert all(r[3].startswith("[EMAIL:") for r in rows)
+    assert str(rows[1][5]).startswith("2024-05-02")
 
 
 def _seed_readme():

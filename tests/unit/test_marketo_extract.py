@@ -10,7 +10,7 @@ import pytest
 from beam_pipelines import marketo_extract
 from beam_pipelines.marketo_extract import EXIT_OK, EXIT_QUOTA, backfill, extract_once
 from iheard_io.delta_publish import JsonLinesDeltaPublisher
-from iheard_io.marketo import (
+from iheard_io.marketo_client import (
     MAX_LEADS_PER_CALL,
     MarketoAuthError,
     MarketoClient,

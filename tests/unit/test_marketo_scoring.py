@@ -11,8 +11,10 @@ from transforms.marketo import (
     email_domain_of,
     geographic_info,
     identity_keys,
+    lead_archive_record,
     lead_identity,
     lead_row,
+    redacted_lead,
     normalise_company,
     normalise_person_name,
 )
@@ -21,6 +23,7 @@ from transforms.marketo_scoring import (
     Engagement,
     LeadFeatures,
     ScoringConfig,
+    engagement_from_rows,
     engagement_index,
     engagement_level,
     recommended_action,
@@ -223,6 +226,32 @@ def test_identity_keys_join_the_other_sources():
     assert keys == (redacted_user_id, "jane.doe@acme-corp.com", "user_0000007")
     assert identity_keys(None, None, None) == ()
     assert lead_identity(_lead(extra={}), redactor, "iheardUserId")[-1] == "jane.doe@acme-corp.com"
+
+
+def test_engagement_adds_counts_and_takes_maxima_over_identity_keys():
+    found = {"[EMAIL:a]": ((2, 30, 6, 1, 70), (1, 4, 0, 40.0)),
+             "user_7": ((1, 5, 0, 0, 90), (2, 3, 1, 10.0))}
+    assert engagement_from_rows(found) == Engagement(
+        sessions=3, events=35, messages=6, conversions=1, max_engagement_score=90.0,
+        conversations=3, turns=7, lead_captured=True, max_business_value=40.0)
+    assert engagement_from_rows(None) == engagement_from_rows({}) == Engagement()
+
+
+def test_archive_and_warehouse_copy_drops_address_and_name_and_tokenises_free_text():
+    redactor = PiiRedactor(SECRET)
+    lead = _lead(company="Acme jane.doe@acme-corp.com", title="CTO, call +1 415 555 0134",
+                 updatedAt=1_714_557_600_000)
+    row = lead_row(lead, Engagement(), redactor)
+    copy = redacted_lead(row, redactor)
+    assert "email" not in copy and "full_name" not in copy
+    assert copy["email_token"] == row["email_token"] and copy["lead_id"] == row["lead_id"]
+    record = lead_archive_record(copy)
+    text = repr(copy) + repr(record)
+    for secret in ("jane.doe@acme-corp.com", "jane doe", "415 555 0134", "4155550134"):
+        assert secret not in text.lower()
+    assert record["company"].startswith("Acme [EMAIL:")
+    assert record["timestamp_ms"] == 1_714_557_600_000
+    assert row["email"] == "jane.doe@acme-corp.com"  # the operational row is untouched
 
 
 def test_scoring_config_default_is_independent():

@@ -14,7 +14,7 @@ from runners import profiles
 from runners.profiles import expand_argv, flag_name, profile_flags
 
 ENV = {"IHEARD_HOME": "/srv/iheard"}
-LAUNCHER = "/srv/iheard/flink/jobserver/2.62.0/beam-runners-flink-1.19-job-server-launcher-2.62.0.jar"
+LAUNCHER = "/srv/iheard/flink/jobserver/2.70.0/beam-runners-flink-1.19-job-server-launcher-2.70.0.jar"
 
 
 def _values(argv):
@@ -69,7 +69,7 @@ def test_expanded_flags_parse_as_beam_options():
     flink = opts.view_as(FlinkRunnerOptions)
     assert flink.flink_master == "localhost:18081"
     assert flink.flink_job_server_jar == LAUNCHER
-    # Not a Python-side option in Beam 2.62: passed through to the Java runner.
+    # Not a Python-side option in Beam 2.62 or 2.70: passed through to the Java runner.
     assert opts.get_all_options(retain_unknown_options=True)["finish_bundle_before_checkpointing"] is True
 
 
@@ -126,3 +126,10 @@ def test_module_prints_profiles():
     for name in profiles.PROFILES:
         assert f"{name}:" in out
     assert "--environment_type=LOOPBACK" in out
+
+
+def test_flink_local_keeps_state_on_the_heap_with_checkpoints_under_iheard_home():
+    flags = profile_flags("flink-local", {"IHEARD_HOME": "/srv/ih"})
+    assert "--state_backend=filesystem" in flags
+    assert "--state_backend_storage_path=file:///srv/ih/flink/checkpoints" in flags
+    assert not any(f.startswith("--state_backend") for f in profile_flags("flink-k8s", {}))

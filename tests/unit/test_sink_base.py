@@ -20,7 +20,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 
-from iheard_io.postgres import WriteToPostgres, upsert_sql
+from iheard_io.postgres import upsert_sql
 from iheard_io.retry import (
     OnExhausted,
     PostgresErrors,
@@ -469,10 +469,9 @@ def test_on_conflict_is_one_word_per_table():
     assert "DO UPDATE SET" in upsert_sql(spec, "stg")
     first_wins = dataclasses.replace(spec, on_conflict="nothing")
     assert upsert_sql(first_wins, "stg").endswith('ON CONFLICT ("event_id") DO NOTHING')
+    assert upsert_sql(spec, "stg", first_writer_wins=True) == upsert_sql(first_wins, "stg")
     with pytest.raises(ValueError, match="on_conflict"):
         TableSpec("t", ("a",), ("a",), on_conflict="replace")
-    with pytest.raises(ValueError, match="on_conflict"):
-        WriteToPostgres("dbname=x", "frontend_analytics", on_conflict="ignore")
 
 
 def test_retry_budgets_are_pipeline_options_with_the_documented_default():

@@ -116,6 +116,17 @@ def test_merge_sql_matches_on_the_key_and_parses_json_in_the_source():
     assert '"TURN_ID" =' not in update and '"MODEL" = s."MODEL"' in update
 
 
+def test_marketo_leads_merge_keeps_the_newest_version():
+    from schemas.warehouse import MARKETO_LEADS
+
+    sql = merge_sql(MARKETO_LEADS, "STG")
+    assert ('WHEN MATCHED AND (t."UPDATED_AT" IS NULL OR s."UPDATED_AT" >= t."UPDATED_AT") '
+            "THEN UPDATE SET") in sql
+    assert "WHEN MATCHED THEN" in merge_sql(AGENT_TURNS, "STG")  # no condition elsewhere
+    assert 'CREATE TABLE IF NOT EXISTS "MARKETO_LEADS"' in "\n".join(snowflake_ddl())
+    assert not {"EMAIL", "FULL_NAME"} & set(MARKETO_LEADS.column_names)
+
+
 def test_settings_from_flags_win_over_the_seed_variables():
     env = {"SNOWFLAKE_ACCOUNT": "env_acct", "SNOWFLAKE_USER": "env_user",
            "SNOWFLAKE_PASSWORD": "env_pw", "SNOWFLAKE_DATABASE": "IHEARDAI_ANALYTICS",
@@ -136,7 +147,7 @@ def test_transform_checks_its_arguments():
         WriteToSnowflake(SETTINGS, "frontend_analytics")
     with pytest.raises(ValueError, match="batch_size"):
         WriteToSnowflake(SETTINGS, "FRONTEND_EVENTS", batch_size=0)
-    assert sorted(WAREHOUSE_TABLES) == ["AGENT_TURNS", "FRONTEND_EVENTS"]
+    assert sorted(WAREHOUSE_TABLES) == ["AGENT_TURNS", "FRONTEND_EVENTS", "MARKETO_LEADS"]
 
 
 # -- the sink on fakesnow ----------------------------------------------------

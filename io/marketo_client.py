@@ -55,7 +55,7 @@ Every call and every outcome is counted in ``MarketoClient.stats`` (a
 ``throttle_waits``. The extractor prints them and exposes them as metrics.
 
 The client takes every setting as an argument; it never reads the
-environment (``beam_pipelines.marketo_options`` does, once).
+environment (``iheard_io.settings`` does, for ``beam_pipelines.marketo_options``).
 """
 from __future__ import annotations
 
