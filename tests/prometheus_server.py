@@ -20,6 +20,7 @@ import typing
 import urllib.parse
 import urllib.request
 
+from iheard_io import settings
 from tests.support import REPO_ROOT, end_process, instance_port
 
 ALERTS = pathlib.Path(REPO_ROOT) / "monitoring" / "prometheus" / "alerts.yml"
@@ -84,7 +85,8 @@ class AlertingStack:
         exporter_args = [
             sys.executable, "-m", "monitoring.exporter", "--port", str(self.exporter_port),
             "--kafka_bootstrap", self.services_env["KAFKA_BOOTSTRAP"], "--flink_rest_url", flink_rest,
-            "--postgres_dsn", self.services_env["POSTGRES_DSN"], "--redis_url", self.services_env["REDIS_URL"],
+            "--postgres_dsn", settings.postgres_dsn(self.services_env),
+            "--redis_url", settings.redis_url(self.services_env),
             "--min_interval_s", "1", "--log_format", "text",
         ]
         if self.groups:

@@ -40,6 +40,8 @@ import time
 import typing
 import uuid
 
+from iheard_io import settings
+
 EVENTS_PER_VISIT = 4
 DUPLICATE_EVERY = 10
 BROKEN_EVERY = 25
@@ -231,7 +233,7 @@ def new_run_id() -> str:
 def _pg(env):
     import psycopg
 
-    return psycopg.connect(env["POSTGRES_DSN"], autocommit=True, connect_timeout=5)
+    return psycopg.connect(settings.postgres_dsn(env), autocommit=True, connect_timeout=5)
 
 
 def stored_events(env, producer: SteadyProducer) -> typing.Dict[str, typing.Tuple[str, str, int, int]]:
@@ -291,7 +293,7 @@ def dead_letter_topic_raws(env, dlq_topic: str, source_topic: str) -> typing.Cou
 def redis_client(env):
     import redis
 
-    return redis.Redis.from_url(env["REDIS_URL"], decode_responses=True, socket_timeout=10)
+    return redis.Redis.from_url(settings.redis_url(env), decode_responses=True, socket_timeout=10)
 
 
 def archived_ids(env, prefix: str) -> typing.Counter:
@@ -299,8 +301,8 @@ def archived_ids(env, prefix: str) -> typing.Counter:
     import boto3
     import fastavro
 
-    s3 = boto3.client("s3", endpoint_url=env["S3_ENDPOINT_URL"], aws_access_key_id=env["SPACES_ACCESS_KEY"],
-                      aws_secret_access_key=env["SPACES_SECRET_KEY"], region_name=env.get("S3_REGION", "us-east-1"))
+    s3 = boto3.client("s3", endpoint_url=env["SPACES_ENDPOINT"], aws_access_key_id=env["SPACES_ACCESS_KEY"],
+                      aws_secret_access_key=env["SPACES_SECRET_KEY"], region_name=env.get("SPACES_REGION", "us-east-1"))
     out: typing.Counter = collections.Counter()
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=env["ARCHIVE_BUCKET"], Prefix=prefix + "/"):
         for obj in page.get("Contents", []):
@@ -315,8 +317,8 @@ def snapshot_archive(env) -> typing.Dict[str, bytes]:
     """Every object of the archive bucket (moto keeps them in memory only)."""
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=env["S3_ENDPOINT_URL"], aws_access_key_id=env["SPACES_ACCESS_KEY"],
-                      aws_secret_access_key=env["SPACES_SECRET_KEY"], region_name=env.get("S3_REGION", "us-east-1"))
+    s3 = boto3.client("s3", endpoint_url=env["SPACES_ENDPOINT"], aws_access_key_id=env["SPACES_ACCESS_KEY"],
+                      aws_secret_access_key=env["SPACES_SECRET_KEY"], region_name=env.get("SPACES_REGION", "us-east-1"))
     out = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=env["ARCHIVE_BUCKET"]):
         for obj in page.get("Contents", []):
@@ -328,8 +330,8 @@ def restore_archive(env, objects: typing.Mapping[str, bytes]) -> None:
     """Puts back the objects of ``snapshot_archive`` that a restarted moto lost."""
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=env["S3_ENDPOINT_URL"], aws_access_key_id=env["SPACES_ACCESS_KEY"],
-                      aws_secret_access_key=env["SPACES_SECRET_KEY"], region_name=env.get("S3_REGION", "us-east-1"))
+    s3 = boto3.client("s3", endpoint_url=env["SPACES_ENDPOINT"], aws_access_key_id=env["SPACES_ACCESS_KEY"],
+                      aws_secret_access_key=env["SPACES_SECRET_KEY"], region_name=env.get("SPACES_REGION", "us-east-1"))
     present = set()
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=env["ARCHIVE_BUCKET"]):
         present.update(obj["Key"] for obj in page.get("Contents", []))

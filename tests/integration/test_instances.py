@@ -16,6 +16,7 @@ import psycopg
 import pytest
 import redis
 
+from iheard_io import settings
 from tests.integration.conftest import run_services_sh
 from tests.support import PrivateInstance
 
@@ -43,11 +44,11 @@ def test_private_instance_runs_beside_the_default_and_down_stops_only_it(service
     with instance:
         env = instance.env
         assert env["IHEARD_INSTANCE"] == name
-        assert env["REDIS_URL"] != default["REDIS_URL"] and env["POSTGRES_PORT"] != default["POSTGRES_PORT"]
+        assert env["REDIS_PORT"] != default["REDIS_PORT"] and env["POSTGRES_PORT"] != default["POSTGRES_PORT"]
         key = f"instance-test:{name}"
-        redis.Redis.from_url(env["REDIS_URL"]).set(key, "private")
-        assert redis.Redis.from_url(default["REDIS_URL"]).get(key) is None
-        with psycopg.connect(env["POSTGRES_DSN"], autocommit=True) as conn:
+        redis.Redis.from_url(settings.redis_url(env)).set(key, "private")
+        assert redis.Redis.from_url(settings.redis_url(default)).get(key) is None
+        with psycopg.connect(settings.postgres_dsn(env), autocommit=True) as conn:
             assert conn.execute("select inet_server_port()").fetchone()[0] == int(env["POSTGRES_PORT"])
         status = instance.services_sh("status", "postgres", "redis", "s3", check=False)
         assert status.returncode == 0, status.stdout
@@ -61,4 +62,4 @@ def test_private_instance_runs_beside_the_default_and_down_stops_only_it(service
     assert not os.path.exists(instance_dir)
     default_after = _default_status()
     assert default_after.returncode == 0, default_after.stdout
-    assert redis.Redis.from_url(default["REDIS_URL"]).ping()
+    assert redis.Redis.from_url(settings.redis_url(default)).ping()

@@ -44,7 +44,7 @@ def test_default_instance_env_is_unchanged(tmp_path):
     services = _env(SERVICES_SH, tmp_path)
     assert services["KAFKA_BOOTSTRAP"] == "127.0.0.1:19092"
     assert (services["POSTGRES_PORT"], services["REDIS_PORT"]) == ("15433", "16380")
-    assert services["S3_ENDPOINT_URL"] == "http://127.0.0.1:19000"
+    assert services["SPACES_ENDPOINT"] == "http://127.0.0.1:19000"
     assert "IHEARD_INSTANCE" not in services
     flink = _env(CLUSTER_SH, tmp_path)
     assert flink["FLINK_MASTER"] == "localhost:18081"
@@ -64,7 +64,7 @@ def test_named_instances_get_distinct_slots_ports_and_folders(tmp_path):
         assert env["KAFKA_BOOTSTRAP"] == f"127.0.0.1:{instance_port(slot, 'kafka')}"
         assert int(env["POSTGRES_PORT"]) == instance_port(slot, "postgres")
         assert int(env["REDIS_PORT"]) == instance_port(slot, "redis")
-        assert env["S3_ENDPOINT_URL"] == f"http://127.0.0.1:{instance_port(slot, 's3')}"
+        assert env["SPACES_ENDPOINT"] == f"http://127.0.0.1:{instance_port(slot, 's3')}"
         assert env["IHEARD_INSTANCE_DIR"] == str(tmp_path / "instances" / env["IHEARD_INSTANCE"])
         assert env["IHEARD_HOME"] == str(tmp_path)  # the shared root, not the instance folder
         flink = _env(CLUSTER_SH, tmp_path, f"--instance={env['IHEARD_INSTANCE']}")
