@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import sys
 import tempfile
 import time
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
     t0 = time.monotonic()
     with PrivateInstance(f"bench-{uuid.uuid4().hex[:6]}", flink=True) as instance:
         print(f"instance {instance.name} up in {time.monotonic() - t0:.0f} s", flush=True)
-        run = tf.FaultRun(instance, tempfile.mkdtemp(prefix="fault-bench-"))
+        run = tf.FaultRun(instance, pathlib.Path(tempfile.mkdtemp(prefix="fault-bench-")))
         run.producer.interval_s = 1.0 / args.rate
         try:
             run.start()
