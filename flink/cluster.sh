@@ -13,6 +13,11 @@
 #   flink/cluster.sh env       `export` lines for FLINK_MASTER & co.
 #   flink/cluster.sh pids      "<daemon> <pid>" per running daemon
 #
+# Every command takes --instance=NAME (or IHEARD_INSTANCE=NAME): a separate
+# cluster with its own ports and its state under $IHEARD_HOME/instances/NAME/
+# flink (port table in services/instance.sh); `down` then stops only it. The
+# default instance (no name) keeps the ports and folders below.
+#
 # Everything is cached under $IHEARD_HOME/flink (IHEARD_HOME defaults to
 # ~/.cache/iheardai): dist/ (Flink), jobserver/ (jars + launcher), conf/
 # (rendered from flink/conf/config.yaml.template), log/, run/ (pid files),
@@ -26,16 +31,44 @@ set -euo pipefail
 readonly FLINK_PATCH_VERSION=1.19.3
 readonly FLINK_MINOR_VERSION=1.19
 readonly BEAM_VERSION=2.70.0
-readonly REST_PORT=18081
-readonly PROMETHEUS_TM_PORT=19249
-readonly PROMETHEUS_JM_PORT=19259
 
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 IHEARD_HOME=${IHEARD_HOME:-$HOME/.cache/iheardai}
-STATE=$IHEARD_HOME/flink
-DIST_DIR=$STATE/dist/$FLINK_PATCH_VERSION
+# shellcheck source=../services/instance.sh
+source "$REPO_DIR/services/instance.sh"
+instance_parse_args "$@"
+set -- "${INSTANCE_REST_ARGS[@]}"
+# The downloads (dist/, jobserver/) are shared by every instance.
+SHARED_STATE=$IHEARD_HOME/flink
+if [[ -n $IHEARD_INSTANCE ]]; then
+  # A named instance (services/instance.sh): its own ports and state.
+  STATE=$(instance_dir "$IHEARD_HOME")/flink
+  port() { instance_port "$IHEARD_HOME" "$1"; }
+  REST_PORT=$(port 10)
+  JM_RPC_PORT=$(port 11)
+  BLOB_PORT=$(port 12)
+  TM_RPC_PORTS="$(port 13)-$(port 17)"
+  TM_DATA_PORTS="$(port 18)-$(port 22)"
+  QUERY_PORTS="$(port 23)-$(port 32)"
+  PROMETHEUS_TM_PORTS="$(port 40)-$(port 48)"
+  PROMETHEUS_JM_PORT=$(port 49)
+else
+  STATE=$SHARED_STATE
+  REST_PORT=18081
+  JM_RPC_PORT=16123
+  BLOB_PORT=16124
+  TM_RPC_PORTS=16125-16129
+  TM_DATA_PORTS=16130-16134
+  QUERY_PORTS=16135-16144
+  PROMETHEUS_TM_PORTS=19249-19258
+  PROMETHEUS_JM_PORT=19259
+fi
+PROMETHEUS_TM_PORT=${PROMETHEUS_TM_PORTS%-*}
+readonly REST_PORT JM_RPC_PORT BLOB_PORT TM_RPC_PORTS TM_DATA_PORTS QUERY_PORTS PROMETHEUS_TM_PORTS \
+  PROMETHEUS_TM_PORT PROMETHEUS_JM_PORT
+DIST_DIR=$SHARED_STATE/dist/$FLINK_PATCH_VERSION
 FLINK_DIST_HOME=$DIST_DIR/pyflink
-JOBSERVER_DIR=$STATE/jobserver/$BEAM_VERSION
+JOBSERVER_DIR=$SHARED_STATE/jobserver/$BEAM_VERSION
 LAUNCHER_JAR=$JOBSERVER_DIR/beam-runners-flink-$FLINK_MINOR_VERSION-job-server-launcher-$BEAM_VERSION.jar
 CONF_DIR=$STATE/conf
 LOG_DIR=$STATE/log
@@ -141,7 +174,10 @@ install_reporter() {
 render_conf() {
   mkdir -p "$CONF_DIR" "$LOG_DIR" "$PID_DIR" "$STATE/checkpoints" "$STATE/savepoints" \
     "$STATE/tmp/blobs" "$STATE/tmp/web"
-  sed "s|@FLINK_STATE@|$STATE|g" "$REPO_DIR/flink/conf/config.yaml.template" >"$CONF_DIR/config.yaml.new"
+  sed -e "s|@FLINK_STATE@|$STATE|g" -e "s|@REST_PORT@|$REST_PORT|g" -e "s|@JM_RPC_PORT@|$JM_RPC_PORT|g" \
+    -e "s|@BLOB_PORT@|$BLOB_PORT|g" -e "s|@TM_RPC_PORTS@|$TM_RPC_PORTS|g" -e "s|@TM_DATA_PORTS@|$TM_DATA_PORTS|g" \
+    -e "s|@QUERY_PORTS@|$QUERY_PORTS|g" -e "s|@PROMETHEUS_TM_PORTS@|$PROMETHEUS_TM_PORTS|g" \
+    "$REPO_DIR/flink/conf/config.yaml.template" >"$CONF_DIR/config.yaml.new"
   mv "$CONF_DIR/config.yaml.new" "$CONF_DIR/config.yaml"
   local f
   for f in log4j.properties log4j-console.properties log4j-cli.properties logback.xml; do
@@ -150,9 +186,16 @@ render_conf() {
 }
 
 cmd_install() {
-  install_dist
-  install_reporter
-  install_jobserver
+  # The shared downloads are made under a lock of their own, so the default
+  # instance and named ones (each holding only its own cluster.lock) never
+  # unpack into the same folder at once.
+  mkdir -p "$SHARED_STATE"
+  (
+    flock -w 900 7 || die "another flink/cluster.sh holds $SHARED_STATE/install.lock"
+    install_dist
+    install_reporter
+    install_jobserver
+  ) 7>"$SHARED_STATE/install.lock"
   render_conf
   log "Flink $FLINK_PATCH_VERSION: $FLINK_DIST_HOME"
   log "job-server launcher: $LAUNCHER_JAR"
@@ -306,6 +349,9 @@ export FLINK_HOME=$FLINK_DIST_HOME
 export FLINK_CONF_DIR=$CONF_DIR
 export FLINK_CHECKPOINTS_DIR=$STATE/checkpoints
 EOF
+  if [[ -n $IHEARD_INSTANCE ]]; then
+    printf 'export IHEARD_INSTANCE=%q\n' "$IHEARD_INSTANCE"
+  fi
 }
 
 # One cluster.sh at a time (tests and scripts may call `up` concurrently: two

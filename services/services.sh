@@ -7,7 +7,13 @@
 #   redis     Redis 7                                     16380
 #   s3        moto server (S3 API), bucket iheardai-archive 19000
 #
-# Usage: services/services.sh [--secure] install|up|down|status|env|reset [service...]
+# Usage: services/services.sh [--secure | --instance=NAME] install|up|down|status|env|reset [service...]
+#
+#   --instance=NAME (or IHEARD_INSTANCE=NAME) runs a separate named set with
+#   its own block of ports and its own folders under
+#   $IHEARD_HOME/instances/NAME (the port table is in services/instance.sh);
+#   up/down/env/status/reset then touch only that instance. Without a name
+#   everything is as below (the default instance).
 #
 #   --secure runs a second, separate set (own IHEARD_HOME subdir, own ports)
 #   that only speaks TLS and wants passwords, beside the plain one:
@@ -36,10 +42,25 @@ set -euo pipefail
 
 SERVICES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 IHEARD_HOME="${IHEARD_HOME:-$HOME/.cache/iheardai}"
+IHEARD_ROOT="$IHEARD_HOME"
 CACHE_DIR="$IHEARD_HOME/cache"
+# shellcheck source=instance.sh
+source "$SERVICES_DIR/instance.sh"
 
 SECURE=0
 for arg in "$@"; do [[ "$arg" == --secure ]] && SECURE=1; done
+instance_parse_args "$@"
+if [[ -n "$IHEARD_INSTANCE" ]]; then
+  ((SECURE == 0)) || { echo "[services] ERROR: --secure and --instance do not combine" >&2; exit 2; }
+  # A named instance (services/instance.sh): its own state under
+  # instances/NAME and its own block of ports; the download cache is shared.
+  IHEARD_HOME="$(instance_dir "$IHEARD_ROOT")"
+  IHEARD_KAFKA_PORT="$(instance_port "$IHEARD_ROOT" 0)"
+  IHEARD_KAFKA_CONTROLLER_PORT="$(instance_port "$IHEARD_ROOT" 1)"
+  IHEARD_POSTGRES_PORT="$(instance_port "$IHEARD_ROOT" 2)"
+  IHEARD_REDIS_PORT="$(instance_port "$IHEARD_ROOT" 3)"
+  IHEARD_S3_PORT="$(instance_port "$IHEARD_ROOT" 4)"
+fi
 if ((SECURE)); then
   # Its own state (data, pids, lock) and ports, so it runs beside the plain
   # set and neither's up/down touches the other; the download cache is shared.
@@ -770,7 +791,7 @@ cmd_status() {
 cmd_env() {
   local name
   local -A settings=(
-    [IHEARD_HOME]="$IHEARD_HOME"
+    [IHEARD_HOME]="$IHEARD_ROOT"
     [KAFKA_BOOTSTRAP]="$HOST:$KAFKA_PORT"
     [POSTGRES_HOST]="$HOST"
     [POSTGRES_PORT]="$PG_PORT"
@@ -785,6 +806,15 @@ cmd_env() {
     [SPACES_SECRET_KEY]="$S3_SECRET_KEY"
     [ARCHIVE_BUCKET]="$ARCHIVE_BUCKET"
   )
+  if [[ -n "$IHEARD_INSTANCE" ]]; then
+    # IHEARD_HOME stays the shared root: with IHEARD_INSTANCE, a shell that
+    # evals this points later services.sh / cluster.sh calls at this instance.
+    settings+=(
+      [IHEARD_INSTANCE]="$IHEARD_INSTANCE"
+      [IHEARD_INSTANCE_DIR]="$IHEARD_HOME"
+      [IHEARD_INSTANCE_SLOT]="$(instance_slot "$IHEARD_ROOT")"
+    )
+  fi
   if ((SECURE)); then
     local ca="$TLS_DIR/ca.pem" pg_password redis_password s3_key="" s3_secret=""
     pg_password="$(secret postgres_password 2>/dev/null || true)"
@@ -840,7 +870,7 @@ usage() {
 
 main() {
   local args=() arg
-  for arg in "$@"; do [[ "$arg" == --secure ]] || args+=("$arg"); done
+  for arg in "$@"; do [[ "$arg" == --secure || "$arg" == --instance=* ]] || args+=("$arg"); done
   set -- "${args[@]}"
   [[ $# -ge 1 ]] || usage
   local cmd=$1 svc

@@ -33,12 +33,16 @@ CLUSTER_UP_TIMEOUT_S = 900
 class FlinkCluster:
     rest: FlinkRest
     env: typing.Dict[str, str]
+    # A named instance (services/instance.sh), or "" for the default cluster.
+    instance: str = ""
 
     @property
     def prometheus_url(self) -> str:
         return self.env["FLINK_PROMETHEUS_URL"]
 
     def cluster_sh(self, *args: str, timeout_s: float = CLUSTER_UP_TIMEOUT_S) -> str:
+        if self.instance:
+            args = (*args, f"--instance={self.instance}")
         done = subprocess.run(
             ["bash", str(CLUSTER_SH), *args], check=True, capture_output=True, text=True, timeout=timeout_s
         )

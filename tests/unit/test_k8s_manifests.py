@@ -358,3 +358,85 @@ def test_crd_conversion_is_strict_where_kubernetes_would_prune():
     assert errors({}, status={})  # not in this CRD's schema
     with pytest.raises(ValueError):
         _converter().crd_to_jsonschemas({"kind": "Deployment"})
+
+
+# ------------------------------------------------- no secret on a command line
+
+
+def _secret_variables() -> set[str]:
+    """Names of the pipeline Secret's keys (the example Secret lists them all)."""
+    return set(_example_secret()["stringData"])
+
+
+def _command_lines() -> list[tuple[str, str]]:
+    """(where, text) of every command a shipped manifest or the workflow runs."""
+    out = []
+    for path in _manifest_files():
+        for doc in _documents(path):
+            for spec in _pod_specs(doc):
+                for container in spec.get("containers", []) + spec.get("initContainers", []):
+                    text = " ".join(container.get("command", []) + container.get("args", []))
+                    out.append((f"{path.relative_to(REPO)}:{container['name']}", text))
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    for job_name, job in workflow["jobs"].items():
+        for step in job.get("steps", []):
+            if step.get("run"):
+                # Shell line continuations: one logical command a line.
+                out.append((f"deploy.yml:{job_name}:{step.get('name', '?')}", step["run"].replace("\\\n", " ")))
+    return out
+
+
+def _pod_specs(doc):
+    """Pod specs anywhere in a manifest (Job templates, FlinkDeployment pod templates)."""
+    if isinstance(doc, dict):
+        if "containers" in doc and isinstance(doc["containers"], list):
+            yield doc
+        for value in doc.values():
+            yield from _pod_specs(value)
+    elif isinstance(doc, list):
+        for value in doc:
+            yield from _pod_specs(value)
+
+
+def _secret_pipeline_options(text: str, secrets: set[str]) -> list[str]:
+    """``--option=value`` words whose option names a secret or whose value expands a Secret key."""
+    found = []
+    for option, value in re.findall(r"--([a-z0-9_]+)=(\S*)", text):
+        if re.search(r"secret|password|token", option):
+            found.append(f"--{option}")
+        refs = set(re.findall(r"\$\(([A-Z0-9_]+)\)|\$\{?([A-Z0-9_]+)", value))
+        names = {name for pair in refs for name in pair if name}
+        if names & secrets:
+            found.append(f"--{option}={value}")
+    return found
+
+
+def test_no_manifest_or_workflow_passes_a_secret_as_a_pipeline_option():
+    """Pipeline options are the Flink job's configuration (shown on its dashboard):
+    secrets reach the submitter and the workers through their environment
+    (a Secret), never a ``--flag``."""
+    secrets = _secret_variables()
+    assert {"SPACES_SECRET_KEY", "POSTGRES_PASSWORD"} <= secrets
+    lines = _command_lines()
+    assert any("runners.submit" in text for _, text in lines)  # the scan sees the submit commands
+    offenders = {where: hits for where, text in lines if (hits := _secret_pipeline_options(text, secrets))}
+    assert offenders == {}
+
+
+def test_the_secret_option_scan_catches_what_it_should():
+    secrets = {"SPACES_SECRET_KEY", "POSTGRES_PASSWORD"}
+    assert _secret_pipeline_options("--s3_secret_access_key=$(SPACES_SECRET_KEY)", secrets)
+    assert _secret_pipeline_options('--s3_secret_access_key="$SPACES_SECRET_KEY"', secrets)
+    assert _secret_pipeline_options("--postgres_dsn=postgresql://u:${POSTGRES_PASSWORD}@h/db", secrets)
+    assert _secret_pipeline_options("--pii_secret=abc", secrets)
+    assert not _secret_pipeline_options("--s3_endpoint_url=$(SPACES_ENDPOINT) --kafka_group_id=x", secrets)
+
+
+def test_worker_pool_gets_the_s3_keys_from_the_secret():
+    """With no keys among the options, the SDK workers (EXTERNAL pool) need boto3's variables."""
+    spec = _by_kind("FlinkDeployment")[0]["spec"]
+    containers = {c["name"]: c for c in spec["taskManager"]["podTemplate"]["spec"]["containers"]}
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in containers["beam-worker-pool"].get("env", [])
+           if "valueFrom" in e}
+    assert env["AWS_ACCESS_KEY_ID"] == {"name": "iheard-pipeline-secrets", "key": "SPACES_ACCESS_KEY"}
+    assert env["AWS_SECRET_ACCESS_KEY"] == {"name": "iheard-pipeline-secrets", "key": "SPACES_SECRET_KEY"}

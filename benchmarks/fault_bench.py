@@ -1,0 +1,119 @@
+"""Faults on a private instance: events, lost, doubled and recovery time per fault.
+
+    python benchmarks/fault_bench.py                       # every fault, 30 s outages
+    python benchmarks/fault_bench.py --faults=kafka,taskmanager --outage-s=60 --rate=25
+
+Starts a named instance of the services and of Flink (``--instance=bench-...``:
+its own ports and folders, torn down at the end, so the default set keeps
+serving), one streaming frontend job on it and the steady producer of
+tests/flink/fault_workload.py (``--rate`` visits/s, 4 events each), then
+injects the faults one after another, as tests/flink/test_faults.py does:
+
+    kafka        the broker stopped for --outage-s, then started
+    postgres     PostgreSQL stopped (fast shutdown) for --outage-s
+    s3           the S3 server stopped for --outage-s (its objects put back)
+    redis        Redis stopped (SHUTDOWN SAVE) for --outage-s
+    taskmanager  the TaskManager SIGKILLed --kills times, a new one started
+
+and prints one line per fault: events acknowledged so far, lost (acknowledged
+but not in frontend_analytics once caught up), doubled (an event id stored
+twice), and the recovery time: from the service back (the new TaskManager
+started) until every event acknowledged by then is in frontend_analytics.
+The last line checks sessions, Redis and the archive over the whole run.
+Figures vary with machine load (2 cores shared with the instance's Kafka,
+PostgreSQL, Redis, S3 and Flink).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import tempfile
+import time
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tests.flink import fault_workload as fw  # noqa: E402
+from tests.flink import test_faults as tf  # noqa: E402
+from tests.flink.flink_rest import wait_for  # noqa: E402
+from tests.support import PrivateInstance  # noqa: E402
+
+FAULTS = ("kafka", "postgres", "s3", "redis", "taskmanager")
+
+
+def run_fault(run: "tf.FaultRun", fault: str, outage_s: float, kills: int) -> str:
+    label = {"kafka": "broker outage", "postgres": "PostgreSQL outage", "s3": "S3 outage", "redis": "Redis outage",
+             "taskmanager": f"{kills} TaskManager kills"}[fault]
+    if fault == "s3":
+        held = fw.snapshot_archive(run.env)
+        back_at = run.outage("s3", outage_s)
+        fw.restore_archive(run.env, held)
+    elif fault == "redis":
+        back_at = run.outage("redis", outage_s, stop=lambda: tf.redis_shutdown_save(run.env))
+    elif fault == "taskmanager":
+        back_at = None
+        for _ in range(kills):
+            time.sleep(10)
+            restored = run.rest.checkpoint_counts(run.jid)["restored"]
+            for pid in run.instance.taskmanager_pids():
+                os.kill(pid, 9)
+            run.instance.cluster_sh("up")
+            back_at = time.monotonic()
+            wait_for(lambda: run.rest.checkpoint_counts(run.jid)["restored"] > restored, 180, "restore")
+    else:
+        back_at = run.outage(fault, outage_s)
+    run.wait_running()
+    try:
+        run.check_caught_up(label, back_at)
+        note = ""
+    except AssertionError as e:
+        note = "  FAILED: " + str(e).splitlines()[0][:100]
+    return label + note
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--faults", default=",".join(FAULTS))
+    p.add_argument("--outage-s", type=float, default=30)
+    p.add_argument("--kills", type=int, default=3)
+    p.add_argument("--rate", type=float, default=tf.VISITS_PER_S, help="visits per second (4 events each)")
+    args = p.parse_args(argv)
+    faults = [f for f in args.faults.split(",") if f]
+    unknown = set(faults) - set(FAULTS)
+    if unknown:
+        p.error(f"unknown faults {sorted(unknown)}; known: {FAULTS}")
+    tf.VISITS_PER_S = args.rate
+    t0 = time.monotonic()
+    with PrivateInstance(f"bench-{uuid.uuid4().hex[:6]}", flink=True) as instance:
+        print(f"instance {instance.name} up in {time.monotonic() - t0:.0f} s", flush=True)
+        run = tf.FaultRun(instance, pathlib.Path(tempfile.mkdtemp(prefix="fault-bench-")))
+        run.producer.interval_s = 1.0 / args.rate
+        try:
+            run.start()
+            labels = [run_fault(run, fault, args.outage_s, args.kills) for fault in faults]
+            run.producer.finish()
+            time.sleep(30)
+            sessions = fw.check_sessions(run.env, run.producer)
+            archive = fw.check_archive(run.env, run.producer, run.prefix)
+        finally:
+            run.producer.stop()
+            run.pipelines.stop_all()
+    print(f"\n{'fault':28} {'events':>8} {'lost':>6} {'doubled':>8} {'recovery s':>11}")
+    for label in labels:
+        name = label.split("  FAILED")[0]
+        r = run.results.get(name, {})
+        print(f"{name:28} {r.get('events', '-'):>8} {r.get('lost', '-'):>6} {r.get('doubled', '-'):>8} "
+              f"{r.get('recovery_s', '-'):>11}{label[len(name):]}")
+    print(f"\nsessions {sessions['sessions']}: missing rows {len(sessions['missing_rows'])}, doubled "
+          f"{len(sessions['doubled'])}, short {len(sessions['short'])}, Redis mismatches "
+          f"{len(sessions['redis_mismatch'])}; archive: {archive['archived']} of {archive['stored']} events, "
+          f"lost {len(archive['lost'])}, doubled {len(archive['doubled'])} (after 30 s)")
+    print(f"producer: {len(run.producer.acked)} events acknowledged, {run.producer.send_errors} sends refused; "
+          f"total {time.monotonic() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
