@@ -183,11 +183,14 @@ class _JobCpu:
 
     def now(self) -> typing.Tuple[float, float, float]:
         """(TaskManagers, JobManager, job process tree) CPU seconds so far."""
-        for pid in set(self._tm + self._jm + self._descendants()):
+        cluster = set(self._tm + self._jm)
+        for pid in cluster | set(self._descendants()):
             value = _cpu_seconds(pid)
             if value > 0:
                 self._last[pid] = value
-        tree = set(self._descendants()) | {p for p in self._last if p not in self._tm + self._jm}
+        # The job's tree: every process seen that is not a cluster daemon,
+        # including descendants that have exited since.
+        tree = set(self._last) - cluster
         return (sum(self._last.get(p, 0.0) for p in self._tm),
                 sum(self._last.get(p, 0.0) for p in self._jm),
                 sum(self._last.get(p, 0.0) for p in tree))

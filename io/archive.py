@@ -273,7 +273,7 @@ class _EncodeBatchFn(beam.DoFn):
     def setup(self):
         self._encoder = _AvroEncoder(self._schema)
 
-    def process(self, records, timestamp=beam.DoFn.TimestampParam):
+    def process(self, records):
         out = EventBatch()
         keep = self._keep
         for record in records:
@@ -287,7 +287,7 @@ class _EncodeBatchFn(beam.DoFn):
             slim[ENCODED_FIELD] = encoded
             out.append(slim)
         if out:
-            yield beam.window.TimestampedValue(out, timestamp)
+            yield out  # keeps the input list's timestamp
 
 
 class EncodeForArchive(beam.PTransform):
