@@ -15,6 +15,10 @@ BEAM_VERSION = "2.70.0"
 REQUIRED = [
     f"apache-beam[gcp,aws]=={BEAM_VERSION}",
     "kafka-python>=3.0",
+    # Beam 2.70 logs "crcmod package not found" on stderr at import when it is
+    # missing (apache_beam.io.tfrecordio), which breaks the one-line error of
+    # a command line that cannot run; it is Beam's own tfrecord extra.
+    "crcmod>=1.7",
     # C CRC32C for kafka-python: its pure-Python fallback was the largest
     # user-space cost of the Kafka source (benchmarks/flink_bench.py profile).
     "crc32c>=2.3",
