@@ -87,7 +87,9 @@ def build_pipeline(pipeline: beam.Pipeline, records: beam.PCollection, conns: Co
     or with ``batched`` lists of them: see transforms/batches.py).
 
     Taking the source as a PCollection lets tests feed ``Create``/``TestStream``.
-    Returns the main intermediate collections (for tests and benchmarks).
+    Returns the main intermediate collections (for tests and benchmarks); on
+    the batched path ``events`` holds the slim records of ``EncodeForArchive``
+    (``HOT_PATH_FIELDS`` and the Avro bytes), not whole events.
     """
     parsed = records | "ParseEvents" >> ParseEvents(
         FrontendEvent, PIPELINE, decoder=common.kafka_decoder(opts, "envelope_v1"),
