@@ -2,6 +2,7 @@
 
     python benchmarks/fault_bench.py                       # every fault, 30 s outages
     python benchmarks/fault_bench.py --faults=kafka,taskmanager --outage-s=60 --rate=25
+    python benchmarks/fault_bench.py --faults=taskmanager --kill-events=200000
 
 Starts a named instance of the services and of Flink (``--instance=bench-...``:
 its own ports and folders, torn down at the end, so the default set keeps
@@ -13,12 +14,16 @@ injects the faults one after another, as tests/flink/test_faults.py does:
     postgres     PostgreSQL stopped (fast shutdown) for --outage-s
     s3           the S3 server stopped for --outage-s (its objects put back)
     redis        Redis stopped (SHUTDOWN SAVE) for --outage-s
-    taskmanager  the TaskManager SIGKILLed --kills times, a new one started
+    taskmanager  the TaskManager SIGKILLed --kills times, a new one started;
+                 with --kill-events=N the producer first publishes N events at
+                 full speed and kill k comes once k/(kills+1) of them are
+                 stored (``FaultRun.kill_taskmanagers``)
 
 and prints one line per fault: events acknowledged so far, lost (acknowledged
 but not in frontend_analytics once caught up), doubled (an event id stored
-twice), and the recovery time: from the service back (the new TaskManager
-started) until every event acknowledged by then is in frontend_analytics.
+twice), the recovery time: from the service back (the new TaskManager
+started) until every event acknowledged by then is in frontend_analytics,
+and the fault's wall time (from its start until that check passed).
 The last line checks sessions, Redis and the archive over the whole run.
 Figures vary with machine load (2 cores shared with the instance's Kafka,
 PostgreSQL, Redis, S3 and Flink).
@@ -37,13 +42,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tests.flink import fault_workload as fw  # noqa: E402
 from tests.flink import test_faults as tf  # noqa: E402
-from tests.flink.flink_rest import wait_for  # noqa: E402
 from tests.support import PrivateInstance  # noqa: E402
 
 FAULTS = ("kafka", "postgres", "s3", "redis", "taskmanager")
 
 
-def run_fault(run: "tf.FaultRun", fault: str, outage_s: float, kills: int) -> str:
+def run_fault(run: "tf.FaultRun", fault: str, outage_s: float, kills: int, kill_events: int = 0) -> str:
+    started_at = time.monotonic()
     label = {"kafka": "broker outage", "postgres": "PostgreSQL outage", "s3": "S3 outage", "redis": "Redis outage",
              "taskmanager": f"{kills} TaskManager kills"}[fault]
     if fault == "s3":
@@ -53,15 +58,7 @@ def run_fault(run: "tf.FaultRun", fault: str, outage_s: float, kills: int) -> st
     elif fault == "redis":
         back_at = run.outage("redis", outage_s, stop=lambda: tf.redis_shutdown_save(run.env))
     elif fault == "taskmanager":
-        back_at = None
-        for _ in range(kills):
-            time.sleep(10)
-            restored = run.rest.checkpoint_counts(run.jid)["restored"]
-            for pid in run.instance.taskmanager_pids():
-                os.kill(pid, 9)
-            run.instance.cluster_sh("up")
-            back_at = time.monotonic()
-            wait_for(lambda: run.rest.checkpoint_counts(run.jid)["restored"] > restored, 180, "restore")
+        back_at = run.kill_taskmanagers(kills, kill_events)
     else:
         back_at = run.outage(fault, outage_s)
     run.wait_running()
@@ -70,6 +67,7 @@ def run_fault(run: "tf.FaultRun", fault: str, outage_s: float, kills: int) -> st
         note = ""
     except AssertionError as e:
         note = "  FAILED: " + str(e).splitlines()[0][:100]
+    run.results.setdefault(label, {})["wall_s"] = round(time.monotonic() - started_at)
     return label + note
 
 
@@ -78,6 +76,9 @@ def main(argv=None) -> int:
     p.add_argument("--faults", default=",".join(FAULTS))
     p.add_argument("--outage-s", type=float, default=30)
     p.add_argument("--kills", type=int, default=3)
+    p.add_argument("--kill-events", "--kill_events", type=int, default=tf.KILL_BACKLOG_EVENTS,
+                   help="events published at full speed when the kill phase starts; the kills come while the job "
+                        "drains them (kill k once k/(kills+1) of them are stored)")
     p.add_argument("--rate", type=float, default=tf.VISITS_PER_S, help="visits per second (4 events each)")
     args = p.parse_args(argv)
     faults = [f for f in args.faults.split(",") if f]
@@ -92,7 +93,7 @@ def main(argv=None) -> int:
         run.producer.interval_s = 1.0 / args.rate
         try:
             run.start()
-            labels = [run_fault(run, fault, args.outage_s, args.kills) for fault in faults]
+            labels = [run_fault(run, fault, args.outage_s, args.kills, args.kill_events) for fault in faults]
             run.producer.finish()
             time.sleep(30)
             sessions = fw.check_sessions(run.env, run.producer)
@@ -100,12 +101,12 @@ def main(argv=None) -> int:
         finally:
             run.producer.stop()
             run.pipelines.stop_all()
-    print(f"\n{'fault':28} {'events':>8} {'lost':>6} {'doubled':>8} {'recovery s':>11}")
+    print(f"\n{'fault':28} {'events':>8} {'lost':>6} {'doubled':>8} {'recovery s':>11} {'wall s':>7}")
     for label in labels:
         name = label.split("  FAILED")[0]
         r = run.results.get(name, {})
         print(f"{name:28} {r.get('events', '-'):>8} {r.get('lost', '-'):>6} {r.get('doubled', '-'):>8} "
-              f"{r.get('recovery_s', '-'):>11}{label[len(name):]}")
+              f"{r.get('recovery_s', '-'):>11} {r.get('wall_s', '-'):>7}{label[len(name):]}")
     print(f"\nsessions {sessions['sessions']}: missing rows {len(sessions['missing_rows'])}, doubled "
           f"{len(sessions['doubled'])}, short {len(sessions['short'])}, Redis mismatches "
           f"{len(sessions['redis_mismatch'])}; archive: {archive['archived']} of {archive['stored']} events, "

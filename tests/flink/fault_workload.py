@@ -47,6 +47,7 @@ DUPLICATE_EVERY = 10
 BROKEN_EVERY = 25
 SESSION_GAP_S = 5
 STUCK_AFTER_S = 10.0
+SURGE_IN_FLIGHT = 5_000
 SESSION_PREFIX = "iheard:frontend:session:"
 KPI_PREFIX = "iheard:kpi:"
 EVENT_TYPES = ("page_view", "widget_open", "message_sent", "conversion")
@@ -82,6 +83,8 @@ class SteadyProducer:
         self.last_error: typing.Optional[str] = None
         self._last_ack = self._created_at = time.monotonic()
         self._visit = 0
+        self._surge_until = 0  # len(attempted) to reach at full speed (``surge``)
+        self._in_flight = 0
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: typing.Optional[threading.Thread] = None
@@ -98,10 +101,9 @@ class SteadyProducer:
                              request_timeout_ms=5000, max_block_ms=5000, delivery_timeout_ms=10000,
                              reconnect_backoff_max_ms=1000)
 
-    def _send_visit(self) -> None:
-        visit = self._visit
-        self._visit += 1
-        now_ms = int(time.time() * 1000)
+    def _visit_records(self, visit: int, now_ms: int) -> typing.List[typing.Tuple[str, str, typing.Optional[dict], str]]:
+        """(kind, key, payload, text) of one visit: ``kind`` "event" (``key``
+        its event id) or "broken" (``key`` the raw text)."""
         records = []
         for i in range(EVENTS_PER_VISIT):
             payload = _payload(self.run_id, visit, i, now_ms + i)
@@ -111,6 +113,13 @@ class SteadyProducer:
         if visit % BROKEN_EVERY == 0:
             raw = f"{{not json {self.run_id}-b{visit}"
             records.append(("broken", raw, None, raw))
+        return records
+
+    def _send_visit(self) -> None:
+        visit = self._visit
+        self._visit += 1
+        now_ms = int(time.time() * 1000)
+        records = self._visit_records(visit, now_ms)
         with self._lock:
             for kind, key, payload, _ in records:
                 if kind == "event":
@@ -126,6 +135,8 @@ class SteadyProducer:
         # on a send, so a slow or absent broker does not slow the rate.
         for kind, key, _, text in records:
             future = self._producer.send(self.topic, value=text.encode(), timestamp_ms=now_ms)
+            with self._lock:
+                self._in_flight += 1
             future.add_callback(self._on_ack, kind, key)
             future.add_errback(self._on_error)
 
@@ -133,10 +144,24 @@ class SteadyProducer:
         with self._lock:
             (self.acked if kind == "event" else self.broken_acked).add(key)
             self._last_ack = time.monotonic()
+            self._in_flight -= 1
 
     def _on_error(self, exc) -> None:
+        with self._lock:
+            self._in_flight -= 1
         self.send_errors += 1
         self.last_error = f"{type(exc).__name__}: {exc}"
+
+    def surge(self, events: int) -> None:
+        """Publishes about ``events`` more events as fast as the client sends
+        them (a backlog for the job), then goes back to the steady rate."""
+        with self._lock:
+            self._surge_until = len(self.attempted) + events
+
+    @property
+    def surging(self) -> bool:
+        with self._lock:
+            return len(self.attempted) < self._surge_until
 
     def _recreate_if_stuck(self) -> None:
         """kafka-python's producer does not always reconnect after a broker
@@ -160,6 +185,15 @@ class SteadyProducer:
                 self.send_errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 time.sleep(0.5)
+            if self.surging:
+                # Full speed, but no more than SURGE_IN_FLIGHT unacknowledged
+                # records (the client's buffer would block, then fail, sends).
+                give_up_at = time.monotonic() + STUCK_AFTER_S  # a stuck client: replaced on the next send
+                while self._in_flight > SURGE_IN_FLIGHT and time.monotonic() < give_up_at:
+                    if self._stop.wait(0.01):
+                        break
+                next_at = time.monotonic()
+                continue
             next_at += self.interval_s
             delay = next_at - time.monotonic()
             if delay > 0:
@@ -192,15 +226,19 @@ class SteadyProducer:
         producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
         # 15 minutes ahead: past every open 5-minute archive window, inside
         # the hour Kafka accepts ahead of its clock (message.timestamp.after.max.ms).
-        payload = _payload(self.run_id, -1, 0, int(time.time() * 1000) + 15 * 60_000)
-        payload["session_id"] = f"flt-{self.run_id}-flush"
-        payload["event_id"] = f"{self.run_id}-flush"
+        key, payload = self._flush_payload(int(time.time() * 1000) + 15 * 60_000)
         producer.send(self.topic, value=json.dumps(payload).encode(), timestamp_ms=payload["timestamp"]).get(30)
         producer.close()
         with self._lock:
-            self.attempted[payload["event_id"]] = payload
-            self.acked.add(payload["event_id"])
-        return payload["event_id"]
+            self.attempted[key] = payload
+            self.acked.add(key)
+        return key
+
+    def _flush_payload(self, ts_ms: int) -> typing.Tuple[str, dict]:
+        payload = _payload(self.run_id, -1, 0, ts_ms)
+        payload["session_id"] = f"flt-{self.run_id}-flush"
+        payload["event_id"] = self.flush_id
+        return self.flush_id, payload
 
     def snapshot(self) -> typing.Tuple[typing.Set[str], typing.Set[str]]:
         """(acknowledged event ids, acknowledged broken records) so far."""
@@ -245,6 +283,13 @@ def stored_events(env, producer: SteadyProducer) -> typing.Dict[str, typing.Tupl
             "FROM frontend_analytics WHERE session_id LIKE %s GROUP BY event_id",
             (producer.session_like,)).fetchall()
     return {e: (s, t, int(ts), int(n)) for e, s, t, ts, n in rows}
+
+
+def stored_count(env, producer: SteadyProducer) -> int:
+    """Rows of the run in frontend_analytics."""
+    with _pg(env) as conn:
+        return int(conn.execute("SELECT count(*) FROM frontend_analytics WHERE session_id LIKE %s",
+                                (producer.session_like,)).fetchone()[0])
 
 
 def session_rows(env, producer: SteadyProducer) -> typing.Dict[str, typing.List[int]]:
@@ -431,3 +476,177 @@ def check_archive(env, producer: SteadyProducer, prefix: str) -> dict:
         "lost": sorted(stored - set(archived)),
         "doubled": sorted(e for e, n in archived.items() if n > 1),
     }
+
+
+# ---------------------------------------------------------- text agent ---
+# The text-agent fault test (test_faults.py::test_text_agent_job_survives_a_
+# taskmanager_kill): a ``TurnProducer`` publishes conversations of
+# ``TURNS_PER_CONVERSATION`` turns (sent together, event time = the wall
+# clock), every ``DUPLICATE_EVERY``-th with its first turn twice; tenants
+# rotate over ``TURN_TENANTS``. The checks read agent_turns and compare the
+# aggregates with what those turns imply.
+
+TURNS_PER_CONVERSATION = 3
+TURN_TENANTS = 3
+TURN_MODEL = "gpt-4o-mini"
+
+
+def _turn_payload(run_id: str, conversation: int, i: int, ts_ms: int) -> dict:
+    return {
+        "event_type": "text_agent.turn_completed",
+        "session_id": f"tafl-{run_id}-{conversation}", "turn_id": f"t{i}",
+        "user_id": f"user-{run_id}-{conversation % 53}", "tenant_id": f"tenant-{run_id}-{conversation % TURN_TENANTS}",
+        "channel": "web_chat", "model_name": TURN_MODEL,
+        "tokens_in": 100 + conversation % 50, "tokens_out": 40 + 7 * i, "latency_ms": 850.0,
+        "response_text": "The Pro plan is $49 per seat per month.", "user_message": "What does the Pro plan cost?",
+        "tools_used": ["pricing"], "tool_results": {"pricing": {"success": True}},
+        "conversation_context": {"previous_turns": i, "topic_history": [], "user_intent": "pricing_inquiry"},
+        "timestamp": ts_ms,
+    }
+
+
+def turn_id_of(session_id: str, turn_id: str) -> str:
+    """The key a ``TurnProducer`` remembers a turn by (agent_turns' primary key)."""
+    return f"{session_id}/{turn_id}"
+
+
+class TurnProducer(SteadyProducer):
+    """``SteadyProducer`` of text-agent conversations (``visits_per_s`` = conversations per second)."""
+
+    def _visit_records(self, visit, now_ms):
+        records = []
+        for i in range(TURNS_PER_CONVERSATION):
+            payload = _turn_payload(self.run_id, visit, i, now_ms + i)
+            key = turn_id_of(payload["session_id"], payload["turn_id"])
+            records.append(("event", key, payload, json.dumps(payload)))
+        if visit % DUPLICATE_EVERY == 0:
+            records.insert(1, records[0])  # a producer retry: the same bytes twice
+        return records
+
+    def _flush_payload(self, ts_ms):
+        payload = _turn_payload(self.run_id, -1, 0, ts_ms)
+        payload["session_id"] = f"tafl-{self.run_id}-flush"
+        payload["tenant_id"] = f"flush-{self.run_id}"
+        return turn_id_of(payload["session_id"], "t0"), payload
+
+    @property
+    def flush_id(self) -> str:
+        return turn_id_of(f"tafl-{self.run_id}-flush", "t0")
+
+    @property
+    def session_like(self) -> str:
+        return f"tafl-{self.run_id}-%"
+
+
+class StoredTurn(typing.NamedTuple):
+    session_id: str
+    tenant_id: str
+    model: str
+    timestamp_ms: int
+    tokens_in: int
+    tokens_out: int
+    cost_usd: float
+
+
+def stored_turns(env, producer: TurnProducer) -> typing.Dict[str, StoredTurn]:
+    """turn key -> its agent_turns row (the flush turn left out)."""
+    with _pg(env) as conn:
+        rows = conn.execute(
+            "SELECT session_id, turn_id, tenant_id, model, (extract(epoch FROM timestamp) * 1000)::bigint, "
+            "tokens_in, tokens_out, coalesce(estimated_cost_usd, 0)::float8 FROM agent_turns "
+            "WHERE session_id LIKE %s", (producer.session_like,)).fetchall()
+    out = {turn_id_of(s, t): StoredTurn(s, tenant, model, int(ts), int(i), int(o), float(c))
+           for s, t, tenant, model, ts, i, o, c in rows}
+    out.pop(producer.flush_id, None)
+    return out
+
+
+def check_turns(env, producer: TurnProducer, acked: typing.Set[str]) -> dict:
+    """agent_turns against the acknowledged turns (its primary key holds each turn once)."""
+    stored = stored_turns(env, producer)
+    acked = acked - {producer.flush_id}
+    return {"acked": len(acked), "stored": len(stored), "lost": sorted(acked - set(stored)),
+            "unknown": sorted(set(stored) - set(producer.attempted))}
+
+
+def _same(a: typing.Tuple, b: typing.Tuple) -> bool:
+    """Counts and token sums equal, costs within rounding (DECIMAL(10,6) per turn)."""
+    return a[:-1] == b[:-1] and abs(a[-1] - b[-1]) < 1e-5 * max(1, a[0])
+
+
+def check_conversations(env, producer: TurnProducer) -> dict:
+    """agent_conversations against agent_turns: per session one row whose
+    turn_count, tokens and cost are its stored turns'."""
+    expected: typing.Dict[str, list] = collections.defaultdict(lambda: [0, 0, 0, 0.0])
+    for turn in stored_turns(env, producer).values():
+        e = expected[turn.session_id]
+        e[0] += 1
+        e[1] += turn.tokens_in
+        e[2] += turn.tokens_out
+        e[3] += turn.cost_usd
+    rows: typing.Dict[str, list] = collections.defaultdict(list)
+    with _pg(env) as conn:
+        for sid, n, t_in, t_out, cost in conn.execute(
+                "SELECT session_id, turn_count, tokens_in, tokens_out, coalesce(estimated_cost_usd, 0)::float8 "
+                "FROM agent_conversations WHERE session_id LIKE %s", (producer.session_like,)).fetchall():
+            rows[sid].append((int(n), int(t_in), int(t_out), float(cost)))
+    return {
+        "conversations": len(expected),
+        "missing": sorted(s for s in expected if s not in rows),
+        "split": sorted(s for s in expected if len(rows.get(s, ())) > 1),
+        "wrong": sorted(s for s in expected if len(rows.get(s, ())) == 1 and not _same(rows[s][0], tuple(expected[s]))),
+        "unknown": sorted(s for s in rows if s not in expected and s != producer.flush_id.split("/")[0]),
+        "examples": {s: {"expected": tuple(expected[s]), "rows": rows.get(s)} for s in sorted(expected)
+                     if len(rows.get(s, ())) != 1 or not _same(rows[s][0], tuple(expected[s]))},
+    }
+
+
+def check_billing(env, producer: TurnProducer) -> dict:
+    """agent_billing_hourly against agent_turns: per (tenant, model, UTC hour)
+    the stored turns' count, tokens and cost."""
+    expected: typing.Dict[tuple, list] = collections.defaultdict(lambda: [0, 0, 0, 0.0])
+    for turn in stored_turns(env, producer).values():
+        e = expected[(turn.tenant_id, turn.model, turn.timestamp_ms // 3_600_000 * 3_600_000)]
+        e[0] += 1
+        e[1] += turn.tokens_in
+        e[2] += turn.tokens_out
+        e[3] += turn.cost_usd
+    with _pg(env) as conn:
+        rows = {(tenant, model, int(hour)): (int(n), int(t_in), int(t_out), float(cost))
+                for tenant, model, hour, n, t_in, t_out, cost in conn.execute(
+                    "SELECT tenant_id, model, (extract(epoch FROM hour) * 1000)::bigint, turns, tokens_in, "
+                    "tokens_out, estimated_cost_usd::float8 FROM agent_billing_hourly WHERE tenant_id LIKE %s",
+                    (f"tenant-{producer.run_id}-%",)).fetchall()}
+    return {
+        "rows": len(expected),
+        "turns": sum(e[0] for e in expected.values()),
+        "wrong": {k: {"expected": tuple(v), "row": rows.get(k)} for k, v in sorted(expected.items())
+                  if k not in rows or not _same(rows[k], tuple(v))},
+        "unknown": sorted(k for k in rows if k not in expected),
+    }
+
+
+def archived_turns(env, prefix: str) -> typing.Counter:
+    """turn key -> times it is in the Avro files under ``prefix``."""
+    import boto3
+    import fastavro
+
+    s3 = boto3.client("s3", endpoint_url=env["SPACES_ENDPOINT"], aws_access_key_id=env["SPACES_ACCESS_KEY"],
+                      aws_secret_access_key=env["SPACES_SECRET_KEY"], region_name=env.get("SPACES_REGION", "us-east-1"))
+    out: typing.Counter = collections.Counter()
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=env["ARCHIVE_BUCKET"], Prefix=prefix + "/"):
+        for obj in page.get("Contents", []):
+            if obj["Key"].endswith(".avro"):
+                body = s3.get_object(Bucket=env["ARCHIVE_BUCKET"], Key=obj["Key"])["Body"].read()
+                for rec in fastavro.reader(io.BytesIO(body)):
+                    out[turn_id_of(rec["session_id"], rec["turn_id"])] += 1
+    return out
+
+
+def check_turn_archive(env, producer: TurnProducer, prefix: str) -> dict:
+    stored = set(stored_turns(env, producer))
+    archived = archived_turns(env, prefix)
+    archived.pop(producer.flush_id, None)
+    return {"stored": len(stored), "archived": len(archived), "lost": sorted(stored - set(archived)),
+            "doubled": sorted(k for k, n in archived.items() if n > 1),
+            "unknown": sorted(set(archived) - stored)}

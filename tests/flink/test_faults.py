@@ -48,6 +48,7 @@ import uuid
 
 import pytest
 
+from iheard_io import settings
 from tests.flink import fault_workload as fw
 from tests.flink.conftest import BackgroundPipelines, FlinkCluster
 from tests.flink.flink_rest import FlinkRest, wait_for
@@ -61,6 +62,9 @@ OUTAGE_S = 30
 VISITS_PER_S = 15  # x4 events (+ duplicates, dead letters): ~60 events/s
 CATCH_UP_TIMEOUT_S = 300
 TASKMANAGER_KILLS = 3
+# Events published at full speed at the start of the kill phase (the kills
+# come while the job drains them); 0: the steady rate only.
+KILL_BACKLOG_EVENTS = 0
 
 
 class FaultRun:
@@ -69,9 +73,7 @@ class FaultRun:
     def __init__(self, instance: PrivateInstance, log_dir):
         self.instance = instance
         self.env = instance.env
-        self.cluster = FlinkCluster(
-            rest=FlinkRest("http://127.0.0.1:" + instance.flink_env["FLINK_MASTER"].rsplit(":", 1)[1]),
-            env=instance.flink_env, instance=instance.name)
+        self.cluster = instance_cluster(instance)
         self.rest = self.cluster.rest
         self.pipelines = BackgroundPipelines(self.cluster, log_dir)
         self.run_id = fw.new_run_id()
@@ -81,6 +83,7 @@ class FaultRun:
         self.producer = fw.SteadyProducer(self.env["KAFKA_BOOTSTRAP"], self.topic, self.run_id, VISITS_PER_S)
         self.proc = self.jid = self.job_name = None
         self.results = {}  # fault -> figures, for the benchmark and failure messages
+        self.closed = False
 
     def start(self) -> None:
         env = self.env
@@ -154,26 +157,85 @@ class FaultRun:
         return events
 
 
+    def kill_taskmanagers(self, kills: int, events: int = 0) -> float:
+        """SIGKILLs the TaskManager ``kills`` times, a new one started each
+        time; returns when the last one was started.
+
+        With ``events``: the producer first publishes about that many events
+        at full speed (a backlog the job drains while the steady traffic goes
+        on), and kill k comes once k/(kills + 1) of them are stored, so every
+        kill and restore happens under load, with a stretch of the backlog
+        in flight between source and sinks."""
+        start = fw.stored_count(self.env, self.producer)
+        if events:
+            self.producer.surge(events)
+        back_at = time.monotonic()
+        for kill in range(kills):
+            if events:
+                target = start + events * (kill + 1) // (kills + 1)
+                wait_for(lambda: fw.stored_count(self.env, self.producer) >= target, CATCH_UP_TIMEOUT_S,
+                         f"{target - start} events of the backlog stored before kill {kill + 1}", interval_s=2)
+            else:
+                time.sleep(10)
+            restored = self.rest.checkpoint_counts(self.jid)["restored"]
+            pids = self.instance.taskmanager_pids()
+            assert pids, "no TaskManager to kill"
+            for pid in pids:
+                os.kill(pid, 9)
+            self.instance.cluster_sh("up")
+            back_at = time.monotonic()
+            wait_for(lambda: self.rest.checkpoint_counts(self.jid)["restored"] > restored, 180,
+                     f"the job restored after kill {kill + 1}")
+            self.wait_running()
+        return back_at
+
+    def close(self) -> None:
+        """Stops the producer and the frontend job (idempotent)."""
+        if not self.closed:
+            self.closed = True
+            self.producer.stop()
+            self.pipelines.stop_all()
+
+
+def instance_cluster(instance: PrivateInstance) -> FlinkCluster:
+    return FlinkCluster(
+        rest=FlinkRest("http://127.0.0.1:" + instance.flink_env["FLINK_MASTER"].rsplit(":", 1)[1]),
+        env=instance.flink_env, instance=instance.name)
+
+
 @pytest.fixture(scope="module")
-def fault_run(tmp_path_factory, request):
+def fault_instance(request):
+    """The module's private instance; ``figures`` collects each fault's figures,
+    printed at the end (not asserted: they depend on the machine's load)."""
     name = f"faults-{uuid.uuid4().hex[:6]}"
     with PrivateInstance(name, flink=True) as instance:
-        run = FaultRun(instance, tmp_path_factory.mktemp("fault-logs"))
+        instance.figures = {}
+        instance.fault_run = None
         try:
-            run.start()
-            yield run
+            yield instance
         finally:
-            run.producer.stop()
-            run.pipelines.stop_all()
-            # The figures (not asserted: they depend on the machine's load).
+            if instance.fault_run is not None:
+                instance.fault_run.close()
             reporter = request.config.pluginmanager.get_plugin("terminalreporter")
             if reporter is not None:
                 reporter.write_line("")
-                for fault, figures in run.results.items():
+                for fault, figures in instance.figures.items():
                     reporter.write_line(f"fault figures: {fault}: {figures}")
-                reporter.write_line(f"fault figures: producer {len(run.producer.acked)} events acknowledged, "
-                                    f"{run.producer.send_errors} sends refused, producer replaced "
-                                    f"{run.producer.recreated} times")
+
+
+@pytest.fixture(scope="module")
+def fault_run(fault_instance, tmp_path_factory):
+    run = FaultRun(fault_instance, tmp_path_factory.mktemp("fault-logs"))
+    run.results = fault_instance.figures
+    fault_instance.fault_run = run
+    try:
+        run.start()
+        yield run
+    finally:
+        run.close()
+        fault_instance.figures["frontend producer"] = (
+            f"{len(run.producer.acked)} events acknowledged, {run.producer.send_errors} sends refused, "
+            f"producer replaced {run.producer.recreated} times")
 
 
 def test_broker_outage_fires_the_alert_and_loses_nothing(fault_run, tmp_path):
@@ -301,19 +363,7 @@ def test_redis_outage_loses_nothing(fault_run):
 
 def test_taskmanager_killed_three_times_loses_nothing(fault_run):
     run = fault_run
-    back_at = None
-    for kill in range(TASKMANAGER_KILLS):
-        time.sleep(10)
-        restored = run.rest.checkpoint_counts(run.jid)["restored"]
-        pids = run.instance.taskmanager_pids()
-        assert pids, "no TaskManager to kill"
-        for pid in pids:
-            os.kill(pid, 9)
-        run.instance.cluster_sh("up")
-        back_at = time.monotonic()
-        wait_for(lambda: run.rest.checkpoint_counts(run.jid)["restored"] > restored, 180,
-                 f"the job restored after kill {kill + 1}")
-        run.wait_running()
+    back_at = run.kill_taskmanagers(TASKMANAGER_KILLS, KILL_BACKLOG_EVENTS)
     run.check_caught_up(f"{TASKMANAGER_KILLS} TaskManager kills", back_at)
 
 
@@ -376,3 +426,113 @@ def test_no_session_is_split_across_rows(fault_run):
     assert split is not None, "the session check did not run"
     assert not split, (f"{len(split)} sessions with more than one row, e.g.\n"
                        f"{fw.describe_sessions(fault_run.env, fault_run.producer, split[:3])}")
+
+
+TURN_CONVERSATIONS_PER_S = 5  # x3 turns (+ a duplicate every 10th): ~15 turns/s
+
+
+def _text_agent_args(env, topic: str, prefix: str, name: str) -> list:
+    return ["--profile=flink-local", "--streaming", "--checkpointing_interval=3000",
+            f"--session_gap_seconds={fw.SESSION_GAP_S}",
+            f"--kafka_bootstrap={env['KAFKA_BOOTSTRAP']}", f"--kafka_topic={topic}", f"--kafka_group_id={name}",
+            f"--postgres_dsn={settings.postgres_dsn(env)}", f"--redis_url={settings.redis_url(env)}",
+            f"--archive_path=s3://{env['ARCHIVE_BUCKET']}/{prefix}",
+            f"--s3_endpoint_url={env['SPACES_ENDPOINT']}", f"--s3_access_key_id={env['SPACES_ACCESS_KEY']}",
+            f"--s3_secret_access_key={env['SPACES_SECRET_KEY']}",
+            f"--s3_region_name={env.get('SPACES_REGION', 'us-east-1')}"]
+
+
+def test_text_agent_job_survives_a_taskmanager_kill(fault_instance, tmp_path):
+    """The streaming text-agent job, one TaskManager SIGKILL mid-stream.
+
+    Runs last, on the module's instance, after the frontend job is stopped
+    (the two would share the 2 cores). A ``TurnProducer`` publishes
+    conversations of 3 turns (every 10th with a duplicate); after ~20 s of
+    traffic and a completed checkpoint the TaskManager is killed and a new
+    one started; traffic goes on through the restore; then the producer's
+    last turn (15 minutes ahead) closes every session and archive window.
+    Afterwards: every acknowledged turn in agent_turns (its key holds it
+    once), none unknown; per session one agent_conversations row whose
+    turn_count, tokens and cost are its stored turns'; per tenant, model and
+    hour an agent_billing_hourly row with its stored turns' count, tokens
+    and cost (a double or a lost turn in either shows as a difference); the
+    archive holding every turn exactly once.
+    """
+    instance = fault_instance
+    if instance.fault_run is not None:
+        instance.fault_run.close()  # the frontend tests are done
+    env = instance.env
+    cluster = instance_cluster(instance)
+    rest = cluster.rest
+    pipelines = BackgroundPipelines(cluster, tmp_path)
+    run_id = fw.new_run_id()
+    topic = _create_topic(env["KAFKA_BOOTSTRAP"])
+    prefix = f"faults-text-agent/{run_id}"
+    producer = fw.TurnProducer(env["KAFKA_BOOTSTRAP"], topic, run_id, TURN_CONVERSATIONS_PER_S)
+    figures = instance.figures.setdefault("text-agent TaskManager kill", {})
+    try:
+        _, jid, job_name = pipelines.start_streaming(
+            "beam_pipelines.text_agent", lambda name: _text_agent_args(env, topic, prefix, name),
+            "iheard-faults-text-agent")
+
+        def describe():
+            return (f"{rest.describe(jid)}\nproducer: {len(producer.acked)} acked, {producer.send_errors} send "
+                    f"errors (last: {producer.last_error})\n{pipelines.log_tail(job_name, 30)}")
+
+        try:
+            producer.start()
+            wait_for(lambda: len(fw.stored_turns(env, producer)) >= 200
+                     and rest.checkpoint_counts(jid)["completed"] > 0, 180,
+                     "200 turns stored and a checkpoint completed", interval_s=3)
+            restored = rest.checkpoint_counts(jid)["restored"]
+            pids = instance.taskmanager_pids()
+            assert pids, "no TaskManager to kill"
+            for pid in pids:
+                os.kill(pid, 9)
+            instance.cluster_sh("up")
+            back_at = time.monotonic()
+            wait_for(lambda: rest.checkpoint_counts(jid)["restored"] > restored, 180, "the job restored")
+            wait_for(lambda: rest.state(jid) == "RUNNING"
+                     and all(v["status"] == "RUNNING" for v in rest.job(jid)["vertices"]), 240, "RUNNING again")
+            before = len(producer.snapshot()[0])
+            wait_for(lambda: len(producer.snapshot()[0]) >= before + 200, 120, "200 more turns acknowledged")
+            flush_id = producer.finish()
+            acked, _ = producer.snapshot()
+            wait_for(lambda: not fw.check_turns(env, producer, acked)["lost"], CATCH_UP_TIMEOUT_S,
+                     "every acknowledged turn stored", interval_s=3)
+            figures["recovery_s"] = round(time.monotonic() - back_at, 1)
+            with fw._pg(env) as conn:
+                wait_for(lambda: conn.execute("SELECT 1 FROM agent_turns WHERE session_id = %s",
+                                              (flush_id.split("/")[0],)).fetchone(), CATCH_UP_TIMEOUT_S,
+                         "the last turn stored", interval_s=3)
+        except TimeoutError as e:
+            raise AssertionError(f"{e}\n{describe()}") from e
+        turns = fw.check_turns(env, producer, acked)
+        figures.update(turns=turns["acked"], lost=len(turns["lost"]))
+        assert not turns["lost"] and not turns["unknown"], {k: v[:5] if isinstance(v, list) else v
+                                                            for k, v in turns.items()}
+
+        # Early panes fire every 30 s of processing time, the on-time ones
+        # once the last turn moves the watermark: wait for the rows to settle.
+        def settled(check, keys):
+            result = check()
+            return result if not any(result[k] for k in keys) else None
+
+        for what, check, keys in (
+                ("conversations", lambda: fw.check_conversations(env, producer), ("missing", "split", "wrong", "unknown")),
+                ("billing", lambda: fw.check_billing(env, producer), ("wrong", "unknown")),
+                ("archive", lambda: fw.check_turn_archive(env, producer, prefix), ("lost", "doubled", "unknown"))):
+            try:
+                wait_for(lambda: settled(check, keys), 180, f"{what} exact", interval_s=5)
+            except TimeoutError:
+                pass
+            result = check()
+            bad = {k: (v[:5] if isinstance(v, list) else dict(list(v.items())[:5])) for k, v in result.items()
+                   if k in keys and v}
+            figures[what] = {k: len(v) for k, v in result.items() if k in keys}
+            assert not bad, f"text agent {what} after a TaskManager kill: {bad}\n{result.get('examples', '')}\n" \
+                            f"{describe()}"
+        assert rest.state(jid) == "RUNNING"
+    finally:
+        producer.stop()
+        pipelines.stop_all()
