@@ -3,6 +3,7 @@
     python benchmarks/flink_bench.py                      # 1,000,000 events
     python benchmarks/flink_bench.py --events=100000 --latency-events=1000
     python benchmarks/flink_bench.py --pipeline=text_agent --events=100000
+    python benchmarks/flink_bench.py --services=both --events=100000   # plaintext, then TLS+SASL
 
 Starts the services and the cluster if needed (``services/services.sh up``,
 ``flink/cluster.sh up``), then:
@@ -35,6 +36,14 @@ Starts the services and the cluster if needed (``services/services.sh up``,
    rate, and the naive per-event consumer (decode, INSERT, COMMIT per event)
    on ``--naive-events`` events, both from benchmarks/io_bench.py.
 
+``--services=secure`` runs the drain against ``services.sh up --secure``
+(SASL_SSL Kafka, TLS PostgreSQL and Redis with passwords, signed HTTPS S3;
+the job gets every setting and secret from that set's environment, none as a
+flag), ``--services=both`` runs the plaintext drain and then the secure one
+on the same cluster and prints events/s and events per CPU-second of each
+(drain only: steps 3-5 speak plaintext). CPU counts the job's processes,
+not the servers' side of TLS.
+
 Rows are written under session ids unique to the run; the job is cancelled and
 the topic deleted at the end. Figures vary with machine load: the 2-core
 machine here also runs Kafka, PostgreSQL, Redis, the S3 server and Flink.
@@ -66,6 +75,7 @@ from iheard_io import settings  # noqa: E402
 from tests.flink.flink_rest import FlinkRest, wait_for  # noqa: E402
 from tests.support import (  # noqa: E402
     end_process,
+    parse_exports,
     jobmanager_pids,
     proc_status_kib,
     script_env,
@@ -142,10 +152,10 @@ def _events(n: int, run_id: str, seed: int, start_ms: int, pipeline: str = "fron
             yield line, None
 
 
-def _produce(bootstrap: str, topic: str, lines: typing.Iterable[str]) -> int:
+def _produce(kafka_config: typing.Mapping, topic: str, lines: typing.Iterable[str]) -> int:
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=512 * 1024, acks=1)
+    producer = KafkaProducer(**kafka_config, linger_ms=20, batch_size=512 * 1024, acks=1)
     n = 0
     for line in lines:
         producer.send(topic, line.encode())
@@ -337,14 +347,61 @@ def main(argv=None) -> int:
                              "as in the figures before December 2026)")
     parser.add_argument("--job-arg", action="append", default=[], metavar="FLAG",
                         help="extra pipeline flag for the job (repeatable), e.g. --job-arg=--max_bundle_size=5000")
+    parser.add_argument("--services", choices=("plain", "secure", "both"), default="plain",
+                        help="the plaintext set, the secure set (services.sh up --secure: TLS+SASL Kafka, TLS "
+                             "PostgreSQL and Redis, signed HTTPS S3), or both one after the other (drain only)")
+    parser.add_argument("--drain-only", action="store_true",
+                        help="stop after the drain (no latency, raw-consume or naive-consumer figures)")
     args = parser.parse_args(argv)
+    if args.services == "secure":
+        args.drain_only = True  # the latency and consumer comparisons speak plaintext only
+    if args.services != "both":
+        _run(args, args.services)
+        return 0
+    args.drain_only = True
+    figures = {mode: _run(args, mode) for mode in ("plain", "secure")}
+    print(f"\n{'services':10} {'events/s':>9} {'events per CPU-s':>17} {'CPU-s':>7}")
+    for mode, f in figures.items():
+        print(f"{mode:10} {f.get('events_per_s', float('nan')):9,.0f} {f.get('events_per_cpu_s', float('nan')):17,.0f} "
+              f"{f.get('cpu_s', float('nan')):7.1f}")
+    plain, secure = figures["plain"], figures["secure"]
+    if plain.get("events_per_s") and secure.get("events_per_s"):
+        print(f"secure / plain: {secure['events_per_s'] / plain['events_per_s']:.2f}x events/s, "
+              f"{secure['events_per_cpu_s'] / plain['events_per_cpu_s']:.2f}x events per CPU-s")
+    return 0
 
-    subprocess.run(["bash", os.path.join(REPO, "services/services.sh"), "up"], check=True)
+
+# Settings a secure run must not inherit from the calling shell.
+_SERVICE_VARIABLE_PREFIXES = ("KAFKA_", "POSTGRES_", "REDIS_", "SPACES_", "S3_", "AWS_")
+
+
+def _kafka_config(env: typing.Mapping[str, str]) -> dict:
+    """kafka-python settings for the set's broker (SASL_SSL in the secure set)."""
+    config = {"bootstrap_servers": env["KAFKA_BOOTSTRAP"]}
+    if env.get("KAFKA_SECURITY_PROTOCOL"):
+        config.update(security_protocol=env["KAFKA_SECURITY_PROTOCOL"],
+                      sasl_mechanism=env.get("KAFKA_SASL_MECHANISM"), sasl_plain_username=env.get("KAFKA_USER"),
+                      sasl_plain_password=env.get("KAFKA_PASSWORD"), ssl_cafile=env.get("KAFKA_SSL_CAFILE"))
+    return {k: v for k, v in config.items() if v is not None}
+
+
+def _run(args, mode: str) -> dict:
+    """One drain (and, unless ``args.drain_only``, the latency and consumer
+    figures) against the ``mode`` set of services; returns its figures."""
+    secure = mode == "secure"
+    figures: typing.Dict[str, float] = {}
+    services_sh = os.path.join(REPO, "services/services.sh")
+    flag = ["--secure"] if secure else []
+    subprocess.run(["bash", services_sh, "up", *flag], check=True)
     subprocess.run(["bash", os.path.join(REPO, "flink/cluster.sh"), "up"], check=True)
-    env = script_env(os.path.join(REPO, "services/services.sh"))
+    env = parse_exports(subprocess.run(["bash", services_sh, "env", *flag], check=True, capture_output=True,
+                                       text=True).stdout)
     flink_env = script_env(os.path.join(REPO, "flink/cluster.sh"))
     bootstrap, dsn = env["KAFKA_BOOTSTRAP"], settings.postgres_dsn(env)
+    kafka_config = _kafka_config(env)
     rest = FlinkRest("http://127.0.0.1:" + flink_env["FLINK_MASTER"].rsplit(":", 1)[1])
+    print(f"services: {mode} (Kafka {bootstrap}{', ' + kafka_config['security_protocol'] if secure else ''})",
+          flush=True)
 
     import psycopg
     import redis
@@ -352,7 +409,7 @@ def main(argv=None) -> int:
 
     run_id = f"fb{uuid.uuid4().hex[:8]}"
     topic = f"flink-bench-{run_id}"
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(**kafka_config)
     admin.create_topics([NewTopic(topic, args.partitions, 1)])
     if args.backlog_rate > 0:
         # The backlog ends one archive window (plus a minute) ago, so that
@@ -371,23 +428,31 @@ def main(argv=None) -> int:
           flush=True)
     expected_rows = _distinct_valid_ids(lines, args.pipeline)
     t = time.perf_counter()
-    _produce(bootstrap, topic, lines)
+    _produce(kafka_config, topic, lines)
     produce_s = time.perf_counter() - t
     print(f"produce (kafka-python, acks=1): {args.events / produce_s:,.0f} events/s", flush=True)
 
     workdir = tempfile.mkdtemp(prefix="flink-bench-")
     job_name = f"iheard-bench-{run_id}"
-    child_env = dict(os.environ, **flink_env, PYTHONPATH=REPO)
     job_args = [
         sys.executable, "-m", spec["module"], "--profile=flink-local", "--streaming",
         f"--parallelism={args.parallelism}", f"--job_name={job_name}",
         f"--kafka_bootstrap={bootstrap}", f"--kafka_topic={topic}", f"--kafka_group_id={topic}",
-        f"--postgres_dsn={dsn}", f"--redis_url={settings.redis_url(env)}",
         f"--archive_path=s3://{env['ARCHIVE_BUCKET']}/flink-bench/{run_id}",
-        f"--s3_endpoint_url={env['SPACES_ENDPOINT']}", f"--s3_access_key_id={env['SPACES_ACCESS_KEY']}",
-        f"--s3_secret_access_key={env['SPACES_SECRET_KEY']}", f"--s3_region_name={env.get('SPACES_REGION', 'us-east-1')}",
-        *args.job_arg,
     ]
+    if secure:
+        # As a deployment runs it: every connection setting and secret from
+        # the set's environment (resolve_connections), none on the command line.
+        child_env = {k: v for k, v in os.environ.items() if not k.startswith(_SERVICE_VARIABLE_PREFIXES)}
+        child_env.update(flink_env, **env, PYTHONPATH=REPO)
+    else:
+        child_env = dict(os.environ, **flink_env, PYTHONPATH=REPO)
+        job_args += [
+            f"--postgres_dsn={dsn}", f"--redis_url={settings.redis_url(env)}",
+            f"--s3_endpoint_url={env['SPACES_ENDPOINT']}", f"--s3_access_key_id={env['SPACES_ACCESS_KEY']}",
+            f"--s3_secret_access_key={env['SPACES_SECRET_KEY']}",
+            f"--s3_region_name={env.get('SPACES_REGION', 'us-east-1')}"]
+    job_args += args.job_arg
     log = open(os.path.join(workdir, "job.log"), "w")
     submitted = time.perf_counter()
     proc = subprocess.Popen(job_args, cwd=REPO, env=child_env, stdout=log, stderr=subprocess.STDOUT,
@@ -482,12 +547,14 @@ def main(argv=None) -> int:
         print(f"state at the end of the drain: {_checkpoint_state(rest, jid) or 'no checkpoint'}", flush=True)
         if first_row_at is not None and drained_at > first_row_at:
             sustained = args.events / (drained_at - first_row_at)
+            figures["events_per_s"] = sustained
             print(f"sustained: {sustained:,.0f} events/s "
                   f"(first to last row {drained_at - first_row_at:.1f} s; "
                   f"{args.events / (drained_at - running):,.0f} events/s counting from tasks running)", flush=True)
             tm_s, jm_s, job_s = (b - a for a, b in zip(cpu_at_first_row, cpu_at_last_change))
             cpu_s = tm_s + jm_s + job_s
             if cpu_s > 0:
+                figures.update(events_per_cpu_s=args.events / cpu_s, cpu_s=cpu_s)
                 print(f"events per CPU-second (every process of the job, first row to drained): "
                       f"{args.events / cpu_s:,.0f} ({cpu_s:.1f} CPU-s: TaskManager {tm_s:.1f}, "
                       f"JobManager {jm_s:.1f}, job process with its workers and job server {job_s:.1f})",
@@ -508,98 +575,99 @@ def main(argv=None) -> int:
         if profiler is not None:
             profiler.wait(timeout=args.profile_seconds + 60)
 
-        # Latency: live events at a fixed rate, each looked up in PostgreSQL
-        # (and, for the frontend, in Redis's per-minute KPI set).
-        from schemas.events import FrontendEvent
-        from schemas.text_agent import TextAgentTurn
-        from transforms.parse import parse_record
-        from transforms.text_agent import turn_key
+        if not args.drain_only:
+            # Latency: live events at a fixed rate, each looked up in PostgreSQL
+            # (and, for the frontend, in Redis's per-minute KPI set).
+            from schemas.events import FrontendEvent
+            from schemas.text_agent import TextAgentTurn
+            from transforms.parse import parse_record
+            from transforms.text_agent import turn_key
 
-        frontend = args.pipeline == "frontend"
-        model, key_of = (FrontendEvent, lambda e: e["event_id"]) if frontend else (TextAgentTurn, turn_key)
-        pg_lookup = ("SELECT event_id FROM frontend_analytics WHERE event_id = ANY(%s)" if frontend else
-                     "SELECT session_id || chr(31) || turn_id FROM agent_turns "
-                     "WHERE session_id || chr(31) || turn_id = ANY(%s)")
-        # Event times as the events are sent (the live stream's own rate).
-        latency_lines = list(_events(args.latency_events, run_id + "L", args.seed + 1,
-                                     int(time.time() * 1000), args.pipeline,
-                                     int(args.latency_events / args.latency_rate * 1000)))
-        sent: typing.Dict[str, float] = {}
-        keys: typing.Dict[str, str] = {}
-        line_ids: typing.Dict[int, str] = {}
-        for n, (line, payload) in enumerate(latency_lines):
+            frontend = args.pipeline == "frontend"
+            model, key_of = (FrontendEvent, lambda e: e["event_id"]) if frontend else (TextAgentTurn, turn_key)
+            pg_lookup = ("SELECT event_id FROM frontend_analytics WHERE event_id = ANY(%s)" if frontend else
+                         "SELECT session_id || chr(31) || turn_id FROM agent_turns "
+                         "WHERE session_id || chr(31) || turn_id = ANY(%s)")
+            # Event times as the events are sent (the live stream's own rate).
+            latency_lines = list(_events(args.latency_events, run_id + "L", args.seed + 1,
+                                         int(time.time() * 1000), args.pipeline,
+                                         int(args.latency_events / args.latency_rate * 1000)))
+            sent: typing.Dict[str, float] = {}
+            keys: typing.Dict[str, str] = {}
+            line_ids: typing.Dict[int, str] = {}
+            for n, (line, payload) in enumerate(latency_lines):
+                try:
+                    parsed = parse_record(line, model)
+                except ValueError:  # malformed on purpose: a dead letter, never a row
+                    continue
+                eid, ts = key_of(parsed), parsed["timestamp_ms"]
+                line_ids[n] = eid
+                if frontend:
+                    keys[eid] = (f"{KPI_PREFIX}events:{parsed['event_type']}:"
+                                 f"{time.strftime('%Y%m%d%H%M', time.gmtime(ts / 1000))}")
+
+            from kafka import KafkaProducer
+
+            producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
+            seen_redis: typing.Dict[str, float] = {}
+            seen_pg: typing.Dict[str, float] = {}
+            stop = threading.Event()
+
+            def poll():
+                r = redis.Redis.from_url(settings.redis_url(env))
+                pg = psycopg.connect(dsn, autocommit=True)
+                while not stop.is_set():
+                    now = time.perf_counter()
+                    pending_r = [e for e in list(sent) if e not in seen_redis] if frontend else []
+                    if pending_r:
+                        pipe = r.pipeline()
+                        for e in pending_r:
+                            pipe.sismember(keys[e], e)
+                        for e, hit in zip(pending_r, pipe.execute()):
+                            if hit:
+                                seen_redis[e] = now
+                    pending_p = [e for e in list(sent) if e not in seen_pg]
+                    if pending_p:
+                        for (e,) in pg.execute(pg_lookup, (pending_p,)).fetchall():
+                            seen_pg[e] = now
+                    time.sleep(0.1)
+
+            poller = threading.Thread(target=poll, daemon=True)
+            poller.start()
+            interval = 1.0 / args.latency_rate
+            next_at = time.perf_counter()
+            for n, (line, _) in enumerate(latency_lines):
+                eid = line_ids.get(n)
+                while time.perf_counter() < next_at:
+                    time.sleep(min(interval, next_at - time.perf_counter()))
+                producer.send(topic, line.encode())
+                producer.flush()
+                if eid is not None and eid not in sent:  # a duplicate keeps its first send time
+                    sent[eid] = time.perf_counter()
+                next_at += interval
+            producer.close()
             try:
-                parsed = parse_record(line, model)
-            except ValueError:  # malformed on purpose: a dead letter, never a row
-                continue
-            eid, ts = key_of(parsed), parsed["timestamp_ms"]
-            line_ids[n] = eid
-            if frontend:
-                keys[eid] = (f"{KPI_PREFIX}events:{parsed['event_type']}:"
-                             f"{time.strftime('%Y%m%d%H%M', time.gmtime(ts / 1000))}")
+                wait_for(lambda: len(seen_pg) >= len(sent) and (not frontend or len(seen_redis) >= len(sent)),
+                         300, "latency events in Redis and PostgreSQL", interval_s=0.5)
+            except TimeoutError:
+                print(f"after 300 s: {len(sent) - len(seen_redis)} events missing in Redis, "
+                      f"{len(sent) - len(seen_pg)} in PostgreSQL; percentiles over the rest", flush=True)
+            stop.set()
+            poller.join()
+            to_redis = [seen_redis[e] - sent[e] for e in sent if e in seen_redis] or [float("nan")]
+            to_pg = [seen_pg[e] - sent[e] for e in sent if e in seen_pg] or [float("nan")]
+            to_redis_text = (f"to Redis p50 {_percentile(to_redis, 50):.2f} s p95 {_percentile(to_redis, 95):.2f} s; "
+                             if frontend else "")
+            print(f"latency over {len(sent)} events at {args.latency_rate:.0f}/s: {to_redis_text}"
+                  f"to PostgreSQL p50 {_percentile(to_pg, 50):.2f} s p95 {_percentile(to_pg, 95):.2f} s", flush=True)
 
-        from kafka import KafkaProducer
-
-        producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
-        seen_redis: typing.Dict[str, float] = {}
-        seen_pg: typing.Dict[str, float] = {}
-        stop = threading.Event()
-
-        def poll():
-            r = redis.Redis.from_url(settings.redis_url(env))
-            pg = psycopg.connect(dsn, autocommit=True)
-            while not stop.is_set():
-                now = time.perf_counter()
-                pending_r = [e for e in list(sent) if e not in seen_redis] if frontend else []
-                if pending_r:
-                    pipe = r.pipeline()
-                    for e in pending_r:
-                        pipe.sismember(keys[e], e)
-                    for e, hit in zip(pending_r, pipe.execute()):
-                        if hit:
-                            seen_redis[e] = now
-                pending_p = [e for e in list(sent) if e not in seen_pg]
-                if pending_p:
-                    for (e,) in pg.execute(pg_lookup, (pending_p,)).fetchall():
-                        seen_pg[e] = now
-                time.sleep(0.1)
-
-        poller = threading.Thread(target=poll, daemon=True)
-        poller.start()
-        interval = 1.0 / args.latency_rate
-        next_at = time.perf_counter()
-        for n, (line, _) in enumerate(latency_lines):
-            eid = line_ids.get(n)
-            while time.perf_counter() < next_at:
-                time.sleep(min(interval, next_at - time.perf_counter()))
-            producer.send(topic, line.encode())
-            producer.flush()
-            if eid is not None and eid not in sent:  # a duplicate keeps its first send time
-                sent[eid] = time.perf_counter()
-            next_at += interval
-        producer.close()
-        try:
-            wait_for(lambda: len(seen_pg) >= len(sent) and (not frontend or len(seen_redis) >= len(sent)),
-                     300, "latency events in Redis and PostgreSQL", interval_s=0.5)
-        except TimeoutError:
-            print(f"after 300 s: {len(sent) - len(seen_redis)} events missing in Redis, "
-                  f"{len(sent) - len(seen_pg)} in PostgreSQL; percentiles over the rest", flush=True)
-        stop.set()
-        poller.join()
-        to_redis = [seen_redis[e] - sent[e] for e in sent if e in seen_redis] or [float("nan")]
-        to_pg = [seen_pg[e] - sent[e] for e in sent if e in seen_pg] or [float("nan")]
-        to_redis_text = (f"to Redis p50 {_percentile(to_redis, 50):.2f} s p95 {_percentile(to_redis, 95):.2f} s; "
-                         if frontend else "")
-        print(f"latency over {len(sent)} events at {args.latency_rate:.0f}/s: {to_redis_text}"
-              f"to PostgreSQL p50 {_percentile(to_pg, 50):.2f} s p95 {_percentile(to_pg, 95):.2f} s", flush=True)
-
-        for pid in tm_pids:
-            print(f"TaskManager {pid} peak RSS {(proc_status_kib(pid, 'VmHWM') or 0) / 1024:,.0f} MiB (since it started)")
-        print(f"Python SDK worker (job process {proc.pid}) peak RSS {(proc_status_kib(proc.pid, 'VmHWM') or 0) / 1024:,.0f} MiB")
-        if os.path.exists(profile_path):
-            print(f"worker profile ({args.profile_seconds} s of the drain, self time, py-spy):")
-            for line in _pyspy_summary(profile_path):
-                print("   " + line)
+            for pid in tm_pids:
+                print(f"TaskManager {pid} peak RSS {(proc_status_kib(pid, 'VmHWM') or 0) / 1024:,.0f} MiB (since it started)")
+            print(f"Python SDK worker (job process {proc.pid}) peak RSS {(proc_status_kib(proc.pid, 'VmHWM') or 0) / 1024:,.0f} MiB")
+            if os.path.exists(profile_path):
+                print(f"worker profile ({args.profile_seconds} s of the drain, self time, py-spy):")
+                for line in _pyspy_summary(profile_path):
+                    print("   " + line)
     finally:
         if jid:
             try:
@@ -611,6 +679,11 @@ def main(argv=None) -> int:
         end_process(proc)
         log.close()
 
+    if args.drain_only:
+        admin.delete_topics([topic])
+        admin.close()
+        print(f"job log: {workdir}", flush=True)
+        return figures
     # Beside it: the raw consumer and the seed's naive per-event consumer, same topic.
     def decode(rec):
         try:
@@ -636,7 +709,7 @@ def main(argv=None) -> int:
     admin.delete_topics([topic])
     admin.close()
     print(f"job log and profile: {workdir}")
-    return 0
+    return figures
 
 
 if __name__ == "__main__":
