@@ -62,9 +62,18 @@ OUTAGE_S = 30
 VISITS_PER_S = 15  # x4 events (+ duplicates, dead letters): ~60 events/s
 CATCH_UP_TIMEOUT_S = 300
 TASKMANAGER_KILLS = 3
-# Events published at full speed at the start of the kill phase (the kills
-# come while the job drains them); 0: the steady rate only.
-KILL_BACKLOG_EVENTS = 0
+# Events published at full speed at the start of the kill phase (~5,000
+# events/s), which the job drains while the kills come; 0: the steady rate
+# only. Issue 20 asks for 200,000: benchmarks/fault_bench.py
+# --faults=taskmanager --kill-events=200000 runs that (the kill phase took
+# 164 s, nothing lost or doubled), but its ~50,000 sessions then close at
+# ~36 rows/s (the session stage fires one deadline per bucket timer per
+# watermark step: README, Faults on Flink, findings), ~25 minutes before the
+# session check could pass, past the suite's budget. 20,000 (~5,000
+# sessions) keeps every kill under load within it.
+KILL_BACKLOG_EVENTS = 20_000
+# The last check waits this long for every session row after the last event.
+SESSIONS_SETTLE_S = 420
 
 
 class FaultRun:
@@ -384,7 +393,7 @@ def test_after_all_faults_sessions_redis_and_archive_are_exact(fault_run):
         return not (s["missing_rows"] or s["short"] or s["redis_mismatch"]) and s
 
     try:
-        wait_for(sessions_settled, 180, "every session row and Redis hash", interval_s=5)
+        wait_for(sessions_settled, SESSIONS_SETTLE_S, "every session row and Redis hash", interval_s=5)
     except TimeoutError:
         pass
     sessions = fw.check_sessions(run.env, run.producer)
