@@ -21,7 +21,12 @@ visits at a steady rate; the tests inject one fault each, in order:
 4. Redis stopped for ``OUTAGE_S`` (``SHUTDOWN SAVE``, so its keys survive
    as with a persistent Redis); its sinks retry for 60 s
    (``--redis_retry_budget_seconds``);
-5. the TaskManager SIGKILLed three times, a new one started each time.
+5. the TaskManager SIGKILLed three times, a new one started each time,
+   while the job drains a backlog of ``KILL_BACKLOG_EVENTS`` the producer
+   publishes at full speed when the phase starts;
+6. last, the streaming text-agent job (the frontend job stopped first) with
+   one TaskManager kill: agent_turns, conversations, hourly billing and
+   the archive exact (``test_text_agent_job_survives_a_taskmanager_kill``).
 
 Between 1 and 2 the dead-letter writer itself is checked: records written
 while the broker is down reach the topic once it is back.
@@ -35,9 +40,9 @@ run. Figures (events, lost, doubled, recovery time) are the benchmark's:
 benchmarks/fault_bench.py; the README's fault table says what each fault
 costs and where the design's limits are.
 
-Marked ``faults`` (and ``flink``, ``integration``, ``slow``); about 10
-minutes on the 2-core machine, most of it the instance's start and the
-outages themselves.
+Marked ``faults`` (and ``flink``, ``integration``, ``slow``); about 13
+minutes on the 2-core machine, most of it the instance's and the jobs'
+start and the outages themselves.
 """
 from __future__ import annotations
 
