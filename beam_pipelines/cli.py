@@ -37,6 +37,7 @@ from runners.profiles import check_job_server_jar, expand_argv
 
 __all__ = [
     "run_job",
+    "build_job",
     "generate_if_asked",
     "input_or_sample",
     "parse_options",
@@ -142,19 +143,30 @@ def run_job(options: PipelineOptions, pipeline_name: str, source, build, runner=
     if sample is not None:
         input_or_sample(options, sample, sample_lines)
     check_runner(options)
-    streaming = bool(options.view_as(StandardOptions).streaming)
-    opts = options.view_as(IheardOptions)
-    conns = resolve_connections(options)
-    apply_s3_options(options, conns)
-    common.prepare_sinks(conns)
-    pipeline = beam.Pipeline(runner=runner, options=options)
-    extra = {"batched": True} if batches and batched_hot_path(opts, streaming) else {}
-    records = source(pipeline, conns, opts, streaming, **extra)
-    build(pipeline, records, conns, opts, streaming, **extra)
+    pipeline, conns = build_job(options, source, build, runner=runner, batches=batches)
     result = pipeline.run()
     result.wait_until_finish()
     print(summary(result, conns, pipeline_name), flush=True)
     return result
+
+
+def build_job(options: PipelineOptions, source, build, runner=None, batches: bool = False,
+              prepare: bool = True):
+    """The graph ``run_job`` runs, without running it: (pipeline, connections).
+
+    ``prepare=False`` skips creating the tables (nothing is contacted), for
+    ``runners.state_ids``, which reads the stateful steps off the graph."""
+    streaming = bool(options.view_as(StandardOptions).streaming)
+    opts = options.view_as(IheardOptions)
+    conns = resolve_connections(options)
+    apply_s3_options(options, conns)
+    if prepare:
+        common.prepare_sinks(conns)
+    pipeline = beam.Pipeline(runner=runner, options=options)
+    extra = {"batched": True} if batches and batched_hot_path(opts, streaming) else {}
+    records = source(pipeline, conns, opts, streaming, **extra)
+    build(pipeline, records, conns, opts, streaming, **extra)
+    return pipeline, conns
 
 
 def main(run: typing.Callable[[], typing.Any]) -> None:
