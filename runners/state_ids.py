@@ -258,9 +258,12 @@ def recorded(path: pathlib.Path = STATE_IDS_FILE) -> dict:
     return json.loads(path.read_text())
 
 
-def expected_operator_ids(pipeline_name: str, proto=None) -> typing.Dict[str, str]:
-    """operator id -> label of the stateful steps whose uid is known (not ambiguous)."""
-    steps = stateful_steps(proto) if proto is not None else recorded()["jobs"][pipeline_name]
+def expected_operator_ids(pipeline_name: str, proto=None,
+                          environment_urn: str = ENVIRONMENT_URN) -> typing.Dict[str, str]:
+    """operator id -> label of the stateful steps whose uid is known (not ambiguous), of
+    ``proto`` when given, else of ``pipeline_name`` as recorded."""
+    steps = (stateful_steps(proto, environment_urn) if proto is not None
+             else recorded()["jobs"][pipeline_name])
     return {s["flink_operator_id"]: s["label"] for s in steps if not s.get("flink_uid_ambiguous")}
 
 
