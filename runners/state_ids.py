@@ -226,9 +226,10 @@ def _stage_input(components, producer_ids, pcoll_id: str) -> str:
     return pcoll_id
 
 
-def job_graph(pipeline_name: str, argv: typing.Optional[typing.Sequence[str]] = None):
+def job_graph(pipeline_name: str, argv: typing.Optional[typing.Sequence[str]] = None, build=None):
     """The pipeline proto of ``beam_pipelines.<pipeline_name>``'s job for ``argv``
-    (default ``JOBS[pipeline_name]``), built without contacting any service."""
+    (default ``JOBS[pipeline_name]``), built without contacting any service;
+    ``build`` replaces the module's ``build_pipeline`` (a variant of the job)."""
     import importlib
 
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -239,7 +240,7 @@ def job_graph(pipeline_name: str, argv: typing.Optional[typing.Sequence[str]] = 
     topic = {"frontend": "FRONTEND_TOPIC", "text_agent": "TEXT_AGENT_TOPIC"}[pipeline_name]
     options = PipelineOptions(list(JOBS[pipeline_name] if argv is None else argv))
     pipeline, _ = cli.build_job(options, common.event_source(getattr(module, topic)),
-                                module.build_pipeline, batches=True, prepare=False)
+                                build or module.build_pipeline, batches=True, prepare=False)
     return pipeline.to_runner_api()
 
 

@@ -49,6 +49,14 @@ def test_stateful_steps_match_the_recorded_state_ids(job):
     )
 
 
+def test_the_frontend_with_an_extra_stateless_step_keeps_every_state_id():
+    # The "next build" tests/flink/test_upgrade.py restores the current build's savepoint into.
+    from tests.flink.upgrade_variants import _build_with_extra_step
+
+    variant = state_ids.stateful_steps(state_ids.job_graph("frontend", build=_build_with_extra_step))
+    assert not _diff(state_ids.recorded()["jobs"]["frontend"], variant)
+
+
 def test_the_recorded_file_names_the_beam_version_it_holds_for():
     assert state_ids.recorded()["beam_version"] == beam.__version__, (
         "Beam's version changed: savepoints of the older version do not restore (README, "
