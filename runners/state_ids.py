@@ -73,10 +73,18 @@ PAR_DO_URN = "beam:transform:pardo:v1"
 
 # The streaming jobs whose state must survive an upgrade: pipeline -> the
 # arguments of its production streaming graph (Kafka, the default hot path).
+# The sinks are part of the graph (the PostgreSQL sink's dead letters, the
+# archive's windows), so these name them all; nothing is contacted.
+_PRODUCTION = [
+    "--streaming", "--kafka_bootstrap=kafka:9092",
+    "--postgres_dsn=host=postgres dbname=analytics user=iheard", "--redis_url=redis://redis:6379/0",
+    "--archive_path=s3://iheardai-archive/archive",
+]
 JOBS: typing.Dict[str, typing.List[str]] = {
-    "frontend": ["--streaming", "--kafka_bootstrap=kafka:9092"],
-    "text_agent": ["--streaming", "--kafka_bootstrap=kafka:9092"],
+    "frontend": list(_PRODUCTION),
+    "text_agent": list(_PRODUCTION),
 }
+RESHUFFLE_URN = "beam:transform:reshuffle:v1"
 
 _M = 0xFFFFFFFFFFFFFFFF
 
@@ -151,6 +159,13 @@ def stateful_steps(proto, environment_urn: str = ENVIRONMENT_URN) -> typing.List
 
     components = proto.components
     producers, producer_ids, consumers = {}, {}, {}
+    # Flink translates a Reshuffle as a rebalance: the GroupByKey inside never runs.
+    under_reshuffle = set()
+    pending = [t.subtransforms for t in components.transforms.values() if t.spec.urn == RESHUFFLE_URN]
+    while pending:
+        for child in pending.pop():
+            under_reshuffle.add(child)
+            pending.append(components.transforms[child].subtransforms)
     for transform_id, transform in components.transforms.items():
         if transform.subtransforms:
             continue
@@ -160,8 +175,8 @@ def stateful_steps(proto, environment_urn: str = ENVIRONMENT_URN) -> typing.List
         for pcoll in transform.inputs.values():
             consumers[pcoll] = consumers.get(pcoll, 0) + 1
     steps = []
-    for transform in components.transforms.values():
-        if transform.subtransforms:
+    for transform_id, transform in components.transforms.items():
+        if transform.subtransforms or transform_id in under_reshuffle:
             continue
         if transform.spec.urn == GBK_URN:
             (pcoll_id,) = transform.inputs.values()

@@ -48,7 +48,6 @@ from runners import state_ids
 from runners.submit import new_job_id
 from tests.flink.flink_rest import wait_for
 from tests.flink.test_frontend_streaming import (  # noqa: F401  (services_env is a fixture)
-    _create_topic,
     _pg_connect,
     services_env,
 )
@@ -105,6 +104,21 @@ def _split(records: typing.List[dict], session_key: str):
 def _closer(record: dict, run_id: str, latest_ms: int) -> dict:
     closer = dict(record, session_id=f"upg-{run_id}-closer", timestamp=latest_ms + CLOSER_DELAY_MS)
     return closer
+
+
+def _create_topic(bootstrap: str) -> str:
+    """A one-partition topic of the test's own that takes record timestamps from tomorrow
+    (Kafka 4 refuses records more than an hour ahead by default)."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    topic = f"flink-upgrade-{uuid.uuid4().hex[:10]}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(topic, 1, 1, topic_configs={
+            "message.timestamp.after.max.ms": str(2**63 - 1)})])
+    finally:
+        admin.close()
+    return topic
 
 
 def _produce(bootstrap: str, topic: str, records: typing.Iterable[dict]) -> None:
@@ -240,13 +254,22 @@ class _Submitter:
         return savepoint
 
     def check_state_ids(self, job_id: str, pipeline_name: str) -> None:
+        """Keyed steps head their chain (a keyBy precedes them), so their operator id is a
+        vertex id of the running job; the Kafka read may be chained after the Impulse."""
         vertices = {node["id"] for node in self.rest.get(f"/jobs/{job_id}/plan")["plan"]["nodes"]}
-        recorded = state_ids.expected_operator_ids(pipeline_name)
-        missing = {label: op for op, label in recorded.items() if op not in vertices}
+        keyed = {s["flink_operator_id"]: s["label"] for s in state_ids.recorded()["jobs"][pipeline_name]
+                 if s["kind"] != "splittable_pardo"}
+        missing = {label: op for op, label in keyed.items() if op not in vertices}
         assert not missing, (
             f"operator ids of flink/state_ids.json not in the running {pipeline_name} job's graph: {missing}; "
             "the uids Beam's job server gives differ from runners/state_ids.py's reading"
         )
+
+    @staticmethod
+    def check_savepoint_holds_state_ids(savepoint: str, pipeline_name: str) -> None:
+        metadata = state_ids.savepoint_metadata(savepoint)
+        assert metadata is not None, savepoint
+        assert not state_ids.missing_in_savepoint(metadata, state_ids.expected_operator_ids(pipeline_name))
 
     def check_restored(self, job_id: str, savepoint: str) -> None:
         restored = self.rest.get(f"/jobs/{job_id}/checkpoints")["latest"]["restored"]
@@ -309,6 +332,7 @@ def test_frontend_job_upgraded_from_a_savepoint_equals_a_run_without_upgrade(
     assert _count(env, "SELECT count(*) FROM frontend_sessions WHERE session_id LIKE %s", pattern) == 0, (
         "a session closed before the stop: the test means every session to be open across it")
     savepoint = submitter.stop_with_savepoint(proc, job_id, job_name, tmp_path / "savepoints")
+    submitter.check_savepoint_holds_state_ids(savepoint, "frontend")
 
     proc, job_id, job_name = submitter.start("tests.flink.upgrade_variants:run_frontend_with_extra_step", args,
                                              "iheard-upgrade-frontend-next", savepoint=savepoint)
@@ -358,6 +382,7 @@ def test_text_agent_job_upgraded_from_a_savepoint_equals_a_run_without_upgrade(
     wait_for(lambda: _count(env, "SELECT count(*) FROM agent_turns WHERE session_id LIKE %s", f"upg-{run_id}-%")
              == distinct_turns, RESULT_TIMEOUT_S, "the first part read")
     savepoint = submitter.stop_with_savepoint(proc, job_id, job_name, tmp_path / "savepoints")
+    submitter.check_savepoint_holds_state_ids(savepoint, "text_agent")
 
     # Another job's savepoint: refused before anything starts, naming what would be lost.
     reason = submitter.refused("beam_pipelines.frontend:run", args, savepoint)
