@@ -23,13 +23,21 @@ and Flink derives the operator id from it (murmur3_128 of the uid, seed 0,
   running job's vertex ids by tests/flink/test_upgrade.py.
 
 Inside the operator, Beam names user state by its state id (``ids``,
-``version``, ...), with the coder the DoFn declares. So a restore keeps a
-step's state when, and only when: the label of the step feeding a stateful
-DoFn (and that DoFn's state ids and coders), and the label of every
-GroupByKey (and its key/value coders and windowing), are unchanged, on the
-same Beam version (Flink keeps Beam's coders Java-serialized: README, "Why
-Beam 2.70.0"). Steps without state can be added, removed and renamed freely,
-except the one step right before a stateful DoFn.
+``version``, ...), with the coder the DoFn declares, but a timer by the
+*transform id* the Python SDK gave the DoFn, ``ref_AppliedPTransform_<label>_<n>``
+with n counting every transform applied before it in the pipeline. A
+restored timer whose transform id the new job lacks fails the job when it
+fires (``NullPointerException: No receiver found for timer
+ref_AppliedPTransform_AggregateSessions-SessionizeBuckets_29 ts-deadline``,
+seen on this cluster after adding one step ahead of the parser). So a restore
+keeps a step's state when, and only when: the label of the step feeding a
+stateful DoFn, that DoFn's transform id (its label and the number of
+transforms applied before it), its state ids and coders, and the label of
+every GroupByKey (and its coders and windowing) are unchanged, on the same
+Beam version (Flink keeps Beam's coders Java-serialized: README, "Why Beam
+2.70.0"). Steps without state can be renamed freely, except the one right
+before a stateful DoFn; a step can be added or removed only where it is
+applied after every stateful DoFn (e.g. at the end of ``build_pipeline``).
 
 ``flink/state_ids.json`` records these for the streaming jobs' graphs;
 ``tests/unit/test_state_ids.py`` fails when a change alters one, and
@@ -216,6 +224,9 @@ def stateful_steps(proto, environment_urn: str = ENVIRONMENT_URN) -> typing.List
             steps.append({
                 "kind": "splittable_pardo" if splittable else "stateful_pardo",
                 "label": transform.unique_name,
+                # Timers are stored with the Python transform id, which counts
+                # the transforms applied before this one.
+                "beam_transform_id": transform_id,
                 "input_from": producers.get(pcoll_id, ""),
                 "_input": pcoll_id,
                 "flink_uid": uid,

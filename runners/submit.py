@@ -112,6 +112,7 @@ UPGRADE_PROCEDURE = (
 )
 _UNMAPPED_STATE = re.compile(
     r"Cannot map checkpoint/savepoint state for operator ([0-9a-f]{32}) to the new program")
+_UNKNOWN_TIMER = re.compile(r"No receiver found for timer (\S+) (\S+)")
 _INCOMPATIBLE_STATE = (
     "InvalidClassException",
     "StateMigrationException",
@@ -151,6 +152,14 @@ def explain_restore_failure(texts: typing.Sequence[str], savepoint: str) -> typi
             + ", which the new job does not have: a stateful step, or the step feeding a stateful DoFn, "
             "was renamed or removed, or the savepoint is another job's (see flink/state_ids.json). "
             + UPGRADE_PROCEDURE + f" (Flink: {flink_line[:400]})"
+        )
+    timer = _UNKNOWN_TIMER.search(text)
+    if timer:
+        return (
+            f"savepoint {savepoint} holds timers ({timer.group(2)}) of transform {timer.group(1)}, which "
+            "the new job does not have under that id: the Python SDK numbers transforms in the order they "
+            "are applied, so a step added or removed before a stateful DoFn renames its timers (see "
+            "flink/state_ids.json, beam_transform_id). " + UPGRADE_PROCEDURE
         )
     if any(marker in text for marker in _INCOMPATIBLE_STATE) and (
         "restore" in text.lower() or "savepoint" in text.lower() or "state" in text.lower()

@@ -49,12 +49,25 @@ def test_stateful_steps_match_the_recorded_state_ids(job):
     )
 
 
-def test_the_frontend_with_an_extra_stateless_step_keeps_every_state_id():
+def test_a_stateless_step_applied_last_keeps_every_state_id():
     # The "next build" tests/flink/test_upgrade.py restores the current build's savepoint into.
-    from tests.flink.upgrade_variants import _build_with_extra_step
+    from tests.flink.upgrade_variants import build_with_extra_step
 
-    variant = state_ids.stateful_steps(state_ids.job_graph("frontend", build=_build_with_extra_step))
+    variant = state_ids.stateful_steps(state_ids.job_graph("frontend", build=build_with_extra_step))
     assert not _diff(state_ids.recorded()["jobs"]["frontend"], variant)
+
+
+def test_a_stateless_step_applied_before_the_stateful_ones_renumbers_their_timers():
+    from tests.flink.upgrade_variants import build_with_step_before_parse
+
+    recorded = {s["label"]: s for s in state_ids.recorded()["jobs"]["frontend"]}
+    variant = {s["label"]: s for s in state_ids.stateful_steps(
+        state_ids.job_graph("frontend", build=build_with_step_before_parse))}
+    assert {label: s["flink_uid"] for label, s in variant.items()} == {
+        label: s["flink_uid"] for label, s in recorded.items()}
+    dedupe = "DedupeEvents/DropDuplicateBatches"
+    assert variant[dedupe]["beam_transform_id"] != recorded[dedupe]["beam_transform_id"]
+    assert _diff(recorded.values(), variant.values())
 
 
 def test_the_recorded_file_names_the_beam_version_it_holds_for():
@@ -101,7 +114,8 @@ def test_what_a_refactor_may_change_and_what_it_may_not():
     base = _toy()
     uid = base["Remember"]["flink_uid"]
     assert uid.endswith(f"KeyBy.None/{state_ids.ENVIRONMENT_URN}:0")
-    # A stateless step added upstream, or a renamed stateful DoFn: same uid.
+    # A stateless step added upstream, or a renamed stateful DoFn: same uid
+    # (but another transform id: see the frontend's variants above).
     assert _toy(extra_step=True)["Remember"]["flink_uid"] == uid
     assert _toy(state_label="RememberSeen")["RememberSeen"]["flink_uid"] == uid
     # The step feeding the stateful DoFn renamed: another uid, the state would not map.

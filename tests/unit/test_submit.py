@@ -302,3 +302,15 @@ def test_other_failures_are_left_as_flink_reported_them():
 
     assert explain_restore_failure(["Cannot find checkpoint or savepoint file:/none"], "file:/none") is None
     assert explain_restore_failure(["ValueError: boom in ParseEvents"], "file:/sp") is None
+
+
+def test_a_restored_timer_without_its_transform_is_explained():
+    from runners.submit import explain_restore_failure
+
+    # The root exception of a frontend job restored into a build with a step added before the parser.
+    text = ("java.lang.NullPointerException: No receiver found for timer "
+            "ref_AppliedPTransform_AggregateSessions-SessionizeBuckets_29 ts-deadline\n"
+            "\tat org.apache.beam.vendor.guava.v32_1_2_jre.com.google.common.base.Preconditions.checkNotNull")
+    reason = explain_restore_failure(["job x is RESTARTING", text], "file:/sp/savepoint-3")
+    assert "ref_AppliedPTransform_AggregateSessions-SessionizeBuckets_29" in reason
+    assert "beam_transform_id" in reason and 'README, "Upgrading a running job"' in reason
