@@ -290,10 +290,13 @@ def _wait_equal(what: str, fetch, expected, log_tail):
         wait_for(lambda: fetch() == expected, RESULT_TIMEOUT_S, what)
     except TimeoutError as exc:
         got = fetch()
-        raise AssertionError(
-            f"{exc}\n only in the upgraded run: {sorted(set(got) - set(expected))[:20]}"
-            f"\n only in the reference: {sorted(set(expected) - set(got))[:20]}\n{log_tail()}"
-        ) from exc
+        lines = [str(exc)]
+        for table in expected:
+            mine, theirs = set(got.get(table, [])), set(expected[table])
+            lines.append(f"{table}: {len(got.get(table, []))} rows, reference {len(expected[table])}; "
+                         f"only after the upgrade {sorted(mine - theirs)[:10]}; "
+                         f"only in the reference {sorted(theirs - mine)[:10]}")
+        raise AssertionError("\n".join(lines) + "\n" + log_tail()) from exc
 
 
 def _count(env, sql: str, param) -> int:
