@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import typing
 
+from beam_pipelines import frontend, replay, text_agent
+
 from beam_pipelines.generate import frontend_events, sample_turns
 from beam_pipelines.hostile_input import STRING_FIELDS, hostile_lines
 from transforms.fix_spec import FixSpec
@@ -168,3 +170,82 @@ def snapshot(db, pipeline: str) -> typing.Dict[str, dict]:
 
 def failed_events(db) -> typing.Dict[str, dict]:
     return {r["failure_id"]: r for r in db.select("SELECT * FROM failed_events")}
+
+
+# -- the scenario, on any store -------------------------------------------------
+MODULES = {"frontend": frontend, "text_agent": text_agent}
+
+
+def _run_job(pipeline, lines, store, tmp_path, name):
+    path = tmp_path / f"{name}.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    MODULES[pipeline].run([f"--input={path}", *store.args(name), f"--pii_secret={SECRET}",
+                           f"--session_gap_seconds={GAP_S}", "--runner=DirectRunner",
+                           f"--archive_path={tmp_path / name / 'archive'}"])
+
+
+def _replay(pipeline, store, fix_args, *extra):
+    return replay.run([f"--pipeline={pipeline}", *store.args("replayed"),
+                       f"--pii_secret={SECRET}", f"--session_gap_seconds={GAP_S}",
+                       "--runner=DirectRunner", *fix_args, *extra])
+
+
+def _fix_args(pipeline, tmp_path):
+    if pipeline == "frontend":
+        return ["--fix=tests.pipeline.replay_scenario:repair_frontend"]
+    spec = tmp_path / "fix.yaml"
+    spec.write_text(TEXT_AGENT_SPEC)
+    return [f"--fix_spec={spec}"]
+
+
+def check_replay(pipeline, tmp_path, store) -> None:
+    """Input as received -> the job -> dry run (writes nothing, predicts the
+    run) -> replay with the fix -> the tables equal a clean run of the
+    corrected input; the marks and new dead letters are consistent; a second
+    replay changes nothing. ``store``: ``args(name)`` (connection flags of
+    run ``name``: "replayed" or "clean") and ``state(name, pipeline)``
+    ((snapshot, failed_events) of that run's database)."""
+    received, corrected, broken = (frontend_lines() if pipeline == "frontend"
+                                   else text_agent_lines())
+    assert broken >= 5
+    _run_job(pipeline, received, store, tmp_path, "replayed")
+    _run_job(pipeline, corrected, store, tmp_path, "clean")
+    clean_tables, _ = store.state("clean", pipeline)
+    tables0, failed0 = store.state("replayed", pipeline)
+    assert tables0 != clean_tables  # the buggy lines are missing
+
+    fix = _fix_args(pipeline, tmp_path)
+    report = _replay(pipeline, store, fix, "--dry_run")
+    assert store.state("replayed", pipeline) == (tables0, failed0)  # a dry run writes nothing
+    would_pass = sum(entry["pass"] for entry in report.values())
+    assert would_pass >= broken
+
+    summary = _replay(pipeline, store, fix, "--run_id=replay1")
+    tables1, failed1 = store.state("replayed", pipeline)
+    assert summary["passed"] == would_pass
+    assert summary["selected"] == (summary["passed"] + summary["failed_again"]
+                                   + summary["pending"] + summary["not_replayable"])
+    assert tables1 == clean_tables
+
+    # Originals are kept and marked; what failed again is a new dead letter
+    # pointing at its original, with the replay's run id.
+    originals = {k: v for k, v in failed1.items() if v["replay_of"] is None}
+    assert originals.keys() == failed0.keys()
+    marked = {k: v for k, v in originals.items() if v["replayed_by"] == "replay1"}
+    assert len(marked) == summary["selected"] - summary["pending"]
+    outcomes = [v["replay_outcome"] for v in marked.values()]
+    assert outcomes.count("passed") == summary["passed"]
+    assert outcomes.count("not_replayable") == summary["not_replayable"]
+    refailures = {k: v for k, v in failed1.items() if v["replay_of"] is not None}
+    assert len(refailures) == summary["failed_again"]
+    for row in refailures.values():
+        assert row["replay_run_id"] == "replay1"
+        assert originals[row["replay_of"]]["replay_outcome"] == "failed"
+        assert row["replayed_by"] is None
+
+    # Twice: nothing left to do, nothing changes. (Only what the fix raised
+    # on stays pending, for a better fix.)
+    again = _replay(pipeline, store, fix, "--run_id=replay2")
+    assert again["selected"] == again["pending"] == summary["pending"]
+    assert again["passed"] == again["failed_again"] == 0
+    assert store.state("replayed", pipeline) == (tables1, failed1)
