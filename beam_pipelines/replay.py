@@ -387,6 +387,8 @@ def replay(prepared: typing.Sequence[Prepared], pipeline: str, options: Pipeline
     if not runnable:
         _mark(db, run_id, [(p, "not_replayable") for p in lossy])
         return summary
+    phases = summary["seconds_by_phase"] = {}
+    started = time.monotonic()
     beam_pipeline = beam.Pipeline(runner=runner, options=options)
     batches = [[p.record for p in runnable[i:i + CREATE_BATCH]]
                for i in range(0, len(runnable), CREATE_BATCH)]
@@ -398,6 +400,7 @@ def replay(prepared: typing.Sequence[Prepared], pipeline: str, options: Pipeline
                               aggregates=False, archive_prefix=f"replay-{run_id}")
     result = beam_pipeline.run()
     result.wait_until_finish()
+    phases["pipeline"] = round(time.monotonic() - started, 3)
 
     refailed = {r["replay_of"] for r in db.select(
         "SELECT replay_of FROM failed_events WHERE replay_run_id = %s", [run_id])}
@@ -405,6 +408,7 @@ def replay(prepared: typing.Sequence[Prepared], pipeline: str, options: Pipeline
     summary["passed"] = len(passed)
     summary["failed_again"] = len(runnable) - len(passed)
 
+    started = time.monotonic()
     if job.event_table and passed:
         events = [_parse_quietly(p.record, job.model) for p in passed]
         sessions = sorted({str(e["session_id"]) for e in events if e and e.get("session_id")})
@@ -416,8 +420,11 @@ def replay(prepared: typing.Sequence[Prepared], pipeline: str, options: Pipeline
         summary["aggregates"] = recompute_aggregates(
             pipeline, keys, conns, gap_seconds=opts.session_gap_seconds, tables=db)
 
+    phases["recompute"] = round(time.monotonic() - started, 3)
+    started = time.monotonic()
     _mark(db, run_id, [(p, "failed" if p.root_id in refailed else "passed") for p in runnable]
           + [(p, "not_replayable") for p in lossy])
+    phases["marks"] = round(time.monotonic() - started, 3)
     return summary
 
 
@@ -426,10 +433,10 @@ def _mark(db: SqlTables, run_id: str, outcomes) -> None:
     another run) keeps its mark."""
     now = _dt.datetime.now(_dt.timezone.utc)
     with db.transaction():
-        db.executemany(
-            "UPDATE failed_events SET replayed_by = %s, replayed_at = %s, replay_outcome = %s "
-            "WHERE failure_id = %s AND replayed_by IS NULL",
-            [(run_id, now, outcome, p.failure_id) for p, outcome in outcomes])
+        db.update_by_key(
+            "failed_events", "failure_id", ("replayed_by", "replayed_at", "replay_outcome"),
+            [(p.failure_id, run_id, now, outcome) for p, outcome in outcomes],
+            condition="t.replayed_by IS NULL")
 
 
 def _parse_quietly(record: SourceRecord, model) -> typing.Optional[dict]:
@@ -473,6 +480,7 @@ def run(argv: typing.Optional[typing.List[str]] = None, runner=None) -> dict:
             db, ropts.pipeline, _csv(ropts.stage), _csv(ropts.error_class),
             ropts.message_pattern, ropts.since, ropts.until,
             ropts.include_replayed_failures, ropts.limit)
+        selected_s = time.monotonic() - started
         prepared = prepare(rows, fix, run_id)
         if is_dry_run:
             report = dry_run(prepared, ropts.pipeline, conns, opts, ropts.examples)
@@ -484,12 +492,13 @@ def run(argv: typing.Optional[typing.List[str]] = None, runner=None) -> dict:
         db.close()
     summary["run_id"] = run_id
     summary["seconds"] = round(time.monotonic() - started, 3)
+    summary.setdefault("seconds_by_phase", {})["selection"] = round(selected_s, 3)
     print(f"[replay] {ropts.pipeline} run {run_id}: {summary['selected']} dead letters selected, "
           f"{summary['passed']} now stored, {summary['failed_again']} failed again "
           f"(failed_events.replay_run_id = '{run_id}'), {summary['not_replayable']} not "
           f"replayable (stored payload is not the original), {summary['pending']} left pending "
           f"(the fix raised); aggregates recomputed: {summary['aggregates'] or 'none'}; "
-          f"{summary['seconds']} s", flush=True)
+          f"{summary['seconds']} s ({summary['seconds_by_phase']})", flush=True)
     return summary
 
 
