@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import copy
 import dataclasses
 import datetime as _dt
 import json
@@ -256,7 +255,8 @@ def prepare(rows: typing.Iterable[dict], fix, run_id: str) -> typing.List[Prepar
                 obj = None  # not JSON: nothing a fix of JSON objects can do
             if obj is not None:
                 try:
-                    fixed = fix(copy.deepcopy(obj))
+                    # obj is this record's own decoded copy: the fix may change it.
+                    fixed = fix(obj)
                 except Exception as exc:  # noqa: BLE001 - reported, record left pending
                     error = fix_error = f"the fix raised {type(exc).__name__}: {str(exc)[:200]}"
                 else:
