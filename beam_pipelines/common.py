@@ -26,7 +26,8 @@ from beam_pipelines.options import Connections, IheardOptions
 from iheard_io.archive import DEFAULT_STREAMING_WINDOW_S as ARCHIVE_WINDOW_SECONDS
 from iheard_io.archive import WriteToArchive
 from iheard_io.embedded import WriteToEmbeddedDb, close_embedded, ensure_embedded_schema
-from iheard_io.files import ReadFromJsonLines
+from iheard_io import read_progress
+from iheard_io.files import ReadFromJsonLines, input_bytes
 from iheard_io.kafka import (
     KafkaConnectionRefused,
     ReadFromKafka,
@@ -96,7 +97,10 @@ def read_source(
     """``PCollection[SourceRecord]`` from ``--input`` or Kafka (with
     ``batched``: ``PCollection[list[SourceRecord]]``, one list per poll)."""
     if conns.input:
-        return pipeline | "ReadJsonLines" >> ReadFromJsonLines(conns.input)
+        if opts.progress_key:
+            read_progress.expect(opts.progress_key, input_bytes(conns.input))
+        return pipeline | "ReadJsonLines" >> ReadFromJsonLines(
+            conns.input, progress_key=opts.progress_key)
     if conns.kafka_bootstrap:
         mode = opts.kafka_mode or ("streaming" if streaming else "bounded")
         tuning = {}

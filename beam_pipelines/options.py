@@ -13,6 +13,7 @@ file and a local Avro archive under ``--output_dir``.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 import os
@@ -53,6 +54,15 @@ class IheardOptions(PipelineOptions):
             "--input",
             help="JSON-lines file pattern (.jsonl or .jsonl.gz) to read "
             "instead of Kafka.",
+        )
+        src.add_argument(
+            "--from", dest="from_",
+            help="Archive input (--input=<archive>/source=<pipeline>) or restate_costs: "
+            "start of the range, inclusive: YYYY-MM-DD (midnight UTC) or ISO-8601.",
+        )
+        src.add_argument(
+            "--to",
+            help="End of the range, exclusive; a bare date includes that whole day.",
         )
         src.add_argument(
             "--kafka_bootstrap",
@@ -184,12 +194,31 @@ class IheardOptions(PipelineOptions):
             help="Batched path: id-hash buckets per time slice of de-duplication state.",
         )
         proc.add_argument(
+            "--progress",
+            choices=PROGRESS_MODES,
+            default="auto",
+            help="Bounded file or archive input: records read, rate and time left as a "
+            "bar on a terminal (auto, bar) or a log line every --progress_interval_seconds "
+            "(auto, log); off: only the summary at the end.",
+        )
+        proc.add_argument(
+            "--progress_interval_seconds",
+            type=float,
+            default=DEFAULT_PROGRESS_INTERVAL_SECONDS,
+            help="Seconds between progress log lines. Default: %(default)s.",
+        )
+        # Set by cli.run_job: the key a run's source counts its reads under.
+        proc.add_argument("--progress_key", help=argparse.SUPPRESS)
+        proc.add_argument(
             "--profile",
             help="Runner profile (see python -m runners.profiles); expanded by run().",
         )
 
 
 HOT_PATHS = ("batched", "per_event")
+# --progress (beam_pipelines.progress shows it).
+PROGRESS_MODES = ("auto", "bar", "log", "off")
+DEFAULT_PROGRESS_INTERVAL_SECONDS = 10.0
 
 # Snowflake loading (optional): flag suffix, the seed's variable, help text.
 # Configured when an account is given (flag or variable).
