@@ -257,9 +257,11 @@ def archive_records(
     batched: bool = False,
     label: str = "ArchiveEvents",
     pre_encoded: bool = False,
+    file_prefix: str = "part",
 ) -> beam.PCollection:
     """Archives ``records`` as Avro under ``conns.archive_path``; returns the
-    records that could not be archived as ``FailedRecord``s.
+    records that could not be archived as ``FailedRecord``s. ``file_prefix``:
+    the files' name prefix (a replay names its own, ``iheard_io.archive``).
 
     A streaming job closes one file set per ``ARCHIVE_WINDOW_SECONDS`` of event
     time (a global window would never fire); a bounded job writes one file set
@@ -274,6 +276,7 @@ def archive_records(
         pipeline=pipeline,
         batched=batched,
         pre_encoded=pre_encoded,
+        file_prefix=file_prefix,
     )
 
 

@@ -67,7 +67,7 @@ from transforms.pii import FRONTEND_TEXT_FIELDS, FRONTEND_TOKEN_FIELDS, RedactPi
 from transforms.session_batches import AggregateSessionBatches
 from transforms.sessions import SESSION_FIELDS, AggregateSessions
 
-__all__ = ["build_pipeline", "run", "FRONTEND_TOPIC", "SAMPLE_INPUT"]
+__all__ = ["build_pipeline", "chain", "run", "FRONTEND_TOPIC", "SAMPLE_INPUT"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -80,8 +80,22 @@ SAMPLE_INPUT = os.path.join(os.path.dirname(__file__), "sample_data", "frontend_
 HOT_PATH_FIELDS = tuple(dict.fromkeys(("event_id", "timestamp_ms") + SESSION_FIELDS))
 
 
+def chain(conns: Connections, opts: IheardOptions, batched: bool = False):
+    """The per-event steps that can fail on data, in order: parse, redact,
+    enrich. ``build_pipeline`` applies them; a replay's dry run runs their
+    DoFns in-process (``dofn()``), so both judge a record the same way."""
+    return (
+        ParseEvents(FrontendEvent, PIPELINE, decoder=common.kafka_decoder(opts, "envelope_v1"),
+                    batched=batched),
+        RedactPii(conns.pii_secret, FRONTEND_TEXT_FIELDS, FRONTEND_TOKEN_FIELDS, PIPELINE,
+                  batched=batched),
+        EnrichFrontendEvents(EnrichmentConfig(), PIPELINE, batched=batched),
+    )
+
+
 def build_pipeline(pipeline: beam.Pipeline, records: beam.PCollection, conns: Connections,
                    opts: IheardOptions, streaming: bool = False, batched: bool = False,
+                   aggregates: bool = True, archive_prefix: str = "part",
                    ) -> typing.Dict[str, beam.PCollection]:
     """Applies the frontend chain to ``records`` (``PCollection[SourceRecord]``,
     or with ``batched`` lists of them: see transforms/batches.py).
@@ -90,17 +104,17 @@ def build_pipeline(pipeline: beam.Pipeline, records: beam.PCollection, conns: Co
     Returns the main intermediate collections (for tests and benchmarks); on
     the batched path ``events`` holds the slim records of ``EncodeForArchive``
     (``HOT_PATH_FIELDS`` and the Avro bytes), not whole events.
+
+    ``aggregates=False`` (a dead-letter replay: a few events of sessions
+    other events filled) computes and writes no ``frontend_sessions`` rows:
+    the caller recomputes them from all their events afterwards
+    (``beam_pipelines.aggregates``); ``sessions`` is then None.
+    ``archive_prefix``: the archive files' name prefix (``iheard_io.archive``).
     """
-    parsed = records | "ParseEvents" >> ParseEvents(
-        FrontendEvent, PIPELINE, decoder=common.kafka_decoder(opts, "envelope_v1"),
-        batched=batched,
-    )
-    redacted = parsed[ParseEvents.VALID] | "RedactPii" >> RedactPii(
-        conns.pii_secret, FRONTEND_TEXT_FIELDS, FRONTEND_TOKEN_FIELDS, PIPELINE, batched=batched
-    )
-    enriched = redacted[RedactPii.VALID] | "EnrichEvents" >> EnrichFrontendEvents(
-        EnrichmentConfig(), PIPELINE, batched=batched
-    )
+    parse, redact, enrich = chain(conns, opts, batched)
+    parsed = records | "ParseEvents" >> parse
+    redacted = parsed[ParseEvents.VALID] | "RedactPii" >> redact
+    enriched = redacted[RedactPii.VALID] | "EnrichEvents" >> enrich
     schema = load_schema("frontend_enriched_v1")
     failures = [
         parsed[ParseEvents.FAILED],
@@ -121,7 +135,9 @@ def build_pipeline(pipeline: beam.Pipeline, records: beam.PCollection, conns: Co
         ttl_seconds=opts.dedupe_ttl_seconds, namespace=PIPELINE, streaming=streaming,
         batched=batched, buckets=opts.dedupe_buckets,
     )
-    if batched:
+    if not aggregates:
+        sessions = None
+    elif batched:
         aggregate = AggregateSessionBatches(
             gap_seconds=opts.session_gap_seconds,
             allowed_lateness_seconds=opts.allowed_lateness_seconds,
@@ -134,17 +150,21 @@ def build_pipeline(pipeline: beam.Pipeline, records: beam.PCollection, conns: Co
             pipeline=PIPELINE,
             streaming=streaming,
         )
-    sessions = common.count(
-        events | "AggregateSessions" >> aggregate, PIPELINE, "session_panes", "CountSessionPanes")
+    if aggregates:
+        sessions = common.count(
+            events | "AggregateSessions" >> aggregate, PIPELINE, "session_panes",
+            "CountSessionPanes")
 
     if not batched:
         failures.extend(_write_event_rows(events, conns, streaming, batched))
-    failures.extend([
-        common.write_rows(sessions, "frontend_sessions", conns, PIPELINE, streaming),
-        common.archive_records(events, conns, PIPELINE, schema, streaming, batched,
-                               pre_encoded=batched),
-    ])
-    if conns.redis_url:
+    # (The order of this list numbers the GlobalWindowFailures<i> steps: kept
+    # as it was, so a streaming job's savepoint still maps onto its operators.)
+    if aggregates:
+        failures.append(common.write_rows(sessions, "frontend_sessions", conns, PIPELINE,
+                                          streaming))
+    failures.append(common.archive_records(events, conns, PIPELINE, schema, streaming, batched,
+                                           pre_encoded=batched, file_prefix=archive_prefix))
+    if aggregates and conns.redis_url:
         failures.append(common.write_session_state(sessions, conns, PIPELINE))
     common.write_dead_letters(failures, conns, PIPELINE)
     return {"events": events, "sessions": sessions}

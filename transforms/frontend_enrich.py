@@ -549,6 +549,11 @@ class EnrichFrontendEvents(beam.PTransform):
         self._pipeline = pipeline
         self._batched = batched
 
+    def dofn(self) -> beam.DoFn:
+        """The per-element DoFn ``expand`` applies (unbatched), for running
+        the step in-process: a replay's dry run (beam_pipelines/replay.py)."""
+        return _EnrichFn(self._config, self._pipeline)
+
     def expand(self, events):
         fn_class = _EnrichBatchFn if self._batched else _EnrichFn
         return events | "ScoreAndAttribute" >> beam.ParDo(

@@ -869,6 +869,12 @@ class RedactPii(beam.PTransform):
         self._region = default_region
         self._batched = batched
 
+    def dofn(self) -> beam.DoFn:
+        """The per-element DoFn ``expand`` applies (unbatched), for running
+        the step in-process: a replay's dry run (beam_pipelines/replay.py)."""
+        return _RedactFn(self._secret, self._text_fields, self._token_fields,
+                         self._pipeline, self._region, self._count_existing)
+
     def expand(self, events):
         fn_class = _RedactBatchFn if self._batched else _RedactFn
         return events | "RedactPiiFields" >> beam.ParDo(

@@ -401,10 +401,14 @@ class EnrichTurns(beam.PTransform):
         self._price_book_path = price_book_path
         self._topics_path = topics_path
 
+    def dofn(self) -> beam.DoFn:
+        """The per-element DoFn ``expand`` applies (unbatched), for running
+        the step in-process: a replay's dry run (beam_pipelines/replay.py)."""
+        return _EnrichTurnFn(self._secret, self._pipeline, self._price_book_path,
+                             self._topics_path, self._count_existing)
+
     def expand(self, turns):
         return turns | "RedactScoreAndAnalyse" >> beam.ParDo(
-            _EnrichTurnFn(self._secret, self._pipeline, self._price_book_path, self._topics_path,
-                          self._count_existing)
-        ).with_outputs(self.FAILED, main=self.VALID)
+            self.dofn()).with_outputs(self.FAILED, main=self.VALID)
 
 
