@@ -22,6 +22,7 @@ import typing
 from apache_beam.options.pipeline_options import PipelineOptions, S3Options
 
 from iheard_io import settings
+from iheard_io.archive_read import ArchiveInput, parse_archive_input
 from iheard_io.security import redact
 from iheard_io.snowflake import SnowflakeSettings
 
@@ -249,7 +250,8 @@ class Connections:
     kafka_bootstrap: typing.Optional[str]
     postgres_dsn: typing.Optional[str]
     redis_url: typing.Optional[str]
-    archive_path: str
+    # None: no archive is written (an archive re-run without --archive_path).
+    archive_path: typing.Optional[str]
     embedded_db: typing.Optional[str]  # set when Postgres is not configured
     dead_letter_topic: typing.Optional[str]
     pii_secret: bytes
@@ -271,6 +273,9 @@ class Connections:
     postgres_retry_budget_s: float = DEFAULT_RETRY_BUDGET_S
     redis_retry_budget_s: float = DEFAULT_RETRY_BUDGET_S
     snowflake_retry_budget_s: float = DEFAULT_RETRY_BUDGET_S
+    # --input names an archive folder (iheard_io.archive_read): this run
+    # re-runs the archive (beam_pipelines/reprocess.py).
+    archive_input: typing.Optional[ArchiveInput] = None
 
     def __repr__(self) -> str:
         # Connections hold passwords (DSN, Redis URL, Kafka SASL, PII key):
@@ -312,12 +317,24 @@ def resolve_connections(opts: PipelineOptions, env=None) -> Connections:
         secret = DEV_PII_SECRET
     security = settings.kafka_security(env, opts.kafka_security_protocol,
                                        opts.kafka_sasl_mechanism, opts.kafka_ssl_cafile)
+    archive_input = _archive_input(opts.input)
+    archive_path = opts.archive_path or os.path.join(output_dir, "archive")
+    if archive_input is not None:
+        # A re-run never writes the archive it reads: no archive unless one
+        # is named, and not the input's own root; no live state in Redis.
+        archive_path = opts.archive_path
+        if archive_path and _same_path(archive_path, archive_input.root):
+            raise ValueError(
+                f"--archive_path={archive_path} is the archive --input reads: an archive "
+                "re-run writes no archive by default, or a separate one (another "
+                "--archive_path)")
+        redis_url = None
     return Connections(
         input=opts.input,
         kafka_bootstrap=opts.kafka_bootstrap,
         postgres_dsn=postgres_dsn,
         redis_url=redis_url,
-        archive_path=opts.archive_path or os.path.join(output_dir, "archive"),
+        archive_path=archive_path,
         embedded_db=None if postgres_dsn else os.path.join(output_dir, "iheardai.duckdb"),
         dead_letter_topic=opts.dead_letter_topic,
         pii_secret=secret.encode("utf-8"),
@@ -330,7 +347,26 @@ def resolve_connections(opts: PipelineOptions, env=None) -> Connections:
         postgres_retry_budget_s=opts.postgres_retry_budget_seconds,
         redis_retry_budget_s=opts.redis_retry_budget_seconds,
         snowflake_retry_budget_s=opts.snowflake_retry_budget_seconds,
+        archive_input=archive_input,
     )
+
+
+def _archive_input(path: typing.Optional[str]) -> typing.Optional[ArchiveInput]:
+    """The archive ``--input`` names: a path with a ``source=`` folder, or a
+    local folder holding ``source=`` folders (an archive root)."""
+    if not path:
+        return None
+    found = parse_archive_input(path)
+    if found is None and "://" not in path and os.path.isdir(path) and any(
+            name.startswith("source=") for name in os.listdir(path)):
+        return ArchiveInput(path.rstrip("/"), None)
+    return found
+
+
+def _same_path(a: str, b: str) -> bool:
+    if "://" in a or "://" in b:
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 _SECRET_S3_OPTIONS = ("s3_secret_access_key", "s3_session_token")
