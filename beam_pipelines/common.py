@@ -113,6 +113,9 @@ def read_source(
     """``PCollection[SourceRecord]`` from ``--input`` (JSON lines, or the
     archive of ``job``: ``beam_pipelines.reprocess``) or Kafka (with
     ``batched``: ``PCollection[list[SourceRecord]]``, one list per poll)."""
+    if (opts.from_ or opts.to) and conns.archive_input is None:
+        raise ValueError("--from/--to select a range of the archive: --input must name an "
+                         "archive folder (<root>/source=<job>[/date=...])")
     if conns.archive_input is not None:
         if streaming:
             raise ValueError("an archive re-run is bounded: drop --streaming")

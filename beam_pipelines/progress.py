@@ -66,6 +66,8 @@ _LOG = logging.getLogger(__name__)
 # A terminal bar is redrawn this often.
 BAR_REFRESH_SECONDS = 0.5
 BAR_WIDTH = 20
+# A runner's metrics of the running job are asked for at most this often.
+METRICS_POLL_SECONDS = 5.0
 
 
 # -- pure core -------------------------------------------------------------------
@@ -205,15 +207,21 @@ class ProgressReporter:
         self._stop = threading.Event()
         self._thread = None
         self._last_metrics = (0, 0)
+        self._last_poll = None
 
     def counts(self) -> typing.Tuple[int, int]:
         """(records, bytes) read so far: the in-process tally, else the job's metrics."""
         local = read_progress.counts(self._key)
         if local != (0, 0):
             return local
-        remote = _metric_counts(self._result)
-        if remote is not None:
-            self._last_metrics = max(self._last_metrics, remote)
+        now = self._clock()
+        if self._result is not None and (
+                self._last_poll is None or now - self._last_poll >= METRICS_POLL_SECONDS):
+            # A job-service round trip: not at a terminal bar's refresh rate.
+            self._last_poll = now
+            remote = _metric_counts(self._result)
+            if remote is not None:
+                self._last_metrics = max(self._last_metrics, remote)
         return self._last_metrics
 
     def total(self) -> typing.Optional[int]:
