@@ -143,6 +143,41 @@ class SqlTables:
             cur.execute(upsert_sql(spec, stage))
             cur.execute(f"TRUNCATE {stage}")
 
+    def update_by_key(self, table: str, key: str, columns: typing.Sequence[str],
+                      values: typing.Sequence[typing.Sequence], condition: str = "") -> None:
+        """Sets ``columns`` of the rows whose ``key`` is each value tuple's
+        first item to its other items, in one statement (a staged batch
+        joined to the table: thousands of single-row UPDATEs take seconds
+        on DuckDB). ``condition``: extra SQL on the stored row (``t``)."""
+        if not values:
+            return
+        names = [key, *columns]
+        sets = ", ".join(f'"{c}" = s."{c}"' for c in columns)
+        where = f't."{key}" = s."{key}"' + (f" AND {condition}" if condition else "")
+        stage = "_iheard_update_" + table
+        if self.dialect == "duckdb":
+            import pyarrow as pa
+
+            batch = pa.Table.from_arrays([pa.array([v[i] for v in values])
+                                          for i in range(len(names))], names=names)
+            self._conn.register(stage, batch)
+            try:
+                self._conn.execute(f'UPDATE "{table}" AS t SET {sets} FROM {stage} AS s '
+                                   f"WHERE {where}")
+            finally:
+                self._conn.unregister(stage)
+            return
+        with self._conn.cursor() as cur:
+            cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} AS SELECT "
+                        + ", ".join(f'"{c}"' for c in names) + f' FROM "{table}" WITH NO DATA')
+            cur.execute(f"TRUNCATE {stage}")
+            with cur.copy(f"COPY {stage} ({', '.join(chr(34) + c + chr(34) for c in names)}) "
+                          "FROM STDIN") as copy:
+                for row in values:
+                    copy.write_row(row)
+            cur.execute(f'UPDATE "{table}" AS t SET {sets} FROM {stage} AS s WHERE {where}')
+            cur.execute(f"TRUNCATE {stage}")
+
     def replace(self, table: str, column: str, keys: typing.Iterable,
                 rows: typing.Sequence[typing.Mapping], extra_where: str = "",
                 extra_params: typing.Sequence = ()) -> None:

@@ -48,9 +48,8 @@ import dataclasses
 import datetime as _dt
 import decimal
 import json
+import struct
 import typing
-
-import numpy as np
 
 from transforms.frontend_enrich import EnrichmentConfig
 from transforms.sessions import visit_rows
@@ -153,7 +152,20 @@ def real_value(value) -> typing.Optional[float]:
     wrote (the shortest decimal that rounds to the same 4-byte float)."""
     if value is None:
         return None
-    return float(np.format_float_positional(np.float32(value), unique=True, trim="-"))
+    value = float(value)
+    single = _as_real(value)
+    if single != single or single in (float("inf"), float("-inf")):
+        return single
+    for digits in range(1, 10):  # 9 significant digits always round-trip a REAL
+        text = f"{single:.{digits}g}"
+        if _as_real(float(text)) == single:
+            return float(text)
+    return single
+
+
+def _as_real(value: float) -> float:
+    """``value`` rounded to a 4-byte float, as a ``REAL`` column stores it."""
+    return struct.unpack("<f", struct.pack("<f", value))[0]
 
 
 def _number(value) -> typing.Optional[float]:
