@@ -11,7 +11,9 @@ letters can take minutes; ``cli.run_job`` shows how far it is::
       [frontend] read 2,011,034 records (135.2 MB) in 2m14s: 15,007 records/s
 
 What is counted: the records a source emitted and the input bytes they came
-from (``iheard_io.read_progress``); the total is known before the run from a
+from (``iheard_io.read_progress``; a source that is no file reader, such as a
+replay's selection of dead letters, counts records with ``CountReads`` and
+registers their number: ``expect(key, total_records=N)``); the total is known before the run from a
 listing (file sizes; a gzip file's uncompressed size from its trailer; the
 archive objects' sizes), so the time left is ``elapsed * (total - done) /
 done`` in bytes: the rate so far, applied to what is left. Without a total
@@ -115,35 +117,48 @@ def _fraction(nbytes: int, total: typing.Optional[int]) -> typing.Optional[float
     return min(1.0, nbytes / total)
 
 
+def _done_total(records, nbytes, total_bytes, total_records):
+    """What the fraction and the estimate count: records when their total is
+    known, else bytes."""
+    if total_records:
+        return records, total_records
+    return nbytes, total_bytes
+
+
 def progress_line(label: str, records: int, nbytes: int, total_bytes: typing.Optional[int],
-                  elapsed_s: float) -> str:
+                  elapsed_s: float, total_records: typing.Optional[int] = None) -> str:
     """The periodic log line."""
     rate = _rate(records, elapsed_s)
-    fraction = _fraction(nbytes, total_bytes)
+    done, total = _done_total(records, nbytes, total_bytes, total_records)
+    fraction = _fraction(done, total)
     if fraction is None:
         return (f"[{label}] read: {records:,} records, {format_bytes(nbytes)}, "
                 f"{rate:,.0f} records/s")
     if fraction >= 1.0:
         return (f"[{label}] input read: {records:,} records, {format_bytes(nbytes)}; "
                 f"the job is finishing its writes")
-    left = eta_seconds(nbytes, total_bytes, elapsed_s)
-    return (f"[{label}] {fraction:.0%} read: {records:,} records, {format_bytes(nbytes)} of "
-            f"{format_bytes(total_bytes)}, {rate:,.0f} records/s, "
+    left = eta_seconds(done, total, elapsed_s)
+    of = (f"{records:,} of {total_records:,} records" if total_records else
+          f"{records:,} records, {format_bytes(nbytes)} of {format_bytes(total_bytes)}")
+    return (f"[{label}] {fraction:.0%} read: {of}, {rate:,.0f} records/s, "
             f"about {format_duration(left)} left")
 
 
 def progress_bar_line(label: str, records: int, nbytes: int, total_bytes: typing.Optional[int],
-                      elapsed_s: float, width: int = BAR_WIDTH) -> str:
+                      elapsed_s: float, width: int = BAR_WIDTH,
+                      total_records: typing.Optional[int] = None) -> str:
     """The terminal line (redrawn in place with ``\\r``)."""
     rate = _rate(records, elapsed_s)
-    fraction = _fraction(nbytes, total_bytes)
+    done, total = _done_total(records, nbytes, total_bytes, total_records)
+    fraction = _fraction(done, total)
     if fraction is None:
         return f"[{label}] {records:,} records  {format_bytes(nbytes)}  {rate:,.0f} rec/s"
     filled = int(fraction * width)
     bar = "#" * filled + "." * (width - filled)
-    left = eta_seconds(nbytes, total_bytes, elapsed_s)
-    return (f"[{label}] [{bar}] {fraction:4.0%}  {records:,} records  "
-            f"{format_bytes(nbytes)}/{format_bytes(total_bytes)}  {rate:,.0f} rec/s  "
+    left = eta_seconds(done, total, elapsed_s)
+    of = (f"{records:,}/{total_records:,} records" if total_records else
+          f"{records:,} records  {format_bytes(nbytes)}/{format_bytes(total_bytes)}")
+    return (f"[{label}] [{bar}] {fraction:4.0%}  {of}  {rate:,.0f} rec/s  "
             f"ETA {format_duration(left)}")
 
 
@@ -251,11 +266,13 @@ class ProgressReporter:
         records, nbytes = self.counts()
         elapsed = self.elapsed()
         if self._mode == "bar":
-            line = progress_bar_line(self._label, records, nbytes, self.total(), elapsed)
+            line = progress_bar_line(self._label, records, nbytes, self.total(), elapsed,
+                                     total_records=read_progress.expected_records(self._key))
             self._stream.write("\r" + line + "\x1b[K")
             self._stream.flush()
         else:
-            line = progress_line(self._label, records, nbytes, self.total(), elapsed)
+            line = progress_line(self._label, records, nbytes, self.total(), elapsed,
+                                 total_records=read_progress.expected_records(self._key))
             if self._mode == "log":
                 _LOG.info(line)
         return line

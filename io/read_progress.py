@@ -26,9 +26,11 @@ from __future__ import annotations
 import threading
 import typing
 
+import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-__all__ = ["NAMESPACE", "RECORDS", "BYTES", "Tally", "expect", "counts", "expected", "forget"]
+__all__ = ["NAMESPACE", "RECORDS", "BYTES", "Tally", "CountReads", "expect", "counts", "expected",
+           "expected_records", "forget"]
 
 NAMESPACE = "progress"
 RECORDS = "records_read"
@@ -39,21 +41,31 @@ FLUSH_RECORDS = 1000
 
 _LOCK = threading.Lock()
 _COUNTS: typing.Dict[str, typing.List[int]] = {}  # key -> [records, bytes]
-_EXPECTED: typing.Dict[str, typing.Optional[int]] = {}  # key -> total bytes (None: unknown)
+# key -> (total bytes, total records); None: unknown
+_EXPECTED: typing.Dict[str, typing.Tuple[typing.Optional[int], typing.Optional[int]]] = {}
 
 
-def expect(key: str, total_bytes: typing.Optional[int]) -> None:
-    """Driver side: this run's source will read about ``total_bytes`` (None:
-    unknown). Registering a key is what makes the driver show progress."""
+def expect(key: str, total_bytes: typing.Optional[int] = None,
+           total_records: typing.Optional[int] = None) -> None:
+    """Driver side: this run's source will read about ``total_bytes`` (files)
+    or ``total_records`` (rows selected from a table, e.g. dead letters to
+    replay); None: unknown. Registering a key is what makes the driver show
+    progress."""
     with _LOCK:
-        _EXPECTED[key] = total_bytes
+        _EXPECTED[key] = (total_bytes, total_records)
         _COUNTS.setdefault(key, [0, 0])
 
 
 def expected(key: str) -> typing.Tuple[bool, typing.Optional[int]]:
     """(registered, total bytes) of ``key``."""
     with _LOCK:
-        return key in _EXPECTED, _EXPECTED.get(key)
+        return key in _EXPECTED, (_EXPECTED.get(key) or (None, None))[0]
+
+
+def expected_records(key: str) -> typing.Optional[int]:
+    """The total records registered for ``key`` (None: unknown)."""
+    with _LOCK:
+        return (_EXPECTED.get(key) or (None, None))[1]
 
 
 def counts(key: str) -> typing.Tuple[int, int]:
@@ -107,3 +119,32 @@ class Tally:
         state = dict(self.__dict__)
         state["_records"] = state["_bytes"] = 0  # never ship unflushed counts
         return state
+
+
+class _CountReadsFn(beam.DoFn):
+    def __init__(self, key: typing.Optional[str]):
+        self._key = key
+        self._tally = None
+
+    def setup(self):
+        self._tally = Tally(self._key)
+
+    def process(self, element):
+        self._tally.add(1, 0)
+        yield element
+
+    def finish_bundle(self):
+        self._tally.flush()
+
+
+class CountReads(beam.PTransform):
+    """Passes elements through, counting each as a record read under
+    ``key``: for a source that is not a file reader (a replay's selected
+    dead letters), with ``expect(key, total_records=N)``."""
+
+    def __init__(self, key: typing.Optional[str]):
+        super().__init__()
+        self._key = key
+
+    def expand(self, pcoll):
+        return pcoll | "CountReads" >> beam.ParDo(_CountReadsFn(self._key))

@@ -119,3 +119,25 @@ def test_a_bounded_file_run_prints_progress_lines_and_the_summary(tmp_path, capl
     out = capsys.readouterr().out
     summary = [l for l in out.splitlines() if l.startswith("[frontend] read ")]
     assert len(summary) == 1 and f"read {len(lines):,} records" in summary[0]
+
+
+def test_a_total_in_records_drives_the_fraction_and_the_estimate():
+    # 250 of 1,000 records in 10 s: 750 left at 25 records/s = 30 s
+    line = progress.progress_line("replay", 250, 0, None, 10.0, total_records=1000)
+    assert line == "[replay] 25% read: 250 of 1,000 records, 25 records/s, about 30s left"
+    bar = progress.progress_bar_line("replay", 250, 0, None, 10.0, width=4, total_records=1000)
+    assert bar == "[replay] [#...]  25%  250/1,000 records  25 rec/s  ETA 30s"
+
+
+def test_count_reads_counts_a_collection_under_its_key():
+    import apache_beam as beam
+
+    from tests.unit.conftest import fn_api_runner
+
+    key = progress.new_key()
+    read_progress.expect(key, total_records=3)
+    with beam.Pipeline(runner=fn_api_runner()) as p:
+        _ = p | beam.Create(["a", "b", "c"]) | read_progress.CountReads(key)
+    assert read_progress.counts(key) == (3, 0)
+    assert read_progress.expected_records(key) == 3
+    read_progress.forget(key)
