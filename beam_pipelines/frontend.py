@@ -84,11 +84,12 @@ def chain(conns: Connections, opts: IheardOptions, batched: bool = False):
     """The per-event steps that can fail on data, in order: parse, redact,
     enrich. ``build_pipeline`` applies them; a replay's dry run runs their
     DoFns in-process (``dofn()``), so both judge a record the same way."""
+    rerun = conns.archive_input is not None  # archived records: beam_pipelines/reprocess.py
     return (
-        ParseEvents(FrontendEvent, PIPELINE, decoder=common.kafka_decoder(opts, "envelope_v1"),
-                    batched=batched),
+        ParseEvents(FrontendEvent, PIPELINE, decoder=common.input_decoder(
+            conns, opts, "envelope_v1", PIPELINE), batched=batched),
         RedactPii(conns.pii_secret, FRONTEND_TEXT_FIELDS, FRONTEND_TOKEN_FIELDS, PIPELINE,
-                  batched=batched),
+                  batched=batched, count_existing_tokens=rerun),
         EnrichFrontendEvents(EnrichmentConfig(), PIPELINE, batched=batched),
     )
 
@@ -111,6 +112,9 @@ def build_pipeline(pipeline: beam.Pipeline, records: beam.PCollection, conns: Co
     (``beam_pipelines.aggregates``); ``sessions`` is then None.
     ``archive_prefix``: the archive files' name prefix (``iheard_io.archive``).
     """
+    # An archive re-run writes no aggregates of its own either: they are
+    # recomputed from the tables after it (beam_pipelines/reprocess.py).
+    aggregates = aggregates and conns.archive_input is None
     parse, redact, enrich = chain(conns, opts, batched)
     parsed = records | "ParseEvents" >> parse
     redacted = parsed[ParseEvents.VALID] | "RedactPii" >> redact
@@ -187,7 +191,8 @@ def run(argv: typing.Optional[typing.List[str]] = None, save_main_session: bool 
     """Parses ``argv``, builds and runs the pipeline; returns the PipelineResult."""
     argv = list(sys.argv[1:] if argv is None else argv)
     options = cli.parse_options(argv, "python -m beam_pipelines.frontend", __doc__.splitlines()[0])
-    return cli.run_job(options, PIPELINE, common.event_source(FRONTEND_TOPIC), build_pipeline,
+    return cli.run_job(options, PIPELINE, common.event_source(FRONTEND_TOPIC, PIPELINE),
+                       build_pipeline,
                        batches=True, sample=SAMPLE_INPUT)
 
 if __name__ == "__main__":

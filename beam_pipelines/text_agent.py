@@ -87,9 +87,11 @@ def chain(conns: Connections, opts: IheardOptions, batched: bool = False):
     ``build_pipeline`` applies them; a replay's dry run runs their DoFns
     in-process (``dofn()``), so both judge a record the same way."""
     return (
-        ParseEvents(TextAgentTurn, PIPELINE, decoder=common.kafka_decoder(opts, "envelope_v1"),
-                    batched=batched),
-        EnrichTurns(conns.pii_secret, PIPELINE),
+        ParseEvents(TextAgentTurn, PIPELINE, decoder=common.input_decoder(
+            conns, opts, "envelope_v1", PIPELINE), batched=batched),
+        # archived turns (beam_pipelines/reprocess.py) are redacted already
+        EnrichTurns(conns.pii_secret, PIPELINE,
+                    count_existing_tokens=conns.archive_input is not None),
     )
 
 
@@ -110,6 +112,9 @@ def build_pipeline(pipeline: beam.Pipeline, records: beam.PCollection, conns: Co
     (``beam_pipelines.aggregates``); ``conversations`` and ``billing`` are
     then None. ``archive_prefix``: the archive files' name prefix.
     """
+    # An archive re-run writes no aggregates of its own either: they are
+    # recomputed from the tables after it (beam_pipelines/reprocess.py).
+    aggregates = aggregates and conns.archive_input is None
     parse, enrich = chain(conns, opts, batched)
     parsed = records | "ParseTurns" >> parse
     unique = parsed[ParseEvents.VALID] | "DedupeTurns" >> DedupeEvents(
@@ -196,7 +201,7 @@ def run(argv: typing.Optional[typing.List[str]] = None, runner=None):
     options = cli.parse_options(rest, "python -m beam_pipelines.text_agent",
                                 __doc__.splitlines()[0])
     output_dir = options.view_as(IheardOptions).output_dir or "output"
-    return cli.run_job(options, PIPELINE, common.event_source(TEXT_AGENT_TOPIC), build_pipeline,
+    return cli.run_job(options, PIPELINE, common.event_source(TEXT_AGENT_TOPIC, PIPELINE), build_pipeline,
                        runner=runner, batches=True,
                        sample=os.path.join(output_dir, "text_agent_sample.jsonl.gz"),
                        sample_lines=sample_turns)
