@@ -211,7 +211,8 @@ def select_dead_letters(db: SqlTables, pipeline: str, stages=None, error_classes
     return rows[:limit] if limit is not None else rows
 
 
-_SHAPE = re.compile(r"'[^']*'|\"[^\"]*\"|-?\d+(\.\d+)?")
+# Quoted values and free-standing numbers (not the 8601 of "ISO-8601").
+_SHAPE = re.compile(r"'[^']*'|\"[^\"]*\"|(?<![\w-])-?\d+(\.\d+)?(?!\w)")
 
 
 def reason_of(stage: str, error_class: str, message: typing.Optional[str]) -> str:
@@ -383,8 +384,8 @@ def format_dry_run(report: dict, pipeline: str, fix_name, selected: int, seconds
     for reason, entry in sorted(report.items(), key=lambda kv: -kv[1]["total"]):
         lines.append(f"- reason: {reason}")
         lines.append(f"    dead letters: {entry['total']}  would now pass: {entry['pass']}  "
-                     f"would still fail: {entry['total'] - entry['pass']}  "
-                     f"(fix left {entry['unchanged']} unchanged)")
+                     f"would still fail: {entry['total'] - entry['pass']}"
+                     + (f"  (the fix left {entry['unchanged']} as they were)" if fix_name else ""))
         for new_reason, n in entry["fail"].most_common(5):
             lines.append(f"    still failing {n}: {new_reason}")
         for before, after, outcome in entry["examples"]:
