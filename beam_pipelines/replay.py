@@ -57,11 +57,13 @@ import json
 import logging
 import re
 import sys
+import tempfile
 import time
 import typing
 import uuid
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.window import TimestampedValue
@@ -71,9 +73,10 @@ from beam_pipelines import frontend, marketo, text_agent
 from beam_pipelines.aggregates import open_tables, recompute_aggregates
 from beam_pipelines.options import IheardOptions, apply_s3_options, resolve_connections
 from iheard_io import read_progress
+from iheard_io.files import ReadFromJsonLines
 from iheard_io.sql_tables import SqlTables
 from schemas.events import FrontendEvent, MarketoLead
-from schemas.records import SourceRecord
+from schemas.records import SourceRecord, record_from_staged, staged_line
 from schemas.tables import replay_topic, to_utc_datetime
 from schemas.text_agent import TextAgentTurn
 from transforms.fix_spec import fix_fingerprint, load_fix
@@ -90,8 +93,6 @@ _LOG = logging.getLogger(__name__)
 # (redact, enrich, a sink) hold an intermediate dict, not something the
 # chain's first step reads.
 REPLAYABLE_STAGES = ("decode", "validate")
-# Records per element of the replay's Create (one graph element per batch).
-CREATE_BATCH = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +132,9 @@ class ReplayOptions(PipelineOptions):
         group.add_argument("--examples", type=int, default=3,
                            help="Before/after examples per reason in a dry run (default 3).")
         group.add_argument("--run_id", help="This replay's id (default: time + random).")
+        group.add_argument("--staging_dir", help="Where the replay stages its records for the "
+                                                 "job (a folder or s3:// prefix the workers "
+                                                 "can read; default: a local temporary folder).")
 
 
 class DryRunFlag:
@@ -398,7 +402,8 @@ def format_dry_run(report: dict, pipeline: str, fix_name, selected: int, seconds
 
 # -- the run -------------------------------------------------------------------
 def replay(prepared: typing.Sequence[Prepared], pipeline: str, options: PipelineOptions,
-           conns, opts, run_id: str, db: SqlTables, runner=None) -> dict:
+           conns, opts, run_id: str, db: SqlTables, runner=None,
+           staging_dir: typing.Optional[str] = None) -> dict:
     """Runs the prepared records through the job's pipeline, recomputes the
     aggregates they touched, marks the originals. Returns counts."""
     job = JOBS[pipeline]
@@ -413,25 +418,30 @@ def replay(prepared: typing.Sequence[Prepared], pipeline: str, options: Pipeline
     phases = summary["seconds_by_phase"] = {}
     started = time.monotonic()
     beam_pipeline = beam.Pipeline(runner=runner, options=options)
-    batches = [[p.record for p in runnable[i:i + CREATE_BATCH]]
-               for i in range(0, len(runnable), CREATE_BATCH)]
-    key, tally = _expect(opts, runnable)
+    # The records are staged in a file, not in the graph: Beam pickles and
+    # bz2-compresses a Create's values into the job, which cost more than
+    # the whole chain (10 s per 10,000 dead letters).
+    staged = FileSystems.join(staging_dir or tempfile.mkdtemp(prefix="iheard-replay-"),
+                              f"replay-{run_id}.jsonl")
+    with FileSystems.create(staged) as handle:
+        for item in runnable:
+            handle.write(staged_line(item.record) + b"\n")
+    key = getattr(opts, "progress_key", None) or progress.new_key()
+    read_progress.expect(key, FileSystems.match([staged])[0].metadata_list[0].size_in_bytes)
     records = (beam_pipeline
-               | "ReadDeadLetters" >> beam.Create(batches, reshuffle=False)
-               # Uses only its arguments and closure (a Tally, importable by
-               # name): safe to pickle from __main__. Counts each batch read.
-               | "ExplodeDeadLetters" >> beam.FlatMap(
-                   lambda batch, tally=tally: (
-                       tally.add(len(batch), sum(len(r.value) for r in batch)),
-                       tally.flush(), batch)[-1]))
+               | "ReadDeadLetters" >> ReadFromJsonLines(staged, progress_key=key)
+               | "FromStagedLines" >> beam.Map(record_from_staged))
     job.module.build_pipeline(beam_pipeline, records, conns, opts, streaming=False,
                               aggregates=False, archive_prefix=f"replay-{run_id}")
-    with progress.report(f"replay {pipeline}", key, opts.progress,
-                         opts.progress_interval_seconds) as reporter:
-        result = beam_pipeline.run()
-        if reporter is not None:
-            reporter.attach(result)
-        result.wait_until_finish()
+    try:
+        with progress.report(f"replay {pipeline}", key, opts.progress,
+                             opts.progress_interval_seconds) as reporter:
+            result = beam_pipeline.run()
+            if reporter is not None:
+                reporter.attach(result)
+            result.wait_until_finish()
+    finally:
+        FileSystems.delete([staged])
     phases["pipeline"] = round(time.monotonic() - started, 3)
 
     refailed = {r["replay_of"] for r in db.select(
@@ -519,7 +529,8 @@ def run(argv: typing.Optional[typing.List[str]] = None, runner=None) -> dict:
             print(format_dry_run(report, ropts.pipeline, fix_fingerprint(fix), len(prepared),
                                  time.monotonic() - started), flush=True)
             return report
-        summary = replay(prepared, ropts.pipeline, options, conns, opts, run_id, db, runner)
+        summary = replay(prepared, ropts.pipeline, options, conns, opts, run_id, db, runner,
+                         ropts.staging_dir)
     finally:
         db.close()
     summary["run_id"] = run_id

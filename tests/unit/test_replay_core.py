@@ -240,3 +240,13 @@ def test_selection_filters_and_skips_what_was_replayed(tmp_path):
         with pytest.raises(ValueError, match="cannot be replayed"):
             select_dead_letters(db, "frontend", stages=["enrich"])
     close_embedded(path)
+
+
+def test_staged_records_round_trip_with_lone_surrogates():
+    from schemas.records import SourceRecord, record_from_staged, staged_line
+
+    record = SourceRecord('{"a": "x\ud800y é"}'.encode("utf-8", "surrogatepass"),
+                          replay_topic("run1", "f1"), 3, 17, None, 1_767_225_600_000)
+    line = staged_line(record)
+    assert b"\n" not in line
+    assert record_from_staged(SourceRecord(line, "staged.jsonl", 0, 1)) == record
