@@ -107,7 +107,7 @@ def main(argv=None) -> int:
 
         wall, stdout, cmd = _replay(out, spec, "--run_id=bench1")
         stored = int(re.search(r"(\d+) now stored", stdout).group(1))
-        phases = re.search(r"^\[replay\] .* s (\{[^}]*\})$", stdout, re.MULTILINE)
+        phases = re.search(r"^\[replay\] .* s \((\{[^}]*\})\)$", stdout, re.MULTILINE)
         print(f"replay: {wall:.1f} s wall, {stored} events stored, {stored / wall:,.0f} events/s "
               f"(selection, fix, the frontend chain on the DirectRunner, sinks, session "
               f"recompute, marks; seconds by phase {phases.group(1) if phases else '?'})"
