@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import copy
 import dataclasses
 import datetime as _dt
 import json
@@ -67,10 +66,11 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.window import TimestampedValue
 
-from beam_pipelines import cli, common
+from beam_pipelines import cli, common, progress
 from beam_pipelines import frontend, marketo, text_agent
 from beam_pipelines.aggregates import open_tables, recompute_aggregates
 from beam_pipelines.options import IheardOptions, apply_s3_options, resolve_connections
+from iheard_io import read_progress
 from iheard_io.sql_tables import SqlTables
 from schemas.events import FrontendEvent, MarketoLead
 from schemas.records import SourceRecord
@@ -211,7 +211,8 @@ def select_dead_letters(db: SqlTables, pipeline: str, stages=None, error_classes
     return rows[:limit] if limit is not None else rows
 
 
-_SHAPE = re.compile(r"'[^']*'|\"[^\"]*\"|-?\d+(\.\d+)?")
+# Quoted values and free-standing numbers (not the 8601 of "ISO-8601").
+_SHAPE = re.compile(r"'[^']*'|\"[^\"]*\"|(?<![\w-])-?\d+(\.\d+)?(?!\w)")
 
 
 def reason_of(stage: str, error_class: str, message: typing.Optional[str]) -> str:
@@ -256,7 +257,8 @@ def prepare(rows: typing.Iterable[dict], fix, run_id: str) -> typing.List[Prepar
                 obj = None  # not JSON: nothing a fix of JSON objects can do
             if obj is not None:
                 try:
-                    fixed = fix(copy.deepcopy(obj))
+                    # obj is this record's own decoded copy: the fix may change it.
+                    fixed = fix(obj)
                 except Exception as exc:  # noqa: BLE001 - reported, record left pending
                     error = fix_error = f"the fix raised {type(exc).__name__}: {str(exc)[:200]}"
                 else:
@@ -313,39 +315,60 @@ class _Chain:
             fn.teardown()
 
 
+def _expect(opts, prepared) -> typing.Tuple[str, read_progress.Tally]:
+    """Registers this run's records (and their bytes) for the progress line."""
+    key = getattr(opts, "progress_key", None) or progress.new_key()
+    read_progress.expect(key, sum(len(p.before.encode("utf-8", "surrogatepass"))
+                                  for p in prepared) or None)
+    return key, read_progress.Tally(key)
+
+
 def dry_run(prepared: typing.Sequence[Prepared], pipeline: str, conns, opts,
             examples: int = 3) -> dict:
     """Judges every prepared record in-process; writes nothing. Returns
     ``{reason: {"total", "pass", "fail": Counter(new reason), "unchanged",
-    "skipped", "examples": [(before, after, outcome)]}}``."""
+    "skipped", "examples": [(before, after, outcome)]}}``. Shows progress
+    (``beam_pipelines.progress``: ``--progress``) while it judges."""
     chain = _Chain(pipeline, conns, opts)
     report: typing.Dict[str, dict] = {}
-    try:
-        for item in prepared:
-            entry = report.setdefault(item.reason, {
-                "total": 0, "pass": 0, "fail": collections.Counter(), "unchanged": 0,
-                "skipped": 0, "examples": []})
-            entry["total"] += 1
-            if not item.changed:
-                entry["unchanged"] += 1
-            if item.skipped:
-                entry["skipped"] += 1
-                outcome = f"not replayed: {item.skipped}"
-                entry["fail"][f"not replayed: {item.skipped[:120]}"] += 1
-            else:
-                failed = chain.judge(item.record)
-                if failed is None:
-                    entry["pass"] += 1
-                    outcome = "passes"
-                else:
-                    new_reason = reason_of(failed.stage, failed.error_class, failed.error_message)
-                    entry["fail"][new_reason] += 1
-                    outcome = "fails: " + new_reason
-            if len(entry["examples"]) < examples:
-                entry["examples"].append((item.before, item.after, outcome))
-    finally:
-        chain.close()
+    key, tally = _expect(opts, prepared)
+    with progress.report(f"replay {pipeline} (dry run)", key,
+                         getattr(opts, "progress", "auto"),
+                         getattr(opts, "progress_interval_seconds", None)
+                         or progress.DEFAULT_INTERVAL_SECONDS):
+        try:
+            _judge_all(chain, prepared, report, examples, tally)
+        finally:
+            tally.flush()
+            chain.close()
     return report
+
+
+def _judge_all(chain, prepared, report, examples, tally) -> None:
+    """Fills ``report`` (see ``dry_run``), one record at a time."""
+    for item in prepared:
+        tally.add(1, len(item.before))
+        entry = report.setdefault(item.reason, {
+            "total": 0, "pass": 0, "fail": collections.Counter(), "unchanged": 0,
+            "skipped": 0, "examples": []})
+        entry["total"] += 1
+        if not item.changed:
+            entry["unchanged"] += 1
+        if item.skipped:
+            entry["skipped"] += 1
+            outcome = f"not replayed: {item.skipped}"
+            entry["fail"][f"not replayed: {item.skipped[:120]}"] += 1
+        else:
+            failed = chain.judge(item.record)
+            if failed is None:
+                entry["pass"] += 1
+                outcome = "passes"
+            else:
+                new_reason = reason_of(failed.stage, failed.error_class, failed.error_message)
+                entry["fail"][new_reason] += 1
+                outcome = "fails: " + new_reason
+        if len(entry["examples"]) < examples:
+            entry["examples"].append((item.before, item.after, outcome))
 
 
 def _clip(text: str, n: int = 160) -> str:
@@ -361,8 +384,8 @@ def format_dry_run(report: dict, pipeline: str, fix_name, selected: int, seconds
     for reason, entry in sorted(report.items(), key=lambda kv: -kv[1]["total"]):
         lines.append(f"- reason: {reason}")
         lines.append(f"    dead letters: {entry['total']}  would now pass: {entry['pass']}  "
-                     f"would still fail: {entry['total'] - entry['pass']}  "
-                     f"(fix left {entry['unchanged']} unchanged)")
+                     f"would still fail: {entry['total'] - entry['pass']}"
+                     + (f"  (the fix left {entry['unchanged']} as they were)" if fix_name else ""))
         for new_reason, n in entry["fail"].most_common(5):
             lines.append(f"    still failing {n}: {new_reason}")
         for before, after, outcome in entry["examples"]:
@@ -392,14 +415,23 @@ def replay(prepared: typing.Sequence[Prepared], pipeline: str, options: Pipeline
     beam_pipeline = beam.Pipeline(runner=runner, options=options)
     batches = [[p.record for p in runnable[i:i + CREATE_BATCH]]
                for i in range(0, len(runnable), CREATE_BATCH)]
+    key, tally = _expect(opts, runnable)
     records = (beam_pipeline
                | "ReadDeadLetters" >> beam.Create(batches, reshuffle=False)
-               # Uses only its argument: safe to pickle from __main__.
-               | "ExplodeDeadLetters" >> beam.FlatMap(lambda batch: batch))
+               # Uses only its arguments and closure (a Tally, importable by
+               # name): safe to pickle from __main__. Counts each batch read.
+               | "ExplodeDeadLetters" >> beam.FlatMap(
+                   lambda batch, tally=tally: (
+                       tally.add(len(batch), sum(len(r.value) for r in batch)),
+                       tally.flush(), batch)[-1]))
     job.module.build_pipeline(beam_pipeline, records, conns, opts, streaming=False,
                               aggregates=False, archive_prefix=f"replay-{run_id}")
-    result = beam_pipeline.run()
-    result.wait_until_finish()
+    with progress.report(f"replay {pipeline}", key, opts.progress,
+                         opts.progress_interval_seconds) as reporter:
+        result = beam_pipeline.run()
+        if reporter is not None:
+            reporter.attach(result)
+        result.wait_until_finish()
     phases["pipeline"] = round(time.monotonic() - started, 3)
 
     refailed = {r["replay_of"] for r in db.select(

@@ -107,9 +107,11 @@ def main(argv=None) -> int:
 
         wall, stdout, cmd = _replay(out, spec, "--run_id=bench1")
         stored = int(re.search(r"(\d+) now stored", stdout).group(1))
+        phases = re.search(r"s (\{[^}]*\})$", stdout.strip().splitlines()[-1])
         print(f"replay: {wall:.1f} s wall, {stored} events stored, {stored / wall:,.0f} events/s "
               f"(selection, fix, the frontend chain on the DirectRunner, sinks, session "
-              f"recompute, marks)\n  {cmd}")
+              f"recompute, marks; seconds by phase {phases.group(1) if phases else '?'})"
+              f"\n  {cmd}")
 
         wall, stdout, cmd = _replay(out, spec, "--run_id=bench2")
         again = int(re.search(r"(\d+) dead letters selected", stdout).group(1))

@@ -20,6 +20,7 @@ tokens, so its replay cannot give back the original values.
 from __future__ import annotations
 
 import json
+import re
 import typing
 
 from beam_pipelines import frontend, replay, text_agent
@@ -172,6 +173,45 @@ def failed_events(db) -> typing.Dict[str, dict]:
     return {r["failure_id"]: r for r in db.select("SELECT * FROM failed_events")}
 
 
+class PostgresStore:
+    """Each named run's own database on the server of ``base_dsn``, created
+    on first use (a replay selects every dead letter of its pipeline, so it
+    must not see other tests' rows); ``drop_all`` at the end."""
+
+    def __init__(self, base_dsn):
+        self._base = base_dsn
+        self._dbs = {}
+
+    def dsn(self, name):
+        import uuid
+
+        import psycopg
+
+        if name not in self._dbs:
+            db = f"replay_test_{uuid.uuid4().hex[:10]}"
+            with psycopg.connect(self._base, autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{db}"')
+            self._dbs[name] = db
+        # A later dbname= in a libpq string wins over the earlier one.
+        return f"{self._base} dbname={self._dbs[name]}"
+
+    def args(self, name):
+        return [f"--postgres_dsn={self.dsn(name)}"]
+
+    def state(self, name, pipeline):
+        from iheard_io.sql_tables import SqlTables
+
+        with SqlTables.open(dsn=self.dsn(name)) as db:
+            return snapshot(db, pipeline), failed_events(db)
+
+    def drop_all(self):
+        import psycopg
+
+        with psycopg.connect(self._base, autocommit=True) as conn:
+            for db in self._dbs.values():
+                conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+
+
 # -- the scenario, on any store -------------------------------------------------
 MODULES = {"frontend": frontend, "text_agent": text_agent}
 
@@ -184,10 +224,25 @@ def _run_job(pipeline, lines, store, tmp_path, name):
                            f"--archive_path={tmp_path / name / 'archive'}"])
 
 
-def _replay(pipeline, store, fix_args, *extra):
-    return replay.run([f"--pipeline={pipeline}", *store.args("replayed"),
-                       f"--pii_secret={SECRET}", f"--session_gap_seconds={GAP_S}",
-                       "--runner=DirectRunner", *fix_args, *extra])
+def _replay(pipeline, store, fix_args, *extra, replay_fn=None):
+    argv = [f"--pipeline={pipeline}", *store.args("replayed"), f"--pii_secret={SECRET}",
+            f"--session_gap_seconds={GAP_S}", *fix_args, *extra]
+    if replay_fn is not None:
+        return replay_fn(argv)
+    return replay.run(argv + ["--runner=DirectRunner"])
+
+
+_SUMMARY = re.compile(
+    r"(?P<selected>\d+) dead letters selected, (?P<passed>\d+) now stored, "
+    r"(?P<failed_again>\d+) failed again .*?, (?P<not_replayable>\d+) not replayable .*?, "
+    r"(?P<pending>\d+) left pending")
+
+
+def parse_summary(stdout: str) -> dict:
+    """The counts of a replay's last summary line (a replay run as a command)."""
+    found = [m for m in _SUMMARY.finditer(stdout)]
+    assert found, stdout[-3000:]
+    return {k: int(v) for k, v in found[-1].groupdict().items()}
 
 
 def _fix_args(pipeline, tmp_path):
@@ -198,13 +253,15 @@ def _fix_args(pipeline, tmp_path):
     return [f"--fix_spec={spec}"]
 
 
-def check_replay(pipeline, tmp_path, store) -> None:
+def check_replay(pipeline, tmp_path, store, replay_fn=None) -> None:
     """Input as received -> the job -> dry run (writes nothing, predicts the
     run) -> replay with the fix -> the tables equal a clean run of the
     corrected input; the marks and new dead letters are consistent; a second
     replay changes nothing. ``store``: ``args(name)`` (connection flags of
     run ``name``: "replayed" or "clean") and ``state(name, pipeline)``
-    ((snapshot, failed_events) of that run's database)."""
+    ((snapshot, failed_events) of that run's database). ``replay_fn(argv)``:
+    runs the (non-dry) replays and returns their counts (default: in this
+    process on the DirectRunner)."""
     received, corrected, broken = (frontend_lines() if pipeline == "frontend"
                                    else text_agent_lines())
     assert broken >= 5
@@ -220,7 +277,7 @@ def check_replay(pipeline, tmp_path, store) -> None:
     would_pass = sum(entry["pass"] for entry in report.values())
     assert would_pass >= broken
 
-    summary = _replay(pipeline, store, fix, "--run_id=replay1")
+    summary = _replay(pipeline, store, fix, "--run_id=replay1", replay_fn=replay_fn)
     tables1, failed1 = store.state("replayed", pipeline)
     assert summary["passed"] == would_pass
     assert summary["selected"] == (summary["passed"] + summary["failed_again"]
@@ -245,7 +302,7 @@ def check_replay(pipeline, tmp_path, store) -> None:
 
     # Twice: nothing left to do, nothing changes. (Only what the fix raised
     # on stays pending, for a better fix.)
-    again = _replay(pipeline, store, fix, "--run_id=replay2")
+    again = _replay(pipeline, store, fix, "--run_id=replay2", replay_fn=replay_fn)
     assert again["selected"] == again["pending"] == summary["pending"]
     assert again["passed"] == again["failed_again"] == 0
     assert store.state("replayed", pipeline) == (tables1, failed1)

@@ -196,3 +196,47 @@ def test_billing_rows_count_each_turn_once_per_hour():
             for r in rows] == [
         ("2026-01-01T00:00:00+00:00", 2, 20, 0.001, 1),
         ("2026-01-01T01:00:00+00:00", 1, 10, 0.002, 0)]
+
+
+# -- selection on the embedded database ----------------------------------------------
+def test_selection_filters_and_skips_what_was_replayed(tmp_path):
+    from beam_pipelines.replay import select_dead_letters
+    from iheard_io.embedded import close_embedded
+    from iheard_io.sql_tables import SqlTables
+
+    def dead_letter(n, stage="validate", error_class="ValidationError", message="timestamp: x",
+                    pipeline="frontend", day=1, topic="t"):
+        return failure_row({"raw": f'{{"n": {n}}}', "error_class": error_class,
+                            "error_message": message, "stage": stage, "pipeline": pipeline,
+                            "source_topic": topic, "source_partition": 0, "source_offset": n,
+                            "received_at": f"2026-12-0{day}T10:00:00+00:00"})
+
+    rows = [dead_letter(1), dead_letter(2, day=2), dead_letter(3, stage="decode",
+                                                                  error_class="DecodeError",
+                                                                  message="not JSON"),
+            dead_letter(4, stage="enrich"), dead_letter(5, pipeline="text_agent"),
+            dead_letter(6, message="session_id: field required"),
+            dead_letter(7, topic=replay_topic("run0", "x")), dead_letter(8)]
+    path = str(tmp_path / "db.duckdb")
+    with SqlTables.open(embedded_db=path) as db:
+        db.upsert("failed_events", rows)
+        db.update_by_key("failed_events", "failure_id", ("replayed_by",),
+                         [(rows[7]["failure_id"], "run0")])
+
+        def offsets(**kwargs):
+            return sorted(r["source_offset"] for r in select_dead_letters(db, "frontend",
+                                                                          **kwargs))
+
+        # not enrich (no source payload), not text_agent's, not a replay's own
+        # dead letter, not one already replayed
+        assert offsets() == [1, 2, 3, 6]
+        assert offsets(include_replayed_failures=True) == [1, 2, 3, 6, 7]
+        assert offsets(stages=["decode"]) == [3]
+        assert offsets(error_classes=["ValidationError"]) == [1, 2, 6]
+        assert offsets(message_pattern=r"^timestamp") == [1, 2]
+        assert offsets(since="2026-12-02") == [2]
+        assert offsets(until="2026-12-02T00:00:00Z") == [1, 3, 6]
+        assert len(offsets(limit=2)) == 2 and set(offsets(limit=2)) < {1, 3, 6}
+        with pytest.raises(ValueError, match="cannot be replayed"):
+            select_dead_letters(db, "frontend", stages=["enrich"])
+    close_embedded(path)
