@@ -194,6 +194,8 @@ class AggregateRecompute:
         written = recompute_aggregates(self._pipeline, touched, self._conns,
                                        gap_seconds=self._gap_seconds)
         parts = ", ".join(f"{table}={n}" for table, n in sorted(written.items()))
-        return (f"[{self._pipeline}] aggregates recomputed from all their events: "
-                f"{len(touched.sessions)} sessions, {len(touched.billing_hours)} billing hours "
+        keys = f"{len(touched.sessions)} sessions"
+        if "agent_billing_hourly" in written:
+            keys += f", {len(touched.billing_hours)} billing hours"
+        return (f"[{self._pipeline}] aggregates recomputed from all their events: {keys} "
                 f"-> rows {parts}")

@@ -28,6 +28,7 @@ def databases(services):
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pipeline", ["frontend", "text_agent"])
 def test_archive_rerun_equals_the_original_run_postgres_s3(pipeline, services, databases,
                                                            tmp_path, monkeypatch):

@@ -191,6 +191,7 @@ def check_rerun_equals_original(pipeline: str, tmp_path: pathlib.Path, first: St
     assert state(archive) == archived
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pipeline", ["frontend", "text_agent"])
 def test_archive_rerun_equals_the_original_run_duckdb(pipeline, tmp_path):
     check_rerun_equals_original(pipeline, tmp_path, Store(tmp_path / "first"),
