@@ -27,7 +27,8 @@ The run::
                         in this process; prints per original reason how many
                         would pass / still fail and why, with examples; writes
                         nothing
-    run:                Create(records, origin replay:<run id>:<failure_id>)
+    run:                records (origin replay:<run id>:<failure_id>) staged
+                        in a JSON-lines file (--staging_dir), read back
                         -> the job's build_pipeline(aggregates=False,
                            archive_prefix=replay-<run id>): same parse /
                            redact / enrich / dedupe, same per-event sinks
