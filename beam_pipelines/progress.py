@@ -11,9 +11,10 @@ letters can take minutes; ``cli.run_job`` shows how far it is::
       [frontend] read 2,011,034 records (135.2 MB) in 2m14s: 15,007 records/s
 
 What is counted: the records a source emitted and the input bytes they came
-from (``iheard_io.read_progress``; a source that is no file reader, such as a
-replay's selection of dead letters, counts records with ``CountReads`` and
-registers their number: ``expect(key, total_records=N)``); the total is known before the run from a
+from (``iheard_io.read_progress``; a source that is no file reader counts
+records with ``CountReads`` and registers their number with ``expect(key,
+total_records=N)``; the replay stages its dead letters in a file and is read
+like any file); the total is known before the run from a
 listing (file sizes; a gzip file's uncompressed size from its trailer; the
 archive objects' sizes), so the time left is ``elapsed * (total - done) /
 done`` in bytes: the rate so far, applied to what is left. Without a total
