@@ -316,8 +316,11 @@ def missing_in_savepoint(metadata: bytes, operator_ids: typing.Mapping[str, str]
     """Labels whose operator id does not occur in a savepoint's ``_metadata``.
 
     Flink's metadata (format v3/v4) writes each operator's id as two 8-byte
-    longs, which are the id's 16 bytes in order; an operator restored without
-    any entry starts with empty state, which Flink does not report.
+    longs, which are the id's 16 bytes in order, for every operator of the
+    job that wrote it, stateless ones included (checked on a frontend
+    savepoint here): an id that is missing belonged to no operator of that
+    job. The new job's operator with that id would start with empty state,
+    which Flink does not report.
     """
     return sorted(label for op_id, label in operator_ids.items() if bytes.fromhex(op_id) not in metadata)
 
