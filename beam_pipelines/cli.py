@@ -23,7 +23,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, S3Options, StandardOptions
 
-from beam_pipelines import common
+from beam_pipelines import common, progress, reprocess
 from beam_pipelines.generate import write_lines
 from beam_pipelines.options import (
     Connections,
@@ -37,6 +37,7 @@ from runners.profiles import check_job_server_jar, expand_argv
 
 __all__ = [
     "run_job",
+    "build_job",
     "generate_if_asked",
     "input_or_sample",
     "parse_options",
@@ -81,7 +82,9 @@ def summary(result, conns: Connections, pipeline: str) -> str:
         lines.append("  tables: PostgreSQL (" + _redact_dsn(conns.postgres_dsn) + ")")
     else:
         lines.append(f"  tables: DuckDB file {conns.embedded_db}")
-    lines.append(f"  archive: {conns.archive_path}")
+    if conns.archive_input is not None:
+        lines.append(f"  read the archive: {conns.archive_input.root} (a re-run; no live state)")
+    lines.append(f"  archive: {conns.archive_path or 'not written'}")
     if conns.snowflake is not None:
         sf = conns.snowflake
         lines.append(f"  warehouse: Snowflake ({sf.account}, {sf.database}.{sf.schema})")
@@ -134,7 +137,8 @@ def run_job(options: PipelineOptions, pipeline_name: str, source, build, runner=
     (``batched_hot_path``: streaming Kafka, ``--hot_path=batched``), both are
     called with ``batched=True`` (transforms/batches.py).
 
-    It runs, waits, and prints ``summary``. ``options`` are expanded already
+    It runs, waits (showing the progress of a bounded file or archive
+    source, ``beam_pipelines.progress``), and prints ``summary``. ``options`` are expanded already
     (``parse_options``); ``runner`` (a runner instance) overrides ``--runner``
     (tests name theirs). ``sample`` (and ``sample_lines``): the file read
     when neither ``--input`` nor ``--kafka_bootstrap`` is given
@@ -142,19 +146,46 @@ def run_job(options: PipelineOptions, pipeline_name: str, source, build, runner=
     if sample is not None:
         input_or_sample(options, sample, sample_lines)
     check_runner(options)
+    pipeline, conns = build_job(options, source, build, runner=runner, batches=batches)
+    opts = options.view_as(IheardOptions)
+    # An archive re-run: its aggregates are recomputed from the tables after
+    # it (beam_pipelines/reprocess.py); the keys its range holds now first.
+    recompute = reprocess.AggregateRecompute.for_run(pipeline_name, conns, opts)
+    if recompute is not None:
+        recompute.before()
+    # The source registered what it will read (files, the archive): show how
+    # far it is while the job runs, and a summary (beam_pipelines.progress).
+    with progress.report(pipeline_name, opts.progress_key, opts.progress,
+                         opts.progress_interval_seconds) as reporter:
+        result = pipeline.run()
+        if reporter is not None:
+            reporter.attach(result)
+        result.wait_until_finish()
+    print(summary(result, conns, pipeline_name), flush=True)
+    if recompute is not None:
+        print(recompute.after(), flush=True)
+    return result
+
+
+def build_job(options: PipelineOptions, source, build, runner=None, batches: bool = False,
+              prepare: bool = True):
+    """The graph ``run_job`` runs, without running it: (pipeline, connections).
+
+    ``prepare=False`` skips creating the tables (nothing is contacted), for
+    ``runners.state_ids``, which reads the stateful steps off the graph."""
     streaming = bool(options.view_as(StandardOptions).streaming)
     opts = options.view_as(IheardOptions)
     conns = resolve_connections(options)
     apply_s3_options(options, conns)
-    common.prepare_sinks(conns)
+    if prepare:
+        common.prepare_sinks(conns)
+    if not opts.progress_key:
+        opts.progress_key = progress.new_key()
     pipeline = beam.Pipeline(runner=runner, options=options)
     extra = {"batched": True} if batches and batched_hot_path(opts, streaming) else {}
     records = source(pipeline, conns, opts, streaming, **extra)
     build(pipeline, records, conns, opts, streaming, **extra)
-    result = pipeline.run()
-    result.wait_until_finish()
-    print(summary(result, conns, pipeline_name), flush=True)
-    return result
+    return pipeline, conns
 
 
 def main(run: typing.Callable[[], typing.Any]) -> None:

@@ -20,13 +20,15 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 
+from beam_pipelines import reprocess
 from beam_pipelines.options import Connections, IheardOptions
 # Streaming archive files cover five minutes of event time (defined once, by
 # the archive connector).
 from iheard_io.archive import DEFAULT_STREAMING_WINDOW_S as ARCHIVE_WINDOW_SECONDS
 from iheard_io.archive import WriteToArchive
 from iheard_io.embedded import WriteToEmbeddedDb, close_embedded, ensure_embedded_schema
-from iheard_io.files import ReadFromJsonLines
+from iheard_io import read_progress
+from iheard_io.files import ReadFromJsonLines, input_bytes
 from iheard_io.kafka import (
     KafkaConnectionRefused,
     ReadFromKafka,
@@ -45,6 +47,7 @@ from iheard_io.redis_io import (
 )
 from schemas.avro import load_schema
 from schemas.tables import failure_row
+from transforms.archived import ArchiveDecoder
 from transforms.batches import ExplodeBatches
 from transforms.deadletter import RedactDeadLetters
 
@@ -55,6 +58,7 @@ __all__ = [
     "write_warehouse_rows",
     "write_dead_letters",
     "kafka_decoder",
+    "input_decoder",
     "prepare_sinks",
     "check_connections",
     "archive_records",
@@ -77,11 +81,23 @@ def kafka_decoder(opts: IheardOptions, avro_schema_name: typing.Optional[str] = 
     return None
 
 
-def event_source(default_topic: str):
+def input_decoder(conns: Connections, opts: IheardOptions,
+                  avro_schema_name: typing.Optional[str], job: str):
+    """The parse step's decoder: for an archive re-run, the one that turns an
+    archived record of ``job`` back into its payload
+    (``transforms.archived.ArchiveDecoder``); else ``kafka_decoder``."""
+    if conns.archive_input is not None:
+        return ArchiveDecoder(reprocess.payload_function(job))
+    return kafka_decoder(opts, avro_schema_name)
+
+
+def event_source(default_topic: str, job: typing.Optional[str] = None):
     """``cli.run_job``'s ``source`` for a pipeline of events: ``read_source``
-    with ``default_topic`` (the topic read unless ``--kafka_topic``)."""
+    with ``default_topic`` (the topic read unless ``--kafka_topic``). ``job``:
+    the pipeline whose archive ``--input`` may name (an archive re-run,
+    ``beam_pipelines.reprocess``); None: the job cannot re-run its archive."""
     def source(pipeline, conns, opts, streaming, batched=False):
-        return read_source(pipeline, conns, opts, default_topic, streaming, batched)
+        return read_source(pipeline, conns, opts, default_topic, streaming, batched, job)
     return source
 
 
@@ -92,11 +108,23 @@ def read_source(
     default_topic: str,
     streaming: bool,
     batched: bool = False,
+    job: typing.Optional[str] = None,
 ) -> beam.PCollection:
-    """``PCollection[SourceRecord]`` from ``--input`` or Kafka (with
+    """``PCollection[SourceRecord]`` from ``--input`` (JSON lines, or the
+    archive of ``job``: ``beam_pipelines.reprocess``) or Kafka (with
     ``batched``: ``PCollection[list[SourceRecord]]``, one list per poll)."""
+    if (opts.from_ or opts.to) and conns.archive_input is None:
+        raise ValueError("--from/--to select a range of the archive: --input must name an "
+                         "archive folder (<root>/source=<job>[/date=...])")
+    if conns.archive_input is not None:
+        if streaming:
+            raise ValueError("an archive re-run is bounded: drop --streaming")
+        return reprocess.read_archive(pipeline, conns, opts, job or "this job")
     if conns.input:
-        return pipeline | "ReadJsonLines" >> ReadFromJsonLines(conns.input)
+        if opts.progress_key:
+            read_progress.expect(opts.progress_key, input_bytes(conns.input))
+        return pipeline | "ReadJsonLines" >> ReadFromJsonLines(
+            conns.input, progress_key=opts.progress_key)
     if conns.kafka_bootstrap:
         mode = opts.kafka_mode or ("streaming" if streaming else "bounded")
         tuning = {}
@@ -223,7 +251,7 @@ def prepare_sinks(conns: Connections) -> None:
         from iheard_io.snowflake import ensure_snowflake_schema
 
         ensure_snowflake_schema(conns.snowflake)
-    if "://" not in conns.archive_path:
+    if conns.archive_path and "://" not in conns.archive_path:
         os.makedirs(conns.archive_path, exist_ok=True)
 
 
@@ -253,15 +281,20 @@ def archive_records(
     batched: bool = False,
     label: str = "ArchiveEvents",
     pre_encoded: bool = False,
+    file_prefix: str = "part",
 ) -> beam.PCollection:
     """Archives ``records`` as Avro under ``conns.archive_path``; returns the
-    records that could not be archived as ``FailedRecord``s.
+    records that could not be archived as ``FailedRecord``s. ``file_prefix``:
+    the files' name prefix (a replay names its own, ``iheard_io.archive``).
 
     A streaming job closes one file set per ``ARCHIVE_WINDOW_SECONDS`` of event
     time (a global window would never fire); a bounded job writes one file set
     per hour partition. ``pre_encoded``: lists of ``EncodeForArchive``'s slim
     records, whose Avro bytes are written as they are.
     """
+    if not conns.archive_path:
+        # An archive re-run without --archive_path: nothing archived, nothing failed.
+        return records.pipeline | f"{label}Skipped" >> beam.Create([])
     return records | label >> WriteToArchive(
         conns.archive_path,
         source=pipeline,
@@ -270,6 +303,7 @@ def archive_records(
         pipeline=pipeline,
         batched=batched,
         pre_encoded=pre_encoded,
+        file_prefix=file_prefix,
     )
 
 

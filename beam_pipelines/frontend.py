@@ -67,7 +67,7 @@ from transforms.pii import FRONTEND_TEXT_FIELDS, FRONTEND_TOKEN_FIELDS, RedactPi
 from transforms.session_batches import AggregateSessionBatches
 from transforms.sessions import SESSION_FIELDS, AggregateSessions
 
-__all__ = ["build_pipeline", "run", "FRONTEND_TOPIC", "SAMPLE_INPUT"]
+__all__ = ["build_pipeline", "chain", "run", "FRONTEND_TOPIC", "SAMPLE_INPUT"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -80,8 +80,23 @@ SAMPLE_INPUT = os.path.join(os.path.dirname(__file__), "sample_data", "frontend_
 HOT_PATH_FIELDS = tuple(dict.fromkeys(("event_id", "timestamp_ms") + SESSION_FIELDS))
 
 
+def chain(conns: Connections, opts: IheardOptions, batched: bool = False):
+    """The per-event steps that can fail on data, in order: parse, redact,
+    enrich. ``build_pipeline`` applies them; a replay's dry run runs their
+    DoFns in-process (``dofn()``), so both judge a record the same way."""
+    rerun = conns.archive_input is not None  # archived records: beam_pipelines/reprocess.py
+    return (
+        ParseEvents(FrontendEvent, PIPELINE, decoder=common.input_decoder(
+            conns, opts, "envelope_v1", PIPELINE), batched=batched),
+        RedactPii(conns.pii_secret, FRONTEND_TEXT_FIELDS, FRONTEND_TOKEN_FIELDS, PIPELINE,
+                  batched=batched, count_existing_tokens=rerun),
+        EnrichFrontendEvents(EnrichmentConfig(), PIPELINE, batched=batched),
+    )
+
+
 def build_pipeline(pipeline: beam.Pipeline, records: beam.PCollection, conns: Connections,
                    opts: IheardOptions, streaming: bool = False, batched: bool = False,
+                   aggregates: bool = True, archive_prefix: str = "part",
                    ) -> typing.Dict[str, beam.PCollection]:
     """Applies the frontend chain to ``records`` (``PCollection[SourceRecord]``,
     or with ``batched`` lists of them: see transforms/batches.py).
@@ -90,17 +105,20 @@ def build_pipeline(pipeline: beam.Pipeline, records: beam.PCollection, conns: Co
     Returns the main intermediate collections (for tests and benchmarks); on
     the batched path ``events`` holds the slim records of ``EncodeForArchive``
     (``HOT_PATH_FIELDS`` and the Avro bytes), not whole events.
+
+    ``aggregates=False`` (a dead-letter replay: a few events of sessions
+    other events filled) computes and writes no ``frontend_sessions`` rows:
+    the caller recomputes them from all their events afterwards
+    (``beam_pipelines.aggregates``); ``sessions`` is then None.
+    ``archive_prefix``: the archive files' name prefix (``iheard_io.archive``).
     """
-    parsed = records | "ParseEvents" >> ParseEvents(
-        FrontendEvent, PIPELINE, decoder=common.kafka_decoder(opts, "envelope_v1"),
-        batched=batched,
-    )
-    redacted = parsed[ParseEvents.VALID] | "RedactPii" >> RedactPii(
-        conns.pii_secret, FRONTEND_TEXT_FIELDS, FRONTEND_TOKEN_FIELDS, PIPELINE, batched=batched
-    )
-    enriched = redacted[RedactPii.VALID] | "EnrichEvents" >> EnrichFrontendEvents(
-        EnrichmentConfig(), PIPELINE, batched=batched
-    )
+    # An archive re-run writes no aggregates of its own either: they are
+    # recomputed from the tables after it (beam_pipelines/reprocess.py).
+    aggregates = aggregates and conns.archive_input is None
+    parse, redact, enrich = chain(conns, opts, batched)
+    parsed = records | "ParseEvents" >> parse
+    redacted = parsed[ParseEvents.VALID] | "RedactPii" >> redact
+    enriched = redacted[RedactPii.VALID] | "EnrichEvents" >> enrich
     schema = load_schema("frontend_enriched_v1")
     failures = [
         parsed[ParseEvents.FAILED],
@@ -121,7 +139,9 @@ def build_pipeline(pipeline: beam.Pipeline, records: beam.PCollection, conns: Co
         ttl_seconds=opts.dedupe_ttl_seconds, namespace=PIPELINE, streaming=streaming,
         batched=batched, buckets=opts.dedupe_buckets,
     )
-    if batched:
+    if not aggregates:
+        sessions = None
+    elif batched:
         aggregate = AggregateSessionBatches(
             gap_seconds=opts.session_gap_seconds,
             allowed_lateness_seconds=opts.allowed_lateness_seconds,
@@ -134,17 +154,21 @@ def build_pipeline(pipeline: beam.Pipeline, records: beam.PCollection, conns: Co
             pipeline=PIPELINE,
             streaming=streaming,
         )
-    sessions = common.count(
-        events | "AggregateSessions" >> aggregate, PIPELINE, "session_panes", "CountSessionPanes")
+    if aggregates:
+        sessions = common.count(
+            events | "AggregateSessions" >> aggregate, PIPELINE, "session_panes",
+            "CountSessionPanes")
 
     if not batched:
         failures.extend(_write_event_rows(events, conns, streaming, batched))
-    failures.extend([
-        common.write_rows(sessions, "frontend_sessions", conns, PIPELINE, streaming),
-        common.archive_records(events, conns, PIPELINE, schema, streaming, batched,
-                               pre_encoded=batched),
-    ])
-    if conns.redis_url:
+    # (The order of this list numbers the GlobalWindowFailures<i> steps: kept
+    # as it was, so a streaming job's savepoint still maps onto its operators.)
+    if aggregates:
+        failures.append(common.write_rows(sessions, "frontend_sessions", conns, PIPELINE,
+                                          streaming))
+    failures.append(common.archive_records(events, conns, PIPELINE, schema, streaming, batched,
+                                           pre_encoded=batched, file_prefix=archive_prefix))
+    if aggregates and conns.redis_url:
         failures.append(common.write_session_state(sessions, conns, PIPELINE))
     common.write_dead_letters(failures, conns, PIPELINE)
     return {"events": events, "sessions": sessions}
@@ -167,7 +191,8 @@ def run(argv: typing.Optional[typing.List[str]] = None, save_main_session: bool 
     """Parses ``argv``, builds and runs the pipeline; returns the PipelineResult."""
     argv = list(sys.argv[1:] if argv is None else argv)
     options = cli.parse_options(argv, "python -m beam_pipelines.frontend", __doc__.splitlines()[0])
-    return cli.run_job(options, PIPELINE, common.event_source(FRONTEND_TOPIC), build_pipeline,
+    return cli.run_job(options, PIPELINE, common.event_source(FRONTEND_TOPIC, PIPELINE),
+                       build_pipeline,
                        batches=True, sample=SAMPLE_INPUT)
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ from transforms.marketo import (
 from transforms.marketo_scoring import ActionThresholds, ScoringConfig
 from transforms.parse import ParseEvents
 
-__all__ = ["build_pipeline", "run", "sample_leads", "SAMPLE_INPUT", "MARKETO_TOPIC"]
+__all__ = ["build_pipeline", "chain", "run", "sample_leads", "SAMPLE_INPUT", "MARKETO_TOPIC"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -79,16 +79,34 @@ PIPELINE = "marketo"
 SAMPLE_INPUT = os.path.join(os.path.dirname(__file__), "sample_data", "marketo_leads.jsonl.gz")
 
 
+def chain(conns: Connections, opts: IheardOptions):
+    """The per-lead steps that can fail on data, in order: parse, then score
+    (the engagement lookup between them fails nothing). ``build_pipeline``
+    applies them; a replay's dry run runs their DoFns in-process
+    (``dofn()``; without the engagement lookup, which changes scores, not
+    whether a lead passes)."""
+    mopts = opts.view_as(MarketoOptions)
+    config = ScoringConfig(thresholds=ActionThresholds(
+        priority_score=mopts.priority_score_threshold,
+        nurture_probability=mopts.nurture_probability_threshold))
+    # The extractor publishes JSON (Marketo's own record format).
+    return (ParseEvents(MarketoLead, PIPELINE),
+            ScoreLeads(conns.pii_secret, config, PIPELINE))
+
+
 def build_pipeline(pipeline: beam.Pipeline, records: beam.PCollection, conns: Connections,
-                   opts: IheardOptions, streaming: bool = False,
+                   opts: IheardOptions, streaming: bool = False, aggregates: bool = True,
+                   archive_prefix: str = "part",
                    ) -> typing.Dict[str, beam.PCollection]:
     """Applies the Marketo chain to ``records`` (``PCollection[SourceRecord]``).
 
     Returns the main intermediate collections (for tests and benchmarks).
+    ``aggregates``: accepted for the replay's one signature (Marketo has no
+    aggregate tables); ``archive_prefix``: the archive files' name prefix.
     """
     mopts = opts.view_as(MarketoOptions)
-    # The extractor publishes JSON (Marketo's own record format).
-    parsed = records | "ParseLeads" >> ParseEvents(MarketoLead, PIPELINE)
+    parse, score = chain(conns, opts)
+    parsed = records | "ParseLeads" >> parse
     latest = parsed[ParseEvents.VALID] | "KeepLatestPerLead" >> KeepLatestPerLead(
         PIPELINE, streaming=streaming)
     if mopts.no_engagement_lookup:
@@ -102,10 +120,7 @@ def build_pipeline(pipeline: beam.Pipeline, records: beam.PCollection, conns: Co
                 IDENTITY_FIELD, ENGAGEMENT_FIELD, postgres_dsn=conns.postgres_dsn,
                 duckdb_path=None if conns.postgres_dsn else conns.embedded_db,
                 namespace=PIPELINE, retry_budget_seconds=conns.postgres_retry_budget_s))
-    config = ScoringConfig(thresholds=ActionThresholds(
-        priority_score=mopts.priority_score_threshold,
-        nurture_probability=mopts.nurture_probability_threshold))
-    scored = with_engagement | "ScoreLeads" >> ScoreLeads(conns.pii_secret, config, PIPELINE)
+    scored = with_engagement | "ScoreLeads" >> score
     rows = scored[ScoreLeads.VALID]
     # The archive and the warehouse get the lead without its address and name.
     redacted = rows | "RedactLeads" >> RedactLeads(conns.pii_secret)
@@ -117,7 +132,8 @@ def build_pipeline(pipeline: beam.Pipeline, records: beam.PCollection, conns: Co
         common.write_rows(rows, "marketo_leads", conns, PIPELINE, streaming=True),
         common.archive_records(
             redacted | "ToArchiveRecords" >> beam.Map(lead_archive_record), conns, PIPELINE,
-            load_schema("marketo_lead_v1"), streaming, label="ArchiveLeads"),
+            load_schema("marketo_lead_v1"), streaming, label="ArchiveLeads",
+            file_prefix=archive_prefix),
         *common.write_warehouse_rows(redacted, "marketo_leads", conns, PIPELINE, streaming=True),
     ]
     if conns.redis_url:

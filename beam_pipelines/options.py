@@ -13,6 +13,7 @@ file and a local Avro archive under ``--output_dir``.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 import os
@@ -21,6 +22,7 @@ import typing
 from apache_beam.options.pipeline_options import PipelineOptions, S3Options
 
 from iheard_io import settings
+from iheard_io.archive_read import ArchiveInput, parse_archive_input
 from iheard_io.security import redact
 from iheard_io.snowflake import SnowflakeSettings
 
@@ -53,6 +55,15 @@ class IheardOptions(PipelineOptions):
             "--input",
             help="JSON-lines file pattern (.jsonl or .jsonl.gz) to read "
             "instead of Kafka.",
+        )
+        src.add_argument(
+            "--from", dest="from_",
+            help="Archive input (--input=<archive>/source=<pipeline>) or restate_costs: "
+            "start of the range, inclusive: YYYY-MM-DD (midnight UTC) or ISO-8601.",
+        )
+        src.add_argument(
+            "--to",
+            help="End of the range, exclusive; a bare date includes that whole day.",
         )
         src.add_argument(
             "--kafka_bootstrap",
@@ -184,12 +195,31 @@ class IheardOptions(PipelineOptions):
             help="Batched path: id-hash buckets per time slice of de-duplication state.",
         )
         proc.add_argument(
+            "--progress",
+            choices=PROGRESS_MODES,
+            default="auto",
+            help="Bounded file or archive input: records read, rate and time left as a "
+            "bar on a terminal (auto, bar) or a log line every --progress_interval_seconds "
+            "(auto, log); off: only the summary at the end.",
+        )
+        proc.add_argument(
+            "--progress_interval_seconds",
+            type=float,
+            default=DEFAULT_PROGRESS_INTERVAL_SECONDS,
+            help="Seconds between progress log lines. Default: %(default)s.",
+        )
+        # Set by cli.run_job: the key a run's source counts its reads under.
+        proc.add_argument("--progress_key", help=argparse.SUPPRESS)
+        proc.add_argument(
             "--profile",
             help="Runner profile (see python -m runners.profiles); expanded by run().",
         )
 
 
 HOT_PATHS = ("batched", "per_event")
+# --progress (beam_pipelines.progress shows it).
+PROGRESS_MODES = ("auto", "bar", "log", "off")
+DEFAULT_PROGRESS_INTERVAL_SECONDS = 10.0
 
 # Snowflake loading (optional): flag suffix, the seed's variable, help text.
 # Configured when an account is given (flag or variable).
@@ -220,7 +250,8 @@ class Connections:
     kafka_bootstrap: typing.Optional[str]
     postgres_dsn: typing.Optional[str]
     redis_url: typing.Optional[str]
-    archive_path: str
+    # None: no archive is written (an archive re-run without --archive_path).
+    archive_path: typing.Optional[str]
     embedded_db: typing.Optional[str]  # set when Postgres is not configured
     dead_letter_topic: typing.Optional[str]
     pii_secret: bytes
@@ -242,6 +273,9 @@ class Connections:
     postgres_retry_budget_s: float = DEFAULT_RETRY_BUDGET_S
     redis_retry_budget_s: float = DEFAULT_RETRY_BUDGET_S
     snowflake_retry_budget_s: float = DEFAULT_RETRY_BUDGET_S
+    # --input names an archive folder (iheard_io.archive_read): this run
+    # re-runs the archive (beam_pipelines/reprocess.py).
+    archive_input: typing.Optional[ArchiveInput] = None
 
     def __repr__(self) -> str:
         # Connections hold passwords (DSN, Redis URL, Kafka SASL, PII key):
@@ -283,12 +317,24 @@ def resolve_connections(opts: PipelineOptions, env=None) -> Connections:
         secret = DEV_PII_SECRET
     security = settings.kafka_security(env, opts.kafka_security_protocol,
                                        opts.kafka_sasl_mechanism, opts.kafka_ssl_cafile)
+    archive_input = _archive_input(opts.input)
+    archive_path = opts.archive_path or os.path.join(output_dir, "archive")
+    if archive_input is not None:
+        # A re-run never writes the archive it reads: no archive unless one
+        # is named, and not the input's own root; no live state in Redis.
+        archive_path = opts.archive_path
+        if archive_path and _same_path(archive_path, archive_input.root):
+            raise ValueError(
+                f"--archive_path={archive_path} is the archive --input reads: an archive "
+                "re-run writes no archive by default, or a separate one (another "
+                "--archive_path)")
+        redis_url = None
     return Connections(
         input=opts.input,
         kafka_bootstrap=opts.kafka_bootstrap,
         postgres_dsn=postgres_dsn,
         redis_url=redis_url,
-        archive_path=opts.archive_path or os.path.join(output_dir, "archive"),
+        archive_path=archive_path,
         embedded_db=None if postgres_dsn else os.path.join(output_dir, "iheardai.duckdb"),
         dead_letter_topic=opts.dead_letter_topic,
         pii_secret=secret.encode("utf-8"),
@@ -301,7 +347,26 @@ def resolve_connections(opts: PipelineOptions, env=None) -> Connections:
         postgres_retry_budget_s=opts.postgres_retry_budget_seconds,
         redis_retry_budget_s=opts.redis_retry_budget_seconds,
         snowflake_retry_budget_s=opts.snowflake_retry_budget_seconds,
+        archive_input=archive_input,
     )
+
+
+def _archive_input(path: typing.Optional[str]) -> typing.Optional[ArchiveInput]:
+    """The archive ``--input`` names: a path with a ``source=`` folder, or a
+    local folder holding ``source=`` folders (an archive root)."""
+    if not path:
+        return None
+    found = parse_archive_input(path)
+    if found is None and "://" not in path and os.path.isdir(path) and any(
+            name.startswith("source=") for name in os.listdir(path)):
+        return ArchiveInput(path.rstrip("/"), None)
+    return found
+
+
+def _same_path(a: str, b: str) -> bool:
+    if "://" in a or "://" in b:
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 _SECRET_S3_OPTIONS = ("s3_secret_access_key", "s3_session_token")

@@ -24,9 +24,9 @@ Idempotent: the table's key is (session_id, turn_id, price_book_version), so
 re-running the same restatement upserts the same rows; a turn archived more
 than once (a late pane, a re-run) is restated once.
 
-    archive files of the range (one pattern per day)          read_archived_turns
-      -> ReadArchivedTurns (ReadAllFromAvro)                     (the source)
-      -> KeepRange      timestamp_ms in [from, to)
+    archive files of the range (one listing per day)          read_archived_turns
+      -> ReadArchivedTurns (iheard_io.archive_read.ReadFromArchive,  (the source)
+                            KeepRange: timestamp_ms in [from, to))
       -> OneRecordPerTurn   GroupByKey (session_id, turn_id),    RestateTurns
                             smallest event_id                    (transforms.text_agent_restate)
       -> Reprice        pure ``restate_turn`` under the named version
@@ -45,16 +45,17 @@ import sys
 import typing
 
 import apache_beam as beam
-from apache_beam.io.avroio import ReadAllFromAvro
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipelines import cli, common
 from beam_pipelines.options import Connections, IheardOptions
+from iheard_io import read_progress
+from iheard_io.archive_read import ReadFromArchive, list_archive, parse_bound
 from transforms.text_agent import PIPELINE as TEXT_AGENT_PIPELINE
 from transforms.text_agent_pricing import load_price_book
 from transforms.text_agent_restate import RestateTurns, json_line, sum_costs
 
-__all__ = ["archive_patterns", "parse_bound", "read_archived_turns", "build_pipeline", "run",
+__all__ = ["read_archived_turns", "build_pipeline", "run",
            "RestateOptions"]
 
 _LOG = logging.getLogger(__name__)
@@ -70,10 +71,7 @@ class RestateOptions(PipelineOptions):
         # for every pipeline in the process, so a required flag here would
         # break the other pipelines' option parsing once this module is
         # imported. run() checks them instead.
-        parser.add_argument("--from", dest="from_",
-                            help="Start of the range (inclusive): YYYY-MM-DD or ISO-8601.")
-        parser.add_argument("--to", dest="to",
-                            help="End of the range (exclusive; a bare date includes that day).")
+        # --from / --to are IheardOptions' (shared with the archive re-runs).
         parser.add_argument("--price_book_version",
                             help="Price-book version to restate under (e.g. 2025.06).")
         parser.add_argument("--price_book",
@@ -86,38 +84,15 @@ class RestateOptions(PipelineOptions):
                             help="Write only turns whose cost changes.")
 
 
-def parse_bound(text: str, is_end: bool) -> dt.datetime:
-    """``YYYY-MM-DD`` (midnight UTC; as an end, the next midnight) or ISO-8601."""
-    text = text.strip()
-    if len(text) == 10:
-        day = dt.date.fromisoformat(text)
-        start = dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc)
-        return start + dt.timedelta(days=1) if is_end else start
-    parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
-
-
-def archive_patterns(archive_path: str, start: dt.datetime, end: dt.datetime,
-                     source: str = ARCHIVE_SOURCE) -> typing.List[str]:
-    """One glob per UTC day touching [start, end)."""
-    base = archive_path.rstrip("/")
-    day = start.astimezone(dt.timezone.utc).date()
-    last = (end - dt.timedelta(microseconds=1)).astimezone(dt.timezone.utc).date()
-    patterns = []
-    while day <= last:
-        patterns.append(f"{base}/source={source}/date={day.isoformat()}/hour=*/*.avro")
-        day += dt.timedelta(days=1)
-    return patterns
-
-
-def restatement_range(ropts: "RestateOptions") -> typing.Tuple[dt.datetime, dt.datetime]:
+def restatement_range(options) -> typing.Tuple[dt.datetime, dt.datetime]:
     """[start, end) from ``--from`` / ``--to``; refuses missing or empty ranges."""
-    missing = [flag for flag, value in (("--from", ropts.from_), ("--to", ropts.to),
+    opts, ropts = options.view_as(IheardOptions), options.view_as(RestateOptions)
+    missing = [flag for flag, value in (("--from", opts.from_), ("--to", opts.to),
                                         ("--price_book_version", ropts.price_book_version))
                if not value]
     if missing:
         raise SystemExit(f"restate_costs: missing required option(s): {', '.join(missing)}")
-    start, end = parse_bound(ropts.from_, False), parse_bound(ropts.to, True)
+    start, end = parse_bound(opts.from_, False), parse_bound(opts.to, True)
     if end <= start:
         raise ValueError(f"--to ({end.isoformat()}) must be after --from ({start.isoformat()})")
     return start, end
@@ -126,17 +101,15 @@ def restatement_range(ropts: "RestateOptions") -> typing.Tuple[dt.datetime, dt.d
 def read_archived_turns(pipeline, conns: Connections, opts: IheardOptions,
                         streaming: bool = False) -> beam.PCollection:
     """The source: archived turn records of ``--from``/``--to`` (only the
-    ``date=`` folders of the range are listed)."""
-    start, end = restatement_range(opts.view_as(RestateOptions))
-    start_ms = int(start.timestamp() * 1000)
-    end_ms = int(end.timestamp() * 1000)
-    records = (
-        pipeline
-        | "ArchiveDays" >> beam.Create(archive_patterns(conns.archive_path, start, end))
-        | "ReadArchivedTurns" >> ReadAllFromAvro()
-    )
-    return common.count(records, PIPELINE, "received", "CountArchivedTurns") | (
-        "KeepRange" >> beam.Filter(lambda r: start_ms <= r["timestamp_ms"] < end_ms))
+    ``date=``/``hour=`` folders of the range are listed:
+    ``iheard_io.archive_read``)."""
+    start, end = restatement_range(opts)
+    files = list_archive(conns.archive_path, ARCHIVE_SOURCE, start, end)
+    if opts.progress_key:
+        read_progress.expect(opts.progress_key, sum(f.size_in_bytes for f in files))
+    records = pipeline | "ReadArchivedTurns" >> ReadFromArchive(
+        files, start, end, progress_key=opts.progress_key)
+    return common.count(records, PIPELINE, "received", "CountArchivedTurns")
 
 
 def build_pipeline(pipeline, records: beam.PCollection, conns: Connections,
@@ -177,7 +150,7 @@ def run(argv: typing.Optional[typing.List[str]] = None, runner=None):
     options = cli.parse_options(argv, "python -m beam_pipelines.restate_costs",
                                 __doc__.splitlines()[0], RestateOptions)
     ropts = options.view_as(RestateOptions)
-    restatement_range(ropts)  # fail fast, before any connection
+    restatement_range(options)  # fail fast, before any connection
     load_price_book(ropts.price_book).version(ropts.price_book_version)  # ... or price book
     return cli.run_job(options, PIPELINE, read_archived_turns, build_pipeline, runner=runner)
 

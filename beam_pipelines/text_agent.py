@@ -71,7 +71,7 @@ from transforms.text_agent_aggregates import (
     conversation_version,
 )
 
-__all__ = ["build_pipeline", "run", "TEXT_AGENT_TOPIC"]
+__all__ = ["build_pipeline", "chain", "run", "TEXT_AGENT_TOPIC"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -81,25 +81,59 @@ TEXT_AGENT_TOPIC = "text_agent_turn_completed"
 EARLY_FIRING_SECONDS = 30
 
 
+def chain(conns: Connections, opts: IheardOptions, batched: bool = False):
+    """The per-turn steps that can fail on data, in order: parse, then
+    redact + enrich (de-duplication, between them, fails nothing).
+    ``build_pipeline`` applies them; a replay's dry run runs their DoFns
+    in-process (``dofn()``), so both judge a record the same way."""
+    return (
+        ParseEvents(TextAgentTurn, PIPELINE, decoder=common.input_decoder(
+            conns, opts, "envelope_v1", PIPELINE), batched=batched),
+        # archived turns (beam_pipelines/reprocess.py) are redacted already
+        EnrichTurns(conns.pii_secret, PIPELINE,
+                    count_existing_tokens=conns.archive_input is not None),
+    )
+
+
 def build_pipeline(pipeline: beam.Pipeline, records: beam.PCollection, conns: Connections,
                    opts: IheardOptions, streaming: bool = False, batched: bool = False,
+                   aggregates: bool = True, archive_prefix: str = "part",
                    ) -> typing.Dict[str, beam.PCollection]:
     """Applies the text-agent chain to ``records`` (``PCollection[SourceRecord]``,
     or with ``batched`` lists of them: parse and de-duplication then work on
     lists, see transforms/batches.py).
 
     Returns the main intermediate collections (for tests and benchmarks).
+
+    ``aggregates=False`` (a dead-letter replay: a few turns of conversations
+    and billing hours other turns filled) computes and writes neither
+    ``agent_conversations`` nor ``agent_billing_hourly`` (nor their Redis
+    state): the caller recomputes them from all their turns afterwards
+    (``beam_pipelines.aggregates``); ``conversations`` and ``billing`` are
+    then None. ``archive_prefix``: the archive files' name prefix.
     """
-    parsed = records | "ParseTurns" >> ParseEvents(
-        TextAgentTurn, PIPELINE, decoder=common.kafka_decoder(opts, "envelope_v1"),
-        batched=batched)
+    # An archive re-run writes no aggregates of its own either: they are
+    # recomputed from the tables after it (beam_pipelines/reprocess.py).
+    aggregates = aggregates and conns.archive_input is None
+    parse, enrich = chain(conns, opts, batched)
+    parsed = records | "ParseTurns" >> parse
     unique = parsed[ParseEvents.VALID] | "DedupeTurns" >> DedupeEvents(
         key_fn=turn_key, ttl_seconds=opts.dedupe_ttl_seconds, namespace=PIPELINE,
         streaming=streaming, batched=batched, buckets=opts.dedupe_buckets)
     if batched:
         unique = unique | "ExplodeBatches" >> ExplodeBatches()
-    enriched = unique | "EnrichTurns" >> EnrichTurns(conns.pii_secret, PIPELINE)
+    enriched = unique | "EnrichTurns" >> enrich
     turns = enriched[EnrichTurns.VALID]
+    if not aggregates:
+        failures = [
+            parsed[ParseEvents.FAILED],
+            enriched[EnrichTurns.FAILED],
+            common.write_rows(turns, "agent_turns", conns, PIPELINE, streaming),
+            _archive_turns(turns, conns, streaming, archive_prefix),
+            *common.write_warehouse_rows(turns, "agent_turns", conns, PIPELINE, streaming),
+        ]
+        common.write_dead_letters(failures, conns, PIPELINE)
+        return {"turns": turns, "conversations": None, "billing": None}
     early = EARLY_FIRING_SECONDS if streaming else None
     conversations = common.count(
         turns | "AggregateConversations" >> AggregateConversations(
@@ -113,21 +147,28 @@ def build_pipeline(pipeline: beam.Pipeline, records: beam.PCollection, conns: Co
             early_firing_seconds=early),
         PIPELINE, "billing_panes", "CountBillingPanes")
 
+    # (The order of this list numbers the GlobalWindowFailures<i> steps: kept
+    # as it was, so a streaming job's savepoint still maps onto its operators.)
     failures = [
         parsed[ParseEvents.FAILED],
         enriched[EnrichTurns.FAILED],
         common.write_rows(turns, "agent_turns", conns, PIPELINE, streaming),
         common.write_rows(conversations, "agent_conversations", conns, PIPELINE, streaming),
         common.write_rows(billing, "agent_billing_hourly", conns, PIPELINE, streaming),
-        common.archive_records(
-            turns | "ToArchiveRecords" >> beam.Map(archive_record), conns, PIPELINE,
-            load_schema("agent_turn_v1"), streaming, label="ArchiveTurns"),
+        _archive_turns(turns, conns, streaming, archive_prefix),
     ]
     failures.extend(common.write_warehouse_rows(turns, "agent_turns", conns, PIPELINE, streaming))
     if conns.redis_url:
         failures.extend(_write_live_state(conversations, billing, conns))
     common.write_dead_letters(failures, conns, PIPELINE)
     return {"turns": turns, "conversations": conversations, "billing": billing}
+
+
+def _archive_turns(turns, conns: Connections, streaming: bool, archive_prefix: str):
+    return common.archive_records(
+        turns | "ToArchiveRecords" >> beam.Map(archive_record), conns, PIPELINE,
+        load_schema("agent_turn_v1"), streaming, label="ArchiveTurns",
+        file_prefix=archive_prefix)
 
 
 def _write_live_state(conversations, billing, conns: Connections):
@@ -160,7 +201,7 @@ def run(argv: typing.Optional[typing.List[str]] = None, runner=None):
     options = cli.parse_options(rest, "python -m beam_pipelines.text_agent",
                                 __doc__.splitlines()[0])
     output_dir = options.view_as(IheardOptions).output_dir or "output"
-    return cli.run_job(options, PIPELINE, common.event_source(TEXT_AGENT_TOPIC), build_pipeline,
+    return cli.run_job(options, PIPELINE, common.event_source(TEXT_AGENT_TOPIC, PIPELINE), build_pipeline,
                        runner=runner, batches=True,
                        sample=os.path.join(output_dir, "text_agent_sample.jsonl.gz"),
                        sample_lines=sample_turns)

@@ -47,6 +47,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 import typing
 
 import apache_beam as beam
@@ -109,9 +110,10 @@ def window_id(window) -> str:
     return "w" + hashlib.sha256(repr(window).encode()).hexdigest()[:16]
 
 
-def archive_path(base_path: str, source: str, key: _PartitionKey, shards: int) -> str:
+def archive_path(base_path: str, source: str, key: _PartitionKey, shards: int,
+                 file_prefix: str = "part") -> str:
     pane = f"-late{key.pane}" if key.pane else ""
-    name = f"part-{key.window}{pane}-{key.shard:05d}-of-{shards:05d}.avro"
+    name = f"{file_prefix}-{key.window}{pane}-{key.shard:05d}-of-{shards:05d}.avro"
     return FileSystems.join(
         base_path, f"source={source}", f"date={key.date}", f"hour={key.hour}", name)
 
@@ -409,8 +411,10 @@ def _check_encodes(record, parsed_schema) -> None:
 class _WriteAvroFileFn(beam.DoFn):
     FAILED = "failed"
 
-    def __init__(self, base_path, source, schema, shards, codec, pipeline, batched=False):
+    def __init__(self, base_path, source, schema, shards, codec, pipeline, batched=False,
+                 file_prefix="part"):
         self._batched = batched
+        self._file_prefix = file_prefix
         self._base_path = base_path
         self._source = source
         self._schema = schema
@@ -432,7 +436,7 @@ class _WriteAvroFileFn(beam.DoFn):
         (date, hour, shard, window), values = keyed
         key = _PartitionKey(date, hour, shard, window,
                             pane.index if pane is not None and pane.index else 0)
-        path = archive_path(self._base_path, self._source, key, self._shards)
+        path = archive_path(self._base_path, self._source, key, self._shards, self._file_prefix)
         if self._batched:
             # Encoded before the shuffle: sort key, then bytes, fix the order.
             encoded = sorted(value for group in values for value in group)
@@ -542,6 +546,10 @@ class WriteToArchive(beam.PTransform):
       pre_encoded: (with ``batched``) the records are ``EncodeForArchive``'s
         slim dicts: their Avro bytes are written as they are; the sort key
         and ``timestamp_ms`` are read from the slim dict.
+      file_prefix: the files' name prefix (``part``). A run that adds records
+        to hours another run archived (a dead-letter replay) names its own
+        files (``replay-<run id>``), so a bounded run's ``global`` files of
+        those hours are not replaced by files holding only the added records.
     """
 
     def __init__(
@@ -558,8 +566,11 @@ class WriteToArchive(beam.PTransform):
         pipeline: typing.Optional[str] = None,
         batched: bool = False,
         pre_encoded: bool = False,
+        file_prefix: str = "part",
     ):
         super().__init__()
+        if not re.fullmatch(r"[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+)*", file_prefix or ""):
+            raise ValueError(f"file_prefix must be a plain file-name part, got {file_prefix!r}")
         if pre_encoded and not batched:
             raise ValueError("pre_encoded records come in batches (batched=True)")
         if batched and window_seconds is None:
@@ -589,6 +600,7 @@ class WriteToArchive(beam.PTransform):
         self._pipeline = pipeline if pipeline is not None else source
         self._batched = batched
         self._pre_encoded = pre_encoded
+        self._file_prefix = file_prefix
 
     def expand(self, records):
         windowfn = records.windowing.windowfn
@@ -623,7 +635,8 @@ class WriteToArchive(beam.PTransform):
             | "GroupByPartition" >> beam.GroupByKey()
             | "WriteAvroFiles" >> beam.ParDo(_WriteAvroFileFn(
                 self._base_path, self._source, self._schema, self._shards, self._codec,
-                self._pipeline, self._batched)).with_outputs(_WriteAvroFileFn.FAILED, main="paths")
+                self._pipeline, self._batched, self._file_prefix)).with_outputs(
+                    _WriteAvroFileFn.FAILED, main="paths")
         )
         return (
             (keyed[_KeyByPartitionFn.FAILED], written[_WriteAvroFileFn.FAILED])

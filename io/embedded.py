@@ -36,7 +36,8 @@ from apache_beam.utils.windowed_value import WindowedValue
 from schemas.records import FailedRecord, failed_from_event
 from schemas.tables import TABLES, TableSpec, ddl_statements, row_values
 
-__all__ = ["WriteToEmbeddedDb", "ensure_embedded_schema", "upsert_rows"]
+__all__ = ["WriteToEmbeddedDb", "ensure_embedded_schema", "upsert_rows", "embedded_database",
+           "close_embedded"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -59,6 +60,12 @@ def _database(path: str):
                 db.execute(statement)
             _DATABASES[key] = db
         return db
+
+
+def embedded_database(path: str):
+    """This process's DuckDB instance on ``path`` (tables created); take a
+    ``.cursor()`` from it. A DirectRunner job in the same process shares it."""
+    return _database(path)
 
 
 def ensure_embedded_schema(path: str) -> None:

@@ -114,6 +114,11 @@ def _failure_texts(exceptions: typing.Mapping[str, typing.Any]) -> typing.List[s
 _TRANSIENT_FAILURES = ("NoResourceAvailableException",)
 
 
+def failure_texts(exceptions: typing.Mapping[str, typing.Any]) -> typing.List[str]:
+    """Every stack trace Flink recorded for a job, newest first, unshortened."""
+    return _failure_texts(exceptions)
+
+
 def root_exception(exceptions: typing.Mapping[str, typing.Any], max_lines: int = 12) -> typing.Optional[str]:
     """The first lines of the newest failure recorded for a job, if any."""
     texts = _failure_texts(exceptions)

@@ -58,6 +58,7 @@ import argparse
 import importlib
 import json
 import logging
+import re
 import secrets
 import sys
 import threading
@@ -73,6 +74,7 @@ from runners.flink_rest import (
     SubmitError,
     blocking_failure,
     check_job_id,
+    failure_texts,
     root_exception,
     running_jobs_named,
     savepoint_outcome,
@@ -95,12 +97,81 @@ __all__ = [
     "submit",
     "stop_with_savepoint",
     "wait_for_job",
+    "explain_restore_failure",
 ]
 
 _LOG = logging.getLogger("runners.submit")
 
 DEFAULT_WORKER_POOL = "localhost:50000"
 POLL_INTERVAL_S = 1.0
+UPGRADE_PROCEDURE = (
+    "The state cannot be carried over: stop the running job, move its consumer group back to the start "
+    "of the oldest open window and start this version without --from_savepoint on that group "
+    '(README, "Upgrading a running job"). --allow_non_restored_state would start it with that '
+    "state dropped (de-duplication ids, open sessions), which corrupts the rows that span the upgrade."
+)
+_UNMAPPED_STATE = re.compile(
+    r"Cannot map checkpoint/savepoint state for operator ([0-9a-f]{32}) to the new program")
+_UNKNOWN_TIMER = re.compile(r"No receiver found for timer (\S+) (\S+)")
+_INCOMPATIBLE_STATE = (
+    "InvalidClassException",
+    "StateMigrationException",
+    "incompatible",
+    "Incompatible",
+)
+
+
+def _known_operator_labels() -> typing.Dict[str, str]:
+    """operator id -> "label (job)" from flink/state_ids.json, to name a step in an error."""
+    try:
+        from runners import state_ids
+
+        return {
+            step["flink_operator_id"]: f"{step['label']} of the {job} job"
+            for job, steps in state_ids.recorded()["jobs"].items()
+            for step in steps
+        }
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def explain_restore_failure(texts: typing.Sequence[str], savepoint: str) -> typing.Optional[str]:
+    """One clear reason when Flink's failure (``texts``: its stack traces) is a
+    savepoint that does not fit the new job; None for any other failure."""
+    text = "\n".join(texts)
+    unmapped = _UNMAPPED_STATE.search(text)
+    if unmapped:
+        operator = unmapped.group(1)
+        label = _known_operator_labels().get(operator)
+        line_start = text.rfind("\n", 0, unmapped.start()) + 1
+        line_end = text.find("\n", unmapped.end())
+        flink_line = text[line_start:line_end if line_end >= 0 else None].strip()
+        return (
+            f"savepoint {savepoint} holds state for operator {operator}"
+            + (f" ({label})" if label else "")
+            + ", which the new job does not have: a stateful step, or the step feeding a stateful DoFn, "
+            "was renamed or removed, or the savepoint is another job's (see flink/state_ids.json). "
+            + UPGRADE_PROCEDURE + f" (Flink: {flink_line[:400]})"
+        )
+    timer = _UNKNOWN_TIMER.search(text)
+    if timer:
+        return (
+            f"savepoint {savepoint} holds timers ({timer.group(2)}) of transform {timer.group(1)}, which "
+            "the new job does not have under that id: the Python SDK numbers transforms in the order they "
+            "are applied, so a step added or removed before a stateful DoFn renames its timers (see "
+            "flink/state_ids.json, beam_transform_id). " + UPGRADE_PROCEDURE
+        )
+    if any(marker in text for marker in _INCOMPATIBLE_STATE) and (
+        "restore" in text.lower() or "savepoint" in text.lower() or "state" in text.lower()
+    ):
+        first = next((line.strip() for line in text.splitlines()
+                      if any(marker in line for marker in _INCOMPATIBLE_STATE)), "")
+        return (
+            f"the state in savepoint {savepoint} cannot be read by the new job: it was written with "
+            "another Beam version or another coder/state layout of a stateful step "
+            f"({first[:300]}). " + UPGRADE_PROCEDURE
+        )
+    return None
 
 
 def split_argv(argv: typing.Sequence[str]) -> typing.Tuple[typing.List[str], typing.List[str]]:
@@ -234,6 +305,7 @@ def submit(args: argparse.Namespace, pipeline_args: typing.Sequence[str]) -> dic
     NEXT_RUN.job_id = job_id
     NEXT_RUN.savepoint_path = args.from_savepoint
     NEXT_RUN.allow_non_restored_state = args.allow_non_restored_state
+    NEXT_RUN.allow_missing_state = args.allow_missing_state
     NEXT_RUN.run_call_started.clear()
     NEXT_RUN.run_call_done.clear()
     _LOG.info("submitting %s as Flink job %s to %s", args.pipeline, job_id, client.base_url)
@@ -241,6 +313,17 @@ def submit(args: argparse.Namespace, pipeline_args: typing.Sequence[str]) -> dic
     thread.start()
     try:
         return _wait_after_submission(args, client, job_id, thread)
+    except SubmitError as exc:
+        if not args.from_savepoint:
+            raise
+        try:
+            texts = [str(exc)] + failure_texts(client.exceptions(job_id))
+        except SubmitError:
+            texts = [str(exc)]
+        reason = explain_restore_failure(texts, args.from_savepoint)
+        if reason is None:
+            raise
+        raise SubmitError(f"{reason}\nFlink: {str(exc).splitlines()[0]}") from exc
     finally:
         _await_run_call(thread, timeout_s=REST_TIMEOUT_S + UPLOAD_TIMEOUT_S)
 
@@ -352,7 +435,14 @@ def _add_submit_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow_non_restored_state",
         action="store_true",
-        help="Start even if some savepoint state maps to no operator of the new job.",
+        help="Start even if some savepoint state maps to no operator of the new job (that state is "
+        "dropped; never implied by anything else).",
+    )
+    parser.add_argument(
+        "--allow_missing_state",
+        action="store_true",
+        help="Start even if a stateful step of the new job has no state in the savepoint (a step new "
+        "in this version starts empty). Without it, such a savepoint is refused before submission.",
     )
     parser.add_argument(
         "--wait_for",

@@ -25,6 +25,8 @@ __all__ = [
     "failed_from_event",
     "utc_now_iso",
     "ms_to_iso",
+    "staged_line",
+    "record_from_staged",
 ]
 
 # A dead letter keeps at most this much of its payload (a hostile client can
@@ -65,6 +67,23 @@ class SourceRecord(typing.NamedTuple):
     offset: int = 0
     key: typing.Optional[bytes] = None
     timestamp_ms: typing.Optional[int] = None
+
+
+def staged_line(record: SourceRecord) -> bytes:
+    """One JSON line holding a ``SourceRecord`` (its value as text, lone
+    surrogates kept as escapes), for a run that stages its records in a file
+    rather than in the pipeline graph (the dead-letter replay)."""
+    return json.dumps({"v": record.value.decode("utf-8", "surrogatepass"), "t": record.topic,
+                       "p": record.partition, "o": record.offset,
+                       "ts": record.timestamp_ms}).encode("ascii")
+
+
+def record_from_staged(line: "SourceRecord") -> SourceRecord:
+    """The ``SourceRecord`` a staged line (read as a ``SourceRecord`` of
+    the staging file) holds; the inverse of ``staged_line``."""
+    d = json.loads(line.value)
+    return SourceRecord(d["v"].encode("utf-8", "surrogatepass"), d["t"], d["p"], d["o"],
+                        None, d.get("ts"))
 
 
 class FailedRecord(typing.NamedTuple):

@@ -27,6 +27,9 @@ __all__ = [
     "OPERATIONAL_QUERIES",
     "operational_query",
     "failure_row",
+    "replay_topic",
+    "replay_lineage",
+    "REPLAY_TOPIC_PREFIX",
     "to_utc_datetime",
     "json_default",
 ]
@@ -119,6 +122,10 @@ FAILED_EVENTS = _register(
             "failure_id", "pipeline", "stage", "error_class", "error_message",
             "raw_payload", "source_topic", "source_partition", "source_offset",
             "pipeline_version", "received_at",
+            # schemas/sql/030_replay.sql; the replay's marks (replayed_by,
+            # replayed_at, replay_outcome) are deliberately not columns here,
+            # so no upsert of a dead letter ever overwrites them.
+            "replay_run_id", "replay_of",
         ),
         key=("failure_id",),
         timestamp_columns=frozenset({"received_at"}),
@@ -296,10 +303,35 @@ def row_values(spec: TableSpec, row: typing.Mapping) -> tuple:
     return tuple(out)
 
 
+# The origin a dead-letter replay gives the records it re-runs
+# (``replay:<run id>:<original failure_id>``): a failure of one of them is a
+# new dead letter (its id hashes the origin, so it never collides with the
+# original's), and ``failure_row`` fills its lineage columns from it.
+REPLAY_TOPIC_PREFIX = "replay:"
+
+
+def replay_topic(run_id: str, original_failure_id: str) -> str:
+    """The source topic of a record a replay re-runs (see REPLAY_TOPIC_PREFIX)."""
+    if ":" in run_id:
+        raise ValueError("a replay run id may not contain ':'")
+    return f"{REPLAY_TOPIC_PREFIX}{run_id}:{original_failure_id}"
+
+
+def replay_lineage(source_topic) -> typing.Tuple[typing.Optional[str], typing.Optional[str]]:
+    """(replay run id, original failure_id) of a replay's origin, else (None, None)."""
+    if not isinstance(source_topic, str) or not source_topic.startswith(REPLAY_TOPIC_PREFIX):
+        return None, None
+    run_id, _, original = source_topic[len(REPLAY_TOPIC_PREFIX):].partition(":")
+    return (run_id or None), (original or None)
+
+
 def failure_row(failed) -> dict:
     """A ``failed_events`` row for a ``FailedRecord``; its id is deterministic
-    (same failure replayed -> same id) so the dead-letter sink is idempotent."""
+    (same failure replayed -> same id) so the dead-letter sink is idempotent.
+    A record re-run by a dead-letter replay (origin ``replay_topic``) gets
+    its lineage columns ``replay_run_id`` and ``replay_of``."""
     d = failed._asdict() if hasattr(failed, "_asdict") else dict(failed)
+    run_id, original = replay_lineage(d.get("source_topic"))
     identity = "|".join(
         str(d.get(k, ""))
         for k in ("pipeline", "stage", "source_topic", "source_partition",
@@ -317,6 +349,8 @@ def failure_row(failed) -> dict:
         "source_offset": d.get("source_offset"),
         "pipeline_version": d.get("pipeline_version"),
         "received_at": d.get("received_at") or None,
+        "replay_run_id": run_id,
+        "replay_of": original,
     }
 
 

@@ -122,6 +122,10 @@ class TextAgentTurn(BaseModel):
     model_config = _CONFIG
 
     event_type: str = EVENT_TYPE
+    # The producer's own id when it sends one (the parse step hashes the
+    # payload otherwise); declared so that it is not kept among the unknown
+    # fields (an archive re-run sends the archived id).
+    event_id: typing.Optional[str] = Field(default=None, max_length=200)
     session_id: str = Field(min_length=1, max_length=100)
     turn_id: str = Field(min_length=1, max_length=100)
     user_id: typing.Optional[str] = Field(default=None, max_length=100)

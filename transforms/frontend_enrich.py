@@ -69,6 +69,7 @@ import datetime as _dt
 import functools
 import pathlib
 import re
+import json
 import typing
 import urllib.parse
 
@@ -495,6 +496,11 @@ def enrich_frontend_event(event: dict, config: EnrichmentConfig) -> dict:
         country=country,
         timestamp=_iso_utc(event["timestamp_ms"]),
     )
+    extra = event.get("extra")
+    if extra:
+        # The archive's extra_json (frontend_enriched_v1): the unknown payload
+        # fields, which an archive re-run sends again.
+        out["extra_json"] = json.dumps(extra, sort_keys=True, default=str, ensure_ascii=False)
     return out
 
 
@@ -542,6 +548,11 @@ class EnrichFrontendEvents(beam.PTransform):
         self._config = config if config is not None else EnrichmentConfig()
         self._pipeline = pipeline
         self._batched = batched
+
+    def dofn(self) -> beam.DoFn:
+        """The per-element DoFn ``expand`` applies (unbatched), for running
+        the step in-process: a replay's dry run (beam_pipelines/replay.py)."""
+        return _EnrichFn(self._config, self._pipeline)
 
     def expand(self, events):
         fn_class = _EnrichBatchFn if self._batched else _EnrichFn

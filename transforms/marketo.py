@@ -540,7 +540,11 @@ class ScoreLeads(beam.PTransform):
         self._config = config
         self._pipeline = pipeline
 
+    def dofn(self) -> beam.DoFn:
+        """The per-element DoFn ``expand`` applies (unbatched), for running
+        the step in-process: a replay's dry run (beam_pipelines/replay.py)."""
+        return _ScoreLeadFn(self._secret, self._config, self._pipeline)
+
     def expand(self, leads):
         return leads | "NormaliseAndScore" >> beam.ParDo(
-            _ScoreLeadFn(self._secret, self._config, self._pipeline)
-        ).with_outputs(self.FAILED, main=self.VALID)
+            self.dofn()).with_outputs(self.FAILED, main=self.VALID)

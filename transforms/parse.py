@@ -343,6 +343,11 @@ class ParseEvents(beam.PTransform):
         self._decoder = decoder
         self._batched = batched
 
+    def dofn(self) -> beam.DoFn:
+        """The per-element DoFn ``expand`` applies (unbatched), for running
+        the step in-process: a replay's dry run (beam_pipelines/replay.py)."""
+        return _ParseFn(self._model, self._pipeline, self._decoder)
+
     def expand(self, records):
         fn_class = _ParseBatchFn if self._batched else _ParseFn
         return records | "ValidateAndTimestamp" >> beam.ParDo(

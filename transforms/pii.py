@@ -400,7 +400,8 @@ class PiiRedactor:
 
     def __init__(self, secret: bytes, default_region: str = "US",
                  token_hex_digits: int = TOKEN_HEX_DIGITS,
-                 language_of: typing.Optional[typing.Callable[[str], typing.Optional[str]]] = None):
+                 language_of: typing.Optional[typing.Callable[[str], typing.Optional[str]]] = None,
+                 count_existing_tokens: bool = False):
         if isinstance(secret, str):
             secret = secret.encode("utf-8")
         if not isinstance(secret, (bytes, bytearray)) or len(secret) < 16:
@@ -413,6 +414,12 @@ class PiiRedactor:
         self._region = default_region
         self._hex = token_hex_digits
         self._language_of = language_of
+        # Archive re-runs: the text was redacted by the first run; a token
+        # already in it counts as a value found, so the counts (and what
+        # reads them) equal the first run's.
+        self._existing = (re.compile(r"\[(" + "|".join(k.upper() for k in PII_KINDS)
+                                     + r"):[0-9a-f]{" + str(token_hex_digits) + r"}\]")
+                          if count_existing_tokens else None)
         # text -> (redacted, kinds) when no phone region was involved, else
         # text -> {hint regions: (redacted, kinds)}.
         self._cache: typing.Dict[str, typing.Any] = {}
@@ -705,6 +712,9 @@ class PiiRedactor:
         return self._redact_into(text, counts, tuple(regions)), counts
 
     def _redact_into(self, text: str, counts: collections.Counter, hints=()) -> str:
+        if self._existing is not None and "[" in text:
+            for match in self._existing.finditer(text):
+                counts[match.group(1).lower()] += 1
         if _TRIGGER.search(text) is None:
             return text  # fast path: every kind needs '@' or a digit
         # Page URLs, titles, button texts and referrers repeat across events:
@@ -788,7 +798,9 @@ class PiiRedactor:
 
 
 class _RedactFn(beam.DoFn):
-    def __init__(self, secret, text_fields, token_fields, pipeline, default_region):
+    def __init__(self, secret, text_fields, token_fields, pipeline, default_region,
+                 count_existing_tokens=False):
+        self._count_existing = count_existing_tokens
         self._secret = secret
         self._text_fields = tuple(text_fields)
         self._token_fields = tuple(token_fields)
@@ -799,7 +811,8 @@ class _RedactFn(beam.DoFn):
         self._redactor = None
 
     def setup(self):
-        self._redactor = PiiRedactor(self._secret, self._region)
+        self._redactor = PiiRedactor(self._secret, self._region,
+                                     count_existing_tokens=self._count_existing)
 
     def _one(self, event: dict):
         """(redacted copy, None) or (None, FailedRecord)."""
@@ -834,6 +847,8 @@ class RedactPii(beam.PTransform):
     Counters ``pii_redacted_<kind>`` (namespace = pipeline) count tokens
     issued. Element timestamps and windows pass through unchanged.
     ``batched=True``: elements are lists of events (transforms/batches.py).
+    ``count_existing_tokens``: the events were redacted before (an archive
+    re-run): tokens already in them count as values found.
     """
 
     VALID = "valid"
@@ -841,8 +856,10 @@ class RedactPii(beam.PTransform):
 
     def __init__(self, secret: bytes, text_fields=FRONTEND_TEXT_FIELDS,
                  token_fields=FRONTEND_TOKEN_FIELDS, pipeline: str = "frontend",
-                 default_region: str = "US", batched: bool = False):
+                 default_region: str = "US", batched: bool = False,
+                 count_existing_tokens: bool = False):
         super().__init__()
+        self._count_existing = count_existing_tokens
         # Fail at construction, not on a worker: validates secret and region.
         PiiRedactor(secret, default_region)
         self._secret = secret
@@ -852,9 +869,15 @@ class RedactPii(beam.PTransform):
         self._region = default_region
         self._batched = batched
 
+    def dofn(self) -> beam.DoFn:
+        """The per-element DoFn ``expand`` applies (unbatched), for running
+        the step in-process: a replay's dry run (beam_pipelines/replay.py)."""
+        return _RedactFn(self._secret, self._text_fields, self._token_fields,
+                         self._pipeline, self._region, self._count_existing)
+
     def expand(self, events):
         fn_class = _RedactBatchFn if self._batched else _RedactFn
         return events | "RedactPiiFields" >> beam.ParDo(
             fn_class(self._secret, self._text_fields, self._token_fields,
-                      self._pipeline, self._region)
+                      self._pipeline, self._region, self._count_existing)
         ).with_outputs(self.FAILED, main=self.VALID)

@@ -79,6 +79,10 @@ __all__ = [
     "session_summary",
     "check_session_args",
     "summarise_events",
+    "split_sessions",
+    "visit_rows",
+    "session_fields",
+    "SESSION_FIELDS",
     "DEFAULT_GAP_SECONDS",
     "DEFAULT_ALLOWED_LATENESS_SECONDS",
 ]
@@ -270,6 +274,24 @@ def split_sessions(events: typing.Iterable[dict], gap_ms: int) -> typing.List[ty
     return visits
 
 
+def visit_rows(session_id: str, events: typing.Iterable[dict], gap_ms: int,
+               ) -> typing.List[typing.Tuple[dict, float]]:
+    """Bounded input: one session id's events -> one ``frontend_sessions`` row
+    per visit (``split_sessions``), with the window bounds Beam's session
+    windows would give it, each with its window's end in epoch ms. The one
+    definition of a complete session's row: the bounded job and the
+    aggregate recompute of a replay (transforms/recompute.py) both use it."""
+    out = []
+    for visit in split_sessions(list(events), gap_ms):
+        times = [e["timestamp_ms"] for e in visit if e.get("timestamp_ms") is not None]
+        if not times:
+            continue  # cannot happen after parse: every event has a time
+        start_ms, end_ms = min(times), max(times) + gap_ms
+        out.append((session_row(session_id, summarise_events(visit), start_ms, end_ms, 0),
+                    end_ms))
+    return out
+
+
 class _BoundedSessionsFn(beam.DoFn):
     """Bounded input: one session id's events at once -> one row per visit,
     with the window bounds Beam's session windows would give it."""
@@ -280,14 +302,8 @@ class _BoundedSessionsFn(beam.DoFn):
 
     def process(self, element):
         session_id, events = element
-        for visit in split_sessions(list(events), self._gap_ms):
-            summary = summarise_events(visit)
-            times = [e["timestamp_ms"] for e in visit if e.get("timestamp_ms") is not None]
-            if not times:
-                continue  # counted by add_event's caller contract: cannot happen after parse
-            start_ms, end_ms = min(times), max(times) + self._gap_ms
+        for row, end_ms in visit_rows(session_id, events, self._gap_ms):
             self._panes.inc()
-            row = session_row(session_id, summary, start_ms, end_ms, 0)
             # At the end of its window, as the streaming path's on-time pane.
             yield beam.window.TimestampedValue(row, (end_ms - 1) / 1000.0)
 

@@ -325,7 +325,9 @@ def archive_record(turn: typing.Mapping) -> dict:
 # --------------------------------------------------------------------------
 class _EnrichTurnFn(beam.DoFn):
     def __init__(self, pii_secret: bytes, pipeline: str,
-                 price_book_path: typing.Optional[str], topics_path: typing.Optional[str]):
+                 price_book_path: typing.Optional[str], topics_path: typing.Optional[str],
+                 count_existing_tokens: bool = False):
+        self._count_existing = count_existing_tokens
         self._secret = pii_secret
         self._pipeline = pipeline
         self._price_book_path = price_book_path
@@ -341,7 +343,8 @@ class _EnrichTurnFn(beam.DoFn):
         self._enricher = TurnEnricher(price_book_path=self._price_book_path,
                                       topics_path=self._topics_path)
         # The detected language is a phone-region hint of last resort.
-        self._redactor = PiiRedactor(self._secret, language_of=self._enricher.analyzer.language)
+        self._redactor = PiiRedactor(self._secret, language_of=self._enricher.analyzer.language,
+                                     count_existing_tokens=self._count_existing)
 
     def process(self, turn: dict):
         try:
@@ -376,6 +379,9 @@ class EnrichTurns(beam.PTransform):
       pii_secret: HMAC key of the PII tokens (>= 16 bytes).
       pipeline: counter namespace and dead-letter ``pipeline``.
       price_book_path / topics_path: YAML files (default: the bundled ones).
+      count_existing_tokens: the turns were redacted before (an archive
+        re-run): PII tokens already in them count as values found, so
+        ``lead_captured`` and the PII counts equal the first run's.
     """
 
     VALID = "valid"
@@ -383,8 +389,10 @@ class EnrichTurns(beam.PTransform):
 
     def __init__(self, pii_secret: bytes, pipeline: str = PIPELINE,
                  price_book_path: typing.Optional[str] = None,
-                 topics_path: typing.Optional[str] = None):
+                 topics_path: typing.Optional[str] = None,
+                 count_existing_tokens: bool = False):
         super().__init__()
+        self._count_existing = count_existing_tokens
         PiiRedactor(pii_secret)  # fail at construction on a bad secret
         load_price_book(price_book_path)  # ... and on a bad price book or taxonomy
         load_topic_taxonomy(topics_path)
@@ -393,9 +401,14 @@ class EnrichTurns(beam.PTransform):
         self._price_book_path = price_book_path
         self._topics_path = topics_path
 
+    def dofn(self) -> beam.DoFn:
+        """The per-element DoFn ``expand`` applies (unbatched), for running
+        the step in-process: a replay's dry run (beam_pipelines/replay.py)."""
+        return _EnrichTurnFn(self._secret, self._pipeline, self._price_book_path,
+                             self._topics_path, self._count_existing)
+
     def expand(self, turns):
         return turns | "RedactScoreAndAnalyse" >> beam.ParDo(
-            _EnrichTurnFn(self._secret, self._pipeline, self._price_book_path, self._topics_path)
-        ).with_outputs(self.FAILED, main=self.VALID)
+            self.dofn()).with_outputs(self.FAILED, main=self.VALID)
 
 

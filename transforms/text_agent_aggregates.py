@@ -51,6 +51,7 @@ __all__ = [
     "billing_entry",
     "summarise_conversation",
     "conversation_version",
+    "conversation_row",
     "billing_row",
     "ONE_HOUR_SECONDS",
 ]
@@ -223,19 +224,28 @@ class _ConversationCombineFn(_EntriesByIdCombineFn):
         return summarise_conversation(acc)
 
 
+def conversation_row(session_id: str, summary: dict, start_ms: int, end_ms: int,
+                     pane_index: int = 0, is_final: bool = False) -> dict:
+    """An ``agent_conversations`` row: ``summarise_conversation``'s summary
+    plus the session window's bounds and pane."""
+    row = dict(summary)
+    row["session_id"] = session_id
+    row["window_start"] = ms_to_iso(start_ms)
+    row["window_end"] = ms_to_iso(end_ms)
+    row["first_turn_at"] = ms_to_iso(summary["first_turn_at"])
+    row["last_turn_at"] = ms_to_iso(summary["last_turn_at"])
+    row["pane_index"] = pane_index
+    row["is_final"] = is_final
+    row["updated_at"] = utc_now_iso()
+    return row
+
+
 class _ConversationRowFn(beam.DoFn):
     def process(self, keyed, window=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
         session_id, summary = keyed
-        row = dict(summary)
-        row["session_id"] = session_id
-        row["window_start"] = ms_to_iso(int(window.start.micros // 1000))
-        row["window_end"] = ms_to_iso(int(window.end.micros // 1000))
-        row["first_turn_at"] = ms_to_iso(summary["first_turn_at"])
-        row["last_turn_at"] = ms_to_iso(summary["last_turn_at"])
-        row["pane_index"] = pane.index if pane is not None else 0
-        row["is_final"] = bool(pane is not None and pane.is_last)
-        row["updated_at"] = utc_now_iso()
-        yield row
+        yield conversation_row(
+            session_id, summary, int(window.start.micros // 1000), int(window.end.micros // 1000),
+            pane.index if pane is not None else 0, bool(pane is not None and pane.is_last))
 
 
 # -- billing ---------------------------------------------------------------

@@ -26,6 +26,8 @@ import uuid
 import pytest
 import requests
 
+from runners import state_ids
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 FAILURE_MARKER = "iheard-submit-test-deliberate-failure"
 THIS_MODULE = "tests.flink.test_submit"
@@ -75,6 +77,26 @@ def run_ticking_pipeline(argv):
         | "KeyByParity" >> beam.Map(lambda ts: (int(float(ts) * 2) % 2, 1))
         | "Window2s" >> beam.WindowInto(window.FixedWindows(2))
         | "GroupByParity" >> beam.GroupByKey()
+        | "CountTicks" >> beam.MapTuple(lambda parity, ones: (parity, sum(ones)))
+    )
+    result = pipeline.run()
+    result.wait_until_finish()
+    return result
+
+
+def run_ticking_pipeline_regrouped(argv):
+    """The ticking pipeline with its GroupByKey relabelled: its window state gets another uid."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.transforms import periodicsequence, window
+
+    pipeline = beam.Pipeline(options=PipelineOptions(argv))
+    _ = (
+        pipeline
+        | "Tick" >> periodicsequence.PeriodicImpulse(fire_interval=0.5, apply_windowing=False)
+        | "KeyByParity" >> beam.Map(lambda ts: (int(float(ts) * 2) % 2, 1))
+        | "Window2s" >> beam.WindowInto(window.FixedWindows(2))
+        | "GroupTicksByParity" >> beam.GroupByKey()
         | "CountTicks" >> beam.MapTuple(lambda parity, ones: (parity, sum(ones)))
     )
     result = pipeline.run()
@@ -412,5 +434,34 @@ def test_streaming_stop_with_savepoint_and_resubmit_from_it(
     restored = requests.get(f"{flink_rest}/jobs/{upgrade['job_id']}/checkpoints", timeout=10).json()["latest"]["restored"]
     assert restored["external_path"] == upgrade["restored_from"]
 
-    cancelled = _cli("cancel", f"--flink_master={flink_rest}", f"--job_id={upgrade['job_id']}")
-    assert cancelled.returncode == 0, cancelled.stderr
+    # A build whose stateful step was relabelled: refused before submission
+    # (the savepoint holds nothing for the new label), and, when that check
+    # is waived, by Flink (the old label's state maps to no operator), with
+    # one reason and the procedure; never started with the state dropped.
+    stopped = _cli(
+        "stop", f"--flink_master={flink_rest}", f"--job_id={upgrade['job_id']}",
+        f"--savepoint_dir=file://{savepoint_dir}",
+    )
+    assert stopped.returncode == 0, stopped.stderr[-4000:]
+    last_savepoint = _last_json(stopped.stdout)["savepoint_path"]
+    regrouped = _submit_args(
+        flink_rest, job_server_jar, worker_pool, "run_ticking_pipeline_regrouped",
+        f"--job_name={job_name}", f"--from_savepoint={last_savepoint}", "--cancel_on_failure",
+        "--settle_s=5", "--timeout_s=240",
+    )
+    refused = _cli(*regrouped, *streaming_args)
+    assert refused.returncode == 1, refused.stdout + refused.stderr[-4000:]
+    reason = refused.stderr[refused.stderr.rindex("runners.submit: "):]
+    assert "holds no state for the stateful step(s) GroupTicksByParity" in reason, reason[:3000]
+    assert "Upgrading a running job" in reason and "--allow_non_restored_state" in reason
+    jobs = requests.get(f"{flink_rest}/jobs/overview", timeout=10).json()["jobs"]
+    assert not [j for j in jobs if j["name"] == job_name and j["state"] not in ("FINISHED", "CANCELED")]
+
+    unmapped = _cli(*regrouped[:-2], "--allow_missing_state", *regrouped[-2:], *streaming_args)
+    assert unmapped.returncode == 1, unmapped.stdout + unmapped.stderr[-4000:]
+    reason = unmapped.stderr[unmapped.stderr.rindex("runners.submit: "):]
+    # The relabelled GroupByKey's state, or that of the stage after it (named
+    # after the GroupByKey's output), whichever Flink meets first.
+    assert "holds state for operator " in reason and "which the new job does not have" in reason, reason[:3000]
+    assert "Upgrading a running job" in reason, reason[:3000]
+    assert "Cannot map checkpoint/savepoint state" in reason, reason[:3000]

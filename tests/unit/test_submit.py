@@ -263,3 +263,54 @@ def test_artifact_server_wrapper_binds_loopback_only():
         assert found and found <= {"0100007F", "0000000000000000FFFF00000100007F"}, found
     finally:
         server.stop(0)
+
+
+# Flink 1.19's text for a savepoint whose state has no operator in the new job
+# (seen with tests/flink/test_submit.py's relabelled probe).
+_UNMAPPED = (
+    "org.apache.flink.runtime.client.JobInitializationException: Could not start the JobMaster.\n"
+    "Caused by: java.lang.IllegalStateException: Failed to rollback to checkpoint/savepoint "
+    "file:/sp/savepoint-1. Cannot map checkpoint/savepoint state for operator "
+    "bb11f5f2e03e18e16928bf7bc63dfd22 to the new program, because the operator is not available in "
+    "the new program. If you want to allow to skip this, you can set the --allowNonRestoredState "
+    "option on the CLI.\n\tat org.apache.flink.runtime.checkpoint.Checkpoints.throwNonRestoredStateException"
+)
+
+
+def test_a_savepoint_with_unmapped_state_is_explained_with_the_step_and_the_procedure():
+    from runners.submit import explain_restore_failure
+
+    reason = explain_restore_failure(["job x is FAILED", _UNMAPPED], "file:/sp/savepoint-1")
+    assert "bb11f5f2e03e18e16928bf7bc63dfd22 (ArchiveEvents/GroupByPartition of the frontend job)" in reason
+    assert 'README, "Upgrading a running job"' in reason
+    assert "Cannot map checkpoint/savepoint state" in reason
+    assert "\n" not in reason  # one line: the CLI prints it as its error
+
+
+def test_a_savepoint_another_coder_wrote_is_explained_as_such():
+    from runners.submit import explain_restore_failure
+
+    text = ("java.lang.Exception: Exception while creating StreamOperatorStateContext.\n"
+            "Caused by: java.io.InvalidClassException: org.apache.beam.sdk.coders.Coder; local class "
+            "incompatible: stream classdesc serialVersionUID = 4890299557713051384\n")
+    reason = explain_restore_failure([text], "file:/sp/savepoint-2")
+    assert "another Beam version or another coder" in reason and "InvalidClassException" in reason
+
+
+def test_other_failures_are_left_as_flink_reported_them():
+    from runners.submit import explain_restore_failure
+
+    assert explain_restore_failure(["Cannot find checkpoint or savepoint file:/none"], "file:/none") is None
+    assert explain_restore_failure(["ValueError: boom in ParseEvents"], "file:/sp") is None
+
+
+def test_a_restored_timer_without_its_transform_is_explained():
+    from runners.submit import explain_restore_failure
+
+    # The root exception of a frontend job restored into a build with a step added before the parser.
+    text = ("java.lang.NullPointerException: No receiver found for timer "
+            "ref_AppliedPTransform_AggregateSessions-SessionizeBuckets_29 ts-deadline\n"
+            "\tat org.apache.beam.vendor.guava.v32_1_2_jre.com.google.common.base.Preconditions.checkNotNull")
+    reason = explain_restore_failure(["job x is RESTARTING", text], "file:/sp/savepoint-3")
+    assert "ref_AppliedPTransform_AggregateSessions-SessionizeBuckets_29" in reason
+    assert "beam_transform_id" in reason and 'README, "Upgrading a running job"' in reason

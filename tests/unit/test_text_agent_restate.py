@@ -17,13 +17,16 @@ UTC = dt.timezone.utc
 
 
 def test_parse_bound_and_day_patterns():
-    assert restate_costs.parse_bound("2025-03-01", False) == dt.datetime(2025, 3, 1, tzinfo=UTC)
+    from iheard_io.archive_read import archive_patterns, parse_bound
+
+    assert parse_bound("2025-03-01", False) == dt.datetime(2025, 3, 1, tzinfo=UTC)
     # a bare end date includes that whole day
-    assert restate_costs.parse_bound("2025-03-02", True) == dt.datetime(2025, 3, 3, tzinfo=UTC)
-    assert restate_costs.parse_bound("2025-03-01T10:00:00Z", True) == dt.datetime(
+    assert parse_bound("2025-03-02", True) == dt.datetime(2025, 3, 3, tzinfo=UTC)
+    assert parse_bound("2025-03-01T10:00:00Z", True) == dt.datetime(
         2025, 3, 1, 10, tzinfo=UTC)
-    patterns = restate_costs.archive_patterns(
-        "s3://b/archive/", dt.datetime(2025, 3, 1, 23, tzinfo=UTC), dt.datetime(2025, 3, 3, tzinfo=UTC))
+    patterns = archive_patterns(
+        "s3://b/archive/", dt.datetime(2025, 3, 1, 23, tzinfo=UTC), dt.datetime(2025, 3, 3, tzinfo=UTC),
+        "text_agent")
     assert patterns == [
         "s3://b/archive/source=text_agent/date=2025-03-01/hour=*/*.avro",
         "s3://b/archive/source=text_agent/date=2025-03-02/hour=*/*.avro",
