@@ -10,7 +10,10 @@ Starts the services and the cluster if needed (``services/services.sh up``,
 
 1. produces ``--events`` generated frontend events (2 % malformed, 1 %
    duplicated), or text-agent turns with ``--pipeline=text_agent``, to a
-   fresh topic of ``--partitions`` partitions (timed on its own);
+   fresh topic of ``--partitions`` partitions (timed on its own); with
+   ``--backlog-rate`` (the default) each record's Kafka timestamp is its
+   event time, as a collector producing events as they happen gives, so the
+   reader's watermark follows event time (``record_times``);
 2. submits ``python -m beam_pipelines.<pipeline> --profile=flink-local
    --streaming`` (LOOPBACK: the Python SDK worker runs inside that child
    process) against Kafka, PostgreSQL, Redis and the S3 archive, and measures
