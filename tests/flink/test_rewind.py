@@ -105,7 +105,7 @@ JOBS = {
                                  "WHERE session_id NOT LIKE '%-closer'",
         },
         "SELECT count(*) FROM frontend_analytics",
-        lambda e: (e["event_id"],),
+        lambda e: json.dumps(e, sort_keys=True),  # generated events carry no event_id
         {"frontend_sessions": lambda row, t0: row[1] < t0 + SECOND_PHASE_AT_MS},
     ),
     "text_agent": _Job(
