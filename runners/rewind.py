@@ -153,9 +153,11 @@ def _ms(value) -> int:
     return round(value.timestamp() * 1000)
 
 
-def open_windows_start(job: str, dsn: str, lookback_ms: int) -> typing.Tuple[typing.Optional[int], dict]:
+def open_windows_start(job: str, dsn: str, lookback_ms: int,
+                       slack_ms: int = 0) -> typing.Tuple[typing.Optional[int], dict]:
     """(rewind time in epoch ms, what it was computed from) from ``job``'s PostgreSQL tables;
-    None when the tables hold no event."""
+    None when the tables hold no event. ``slack_ms`` goes further back before the time is
+    widened to whole windows (for records whose Kafka timestamp is before their event time)."""
     import psycopg
 
     tables = JOBS[job]
@@ -185,7 +187,7 @@ def open_windows_start(job: str, dsn: str, lookback_ms: int) -> typing.Tuple[typ
                 detail[name] = iso(_ms(found))
                 earliest.append(_ms(found))
         # Nothing open: the job's state holds no window; the last event is a safe start.
-        start = min(earliest) if earliest else latest_ms
+        start = (min(earliest) if earliest else latest_ms) - slack_ms
         fired = [(_ms(s), _ms(e)) for s, e in conn.execute(
             f"SELECT window_start, window_end FROM {tables.sessions} WHERE window_end > %s",
             (horizon,)).fetchall()]

@@ -432,7 +432,8 @@ def run_rewind(args: argparse.Namespace, client: typing.Optional[FlinkRestClient
         if not args.postgres_dsn:
             raise SubmitError("--to_open_windows reads the job's tables: --postgres_dsn (or POSTGRES_*)")
         to_ms, detail = rewind.open_windows_start(args.job, args.postgres_dsn,
-                                                  round(args.lookback_hours * 3600 * 1000))
+                                                  round(args.lookback_hours * 3600 * 1000),
+                                                  round(args.slack_minutes * 60 * 1000))
         if to_ms is None:
             raise SubmitError(f"no rewind time: {detail.get('reason')}")
     moves = rewind.rewind_group(args.kafka_bootstrap, args.kafka_group_id, args.topic, to_ms, args.dry_run)
@@ -552,6 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="The job's PostgreSQL (default from POSTGRES_*).")
     p_rewind.add_argument("--lookback_hours", type=float, default=48.0,
                           help="How far before the newest event open windows are looked for.")
+    p_rewind.add_argument("--slack_minutes", type=float, default=0.0,
+                          help="With --to_open_windows: go this much further back (then to whole windows), "
+                          "for records whose Kafka timestamp is earlier than their event time.")
     p_rewind.add_argument("--job_name", help="Refuse while Flink (--flink_master) runs a job of this name.")
     p_rewind.add_argument("--flink_master", default=settings.flink_master(),
                           help="Flink REST address for --job_name (default: $FLINK_MASTER).")
