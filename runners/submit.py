@@ -116,7 +116,8 @@ DEFAULT_WORKER_POOL = "localhost:50000"
 POLL_INTERVAL_S = 1.0
 UPGRADE_PROCEDURE = (
     "The state cannot be carried over: stop the running job, move its consumer group back to the start "
-    "of the oldest open window and start this version without --from_savepoint on that group "
+    "of the oldest open window (runners.submit rewind --to_open_windows) and start this version without "
+    "--from_savepoint on that group "
     '(README, "Upgrading a running job"). --allow_non_restored_state would start it with that '
     "state dropped (de-duplication ids, open sessions), which corrupts the rows that span the upgrade."
 )
