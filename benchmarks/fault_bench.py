@@ -24,7 +24,8 @@ but not in frontend_analytics once caught up), doubled (an event id stored
 twice), the recovery time: from the service back (the new TaskManager
 started) until every event acknowledged by then is in frontend_analytics,
 and the fault's wall time (from its start until that check passed).
-The last line checks sessions, Redis and the archive over the whole run.
+The last lines check sessions, Redis and the archive over the whole run,
+``--sessions-wait-s`` after the last event at most (the session close-out).
 Figures vary with machine load (2 cores shared with the instance's Kafka,
 PostgreSQL, Redis, S3 and Flink).
 """
@@ -80,6 +81,9 @@ def main(argv=None) -> int:
                    help="events published at full speed when the kill phase starts; the kills come while the job "
                         "drains them (kill k once k/(kills+1) of them are stored)")
     p.add_argument("--rate", type=float, default=tf.VISITS_PER_S, help="visits per second (4 events each)")
+    p.add_argument("--sessions-wait-s", "--sessions_wait_s", type=float, default=30,
+                   help="after the last event, wait up to this long for every session's row (polled every 10 s) "
+                        "and print how long the session close-out took")
     args = p.parse_args(argv)
     faults = [f for f in args.faults.split(",") if f]
     unknown = set(faults) - set(FAULTS)
@@ -95,8 +99,13 @@ def main(argv=None) -> int:
             run.start()
             labels = [run_fault(run, fault, args.outage_s, args.kills, args.kill_events) for fault in faults]
             run.producer.finish()
-            time.sleep(30)
+            finished_at = time.monotonic()
+            time.sleep(min(30.0, args.sessions_wait_s))
             sessions = fw.check_sessions(run.env, run.producer)
+            while sessions["missing_rows"] and time.monotonic() - finished_at < args.sessions_wait_s:
+                time.sleep(10)
+                sessions = fw.check_sessions(run.env, run.producer)
+            closed_s = time.monotonic() - finished_at
             archive = fw.check_archive(run.env, run.producer, run.prefix)
         finally:
             run.producer.stop()
@@ -110,7 +119,10 @@ def main(argv=None) -> int:
     print(f"\nsessions {sessions['sessions']}: missing rows {len(sessions['missing_rows'])}, doubled "
           f"{len(sessions['doubled'])}, short {len(sessions['short'])}, Redis mismatches "
           f"{len(sessions['redis_mismatch'])}; archive: {archive['archived']} of {archive['stored']} events, "
-          f"lost {len(archive['lost'])}, doubled {len(archive['doubled'])} (after 30 s)")
+          f"lost {len(archive['lost'])}, doubled {len(archive['doubled'])} ({closed_s:.0f} s after the last event)")
+    if not sessions["missing_rows"]:
+        print(f"session close-out: every one of {sessions['sessions']} sessions had its row "
+              f"{closed_s:.0f} s after the last event (polled every 10 s)")
     print(f"producer: {len(run.producer.acked)} events acknowledged, {run.producer.send_errors} sends refused; "
           f"total {time.monotonic() - t0:.0f} s")
     return 0

@@ -10,7 +10,8 @@ from apache_beam.testing.test_stream import TestStream as BeamTestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
-from transforms.session_batches import AggregateSessionBatches, SessionBook, _pane_row
+from transforms.session_batches import (
+    TIMER_STEP_MS, AggregateSessionBatches, SessionBook, _pane_row, timer_time_ms)
 from transforms.sessions import AggregateSessions, split_sessions, summarise_events
 from tests.unit.test_sessions import T0, ev
 
@@ -157,3 +158,38 @@ def test_book_fires_at_its_own_deadline_in_whole_milliseconds():
     due = book.next_deadline_ms()
     assert due == _ms(30) - 1
     assert [_brief(p) for p in book.fire(due)] == [("s1", 0, 1, 0, "page_view", 0.0)]
+
+
+@pytest.mark.parametrize("deadline", [-1_001, -1, 0, 1, 999, 1_000, 1_001, _ms(30) - 1])
+def test_timer_time_is_the_next_step_never_before_the_deadline(deadline):
+    at = timer_time_ms(deadline)
+    assert at % TIMER_STEP_MS == 0
+    assert deadline <= at < deadline + TIMER_STEP_MS
+    assert timer_time_ms(deadline, step_ms=1) == deadline
+
+
+def test_timer_time_stays_within_the_runners_timestamps():
+    from apache_beam.utils.timestamp import MAX_TIMESTAMP
+    top = MAX_TIMESTAMP.micros // 1000
+    assert timer_time_ms(top - 1) == top
+
+
+def test_one_rounded_firing_closes_every_session_due_within_the_step():
+    """A backlog: 500 sessions whose windows end at 500 distinct milliseconds
+    of one second. With exact deadlines that is 500 timer firings (one runner
+    round trip each); at the rounded time one firing closes all of them, and
+    nothing that is not due yet."""
+    book = SessionBook(GAP_MS, HOUR_MS)
+    # window ends (and deadlines) fall in one step: (k * step, (k + 1) * step]
+    base = (T0 * 1000) - (T0 * 1000) % TIMER_STEP_MS + 2
+    for i in range(500):
+        event = ev(0, session=f"s{i}")
+        event["timestamp_ms"] = base + i
+        book.add(f"s{i}", event)
+    later = ev(0, session="later")
+    later["timestamp_ms"] = base + TIMER_STEP_MS
+    book.add("later", later)
+    first = book.next_deadline_ms()
+    panes = book.fire(timer_time_ms(first))
+    assert sorted(p[0] for p in panes) == sorted(f"s{i}" for i in range(500))
+    assert book.next_deadline_ms() == later["timestamp_ms"] + GAP_MS - 1
