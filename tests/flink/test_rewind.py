@@ -13,7 +13,10 @@ Flink cluster, for the frontend and the text-agent job:
 
 The input has two phases two hours apart, so that at the stop the first
 phase's sessions (conversations, billing hour) have fired and the second
-phase's are open, some with events on both sides of the stop. The tables
+phase's are open, some with events on both sides of the stop; between them
+one fired session and one open session whose start falls inside the fired
+one's window, so the rewind must widen the oldest open window's start to
+the fired window's (the frontend) or to the billing hour (the text agent). The tables
 must equal a run of the whole input without a stop (the same module on the
 DirectRunner, into DuckDB): the fired windows are not written twice or cut,
 and the open ones come out whole. The rewind must land at the second phase's
@@ -70,20 +73,31 @@ FIRST_PHASE_MS = 10 * 60_000
 SECOND_PHASE_AT_MS = 2 * HOUR_MS
 SECOND_PHASE_MS = 40 * 60_000
 STOP_AT_MS = SECOND_PHASE_AT_MS + 20 * 60_000
+BRIDGES = [(90 * 60_000, 15 * 60_000), (100 * 60_000, 15 * 60_000)]  # (start after t0, span)
+FIRED_BY = STOP_AT_MS - 5 * 60_000  # a window ending before this has fired at the stop
 
 
 def _two_phases(records: typing.List[dict], t0_ms: int) -> typing.List[dict]:
     """The first third of the sessions (in order of appearance) in [t0, t0 + 10 min], the
-    others in [t0 + 2 h, t0 + 2 h 40 min], each phase keeping the input's order."""
+    others in [t0 + 2 h, t0 + 2 h 40 min], each phase keeping the input's order; and two
+    sessions of several records in between: FIRED_BRIDGE in [1 h 30, 1 h 45] (fired at the
+    stop) and OPEN_BRIDGE in [1 h 40, 1 h 55] (open at the stop: the oldest open window,
+    and it cuts FIRED_BRIDGE's, so the rewind must go back to FIRED_BRIDGE's start)."""
     records = sorted(records, key=lambda r: r["timestamp"])
     sessions = list(dict.fromkeys(r["session_id"] for r in records))
     early = set(sessions[: len(sessions) // 3])
-    phases = ([r for r in records if r["session_id"] in early], [r for r in records if r["session_id"] not in early])
+    sizes = {s: sum(1 for r in records if r["session_id"] == s) for s in sessions}
+    bridges = [s for s in sessions if s not in early and sizes[s] >= 2][:2]
+    spans = [(0, FIRST_PHASE_MS), (SECOND_PHASE_AT_MS, SECOND_PHASE_MS), *BRIDGES]
+    phases = [[r for r in records if r["session_id"] in early],
+              [r for r in records if r["session_id"] not in early and r["session_id"] not in bridges],
+              *([r for r in records if r["session_id"] == b] for b in bridges)]
     out = []
-    for phase, (start, span) in zip(phases, ((t0_ms, FIRST_PHASE_MS), (t0_ms + SECOND_PHASE_AT_MS, SECOND_PHASE_MS))):
+    for phase, (offset, span) in zip(phases, spans):
+        start = t0_ms + offset
         for i, record in enumerate(phase):
             out.append(dict(record, timestamp=start + i * span // max(len(phase) - 1, 1)))
-    return out
+    return sorted(out, key=lambda r: r["timestamp"])
 
 
 class _Job(typing.NamedTuple):
@@ -92,7 +106,8 @@ class _Job(typing.NamedTuple):
     queries: typing.Mapping[str, str]       # the compared tables, PostgreSQL and DuckDB alike
     read_count: str                         # rows written per record read (before the stop)
     read_key: typing.Callable[[dict], tuple]
-    fired_first_phase: typing.Mapping[str, typing.Callable[[tuple, int], bool]]
+    fired_at_stop: typing.Mapping[str, typing.Callable[[tuple, int], bool]]
+    rewind_to: int                          # after t0: the oldest open window, widened to whole windows
 
 
 JOBS = {
@@ -106,7 +121,8 @@ JOBS = {
         },
         "SELECT count(*) FROM frontend_analytics",
         lambda e: json.dumps(e, sort_keys=True),  # generated events carry no event_id
-        {"frontend_sessions": lambda row, t0: row[1] < t0 + SECOND_PHASE_AT_MS},
+        {"frontend_sessions": lambda row, t0: row[2] <= t0 + FIRED_BY},
+        BRIDGES[0][0],  # OPEN_BRIDGE's start (1 h 40) cuts FIRED_BRIDGE's window: back to 1 h 30
     ),
     "text_agent": _Job(
         "text_agent", _text_agent_input,
@@ -118,8 +134,9 @@ JOBS = {
         },
         "SELECT count(*) FROM agent_turns",
         lambda t: (t["session_id"], t["turn_id"]),
-        {"agent_conversations": lambda row, t0: row[1] < t0 + SECOND_PHASE_AT_MS,
-         "agent_billing_hourly": lambda row, t0: row[2] < t0 + SECOND_PHASE_AT_MS},
+        {"agent_conversations": lambda row, t0: row[2] <= t0 + FIRED_BY,
+         "agent_billing_hourly": lambda row, t0: row[2] + HOUR_MS <= t0 + FIRED_BY},
+        HOUR_MS,  # OPEN_BRIDGE's start (1 h 40) floored to its billing hour, which starts before FIRED_BRIDGE
     ),
 }
 
@@ -185,7 +202,7 @@ def test_restart_without_savepoint_after_rewind_equals_a_run_without_stop(
         closer["tenant_id"] = f"upg-{run_id}-closer"  # its billing hour stays open
     reference = _reference_tables(job.module, [*before, *after, closer], tmp_path, job.queries)
     fired_at_stop = {table: sum(1 for row in reference[table] if fired(row, t0))
-                     for table, fired in job.fired_first_phase.items()}
+                     for table, fired in job.fired_at_stop.items()}
     # (frontend) the sessions with events on both sides of the stop: window_end is the last event + gap
     spanning = [row for row in reference["frontend_sessions"]
                 if row[1] < t0 + STOP_AT_MS <= row[2] - GAP_MS] if pipeline == "frontend" else None
@@ -205,10 +222,11 @@ def test_restart_without_savepoint_after_rewind_equals_a_run_without_stop(
 
     if rewind:
         report = _rewind(env, submitter.master, group, topic, pipeline, job_name)
-        # The oldest open window starts with the second phase (the first one fired):
-        # the group goes back from the stop to the second phase's first record.
-        assert report["rewind_to"] == iso(t0 + SECOND_PHASE_AT_MS), report
-        first_open = next(i for i, r in enumerate(before) if r["timestamp"] >= t0 + SECOND_PHASE_AT_MS)
+        # Not the topic's start: the group goes back from the stop to the first record of
+        # the oldest window still open, widened so that no fired window is read in part.
+        assert report["rewind_to"] == iso(t0 + job.rewind_to), report
+        first_open = next(i for i, r in enumerate(before) if r["timestamp"] >= t0 + job.rewind_to)
+        assert first_open > 0
         assert report["moved"] == {"0": [len(before), first_open]}, report
 
     proc, job_id, job_name = submitter.start(f"beam_pipelines.{job.module}:run", args,
@@ -235,7 +253,7 @@ def test_restart_without_savepoint_after_rewind_equals_a_run_without_stop(
         assert (row[0], row[1]) not in got, f"session {row[0]} spanning the stop came out whole without a rewind"
         rest = [r for key, r in got.items() if key[0] == row[0]]
         assert rest and all(r[1] >= t0 + STOP_AT_MS and r[3] < row[3] for r in rest), (row, rest)
-    # Sessions of the second phase that ended before the stop never fired and are not re-read: gone.
+    # Sessions open at the stop without events after it never fired and are not re-read: gone.
     only_before = {row[0] for row in reference["frontend_sessions"]
-                   if t0 + SECOND_PHASE_AT_MS <= row[1] and row[2] - GAP_MS < t0 + STOP_AT_MS}
+                   if row[2] > t0 + FIRED_BY and row[2] - GAP_MS < t0 + STOP_AT_MS}
     assert not only_before & {key[0] for key in got}, only_before
