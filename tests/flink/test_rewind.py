@@ -32,7 +32,7 @@ gap and the 1 h allowed lateness of the first), and a closer record 3 h after
 the last one, in a session and tenant of its own left out of the comparison,
 which moves the watermark past every window.
 
-Run: ``python -m pytest tests/flink/test_rewind.py`` (~6 minutes).
+Run: ``python -m pytest tests/flink/test_rewind.py`` (~3 minutes, three jobs stopped and restarted).
 """
 from __future__ import annotations
 
