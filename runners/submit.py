@@ -20,6 +20,9 @@ Usage::
     python -m runners.submit cancel  --flink_master=URL --job_id=ID
     python -m runners.submit status  --flink_master=URL --job_id=ID
     python -m runners.submit list    --flink_master=URL
+    python -m runners.submit rewind  --job=frontend|text_agent --kafka_group_id=G --topic=T \\
+        (--to=ISO | --to_open_windows [--postgres_dsn=DSN] [--lookback_hours=48]) \\
+        [--kafka_bootstrap=HOST:PORT] [--job_name=NAME [--flink_master=URL]] [--dry_run]
 
 ``submit`` prints one JSON line (``job_id``, ``state``) on stdout and exits 0
 once the job is RUNNING (every task running and no failure recorded for
@@ -47,6 +50,11 @@ Where the Python code runs (``--environment_type``):
 - ``LOOPBACK``: this process hosts the workers, so ``submit`` keeps running
   until the job ends (local use only: TaskManagers must reach this host).
 
+``rewind`` moves a stopped job's consumer group back in event time
+(``runners.rewind``: the README's procedure when the state cannot be carried
+over); it prints one line per partition, ``partition: old -> new``, then a
+JSON line.
+
 Modules: ``runners.flink_rest`` (the REST client and the reading of Flink's
 answers), ``runners.uberjar`` (the Beam runner that uploads and runs the jar,
 with savepoint restore; the job-server jar it needs), and this one (the
@@ -66,6 +74,7 @@ import time
 import typing
 
 from iheard_io import settings
+from runners import rewind
 from runners.flink_rest import (
     REST_TIMEOUT_S,
     UPLOAD_TIMEOUT_S,
@@ -98,6 +107,7 @@ __all__ = [
     "stop_with_savepoint",
     "wait_for_job",
     "explain_restore_failure",
+    "run_rewind",
 ]
 
 _LOG = logging.getLogger("runners.submit")
@@ -106,7 +116,8 @@ DEFAULT_WORKER_POOL = "localhost:50000"
 POLL_INTERVAL_S = 1.0
 UPGRADE_PROCEDURE = (
     "The state cannot be carried over: stop the running job, move its consumer group back to the start "
-    "of the oldest open window and start this version without --from_savepoint on that group "
+    "of the oldest open window (runners.submit rewind --to_open_windows) and start this version without "
+    "--from_savepoint on that group "
     '(README, "Upgrading a running job"). --allow_non_restored_state would start it with that '
     "state dropped (de-duplication ids, open sessions), which corrupts the rows that span the upgrade."
 )
@@ -404,6 +415,36 @@ def stop_with_savepoint(
         time.sleep(POLL_INTERVAL_S / 4 if location else POLL_INTERVAL_S)
 
 
+def run_rewind(args: argparse.Namespace, client: typing.Optional[FlinkRestClient]) -> dict:
+    """``rewind``: checks the job is stopped, finds the time, moves the group; prints the moves."""
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    if not args.kafka_bootstrap:
+        raise SubmitError("--kafka_bootstrap (or $KAFKA_BOOTSTRAP) is required")
+    if args.job_name:
+        if client is None:
+            raise SubmitError("--job_name needs --flink_master (or $FLINK_MASTER) to check the job is stopped")
+        running = running_jobs_named(client.jobs_overview(), args.job_name)
+        if running:
+            raise SubmitError(f"job {args.job_name} is running ({running}): stop it first "
+                              "(runners.submit stop), its reader commits offsets")
+    if args.to:
+        to_ms, detail = rewind.parse_time(args.to), {"job": args.job, "rewind_to": None}
+    else:
+        if not args.postgres_dsn:
+            raise SubmitError("--to_open_windows reads the job's tables: --postgres_dsn (or POSTGRES_*)")
+        to_ms, detail = rewind.open_windows_start(args.job, args.postgres_dsn,
+                                                  round(args.lookback_hours * 3600 * 1000),
+                                                  round(args.slack_minutes * 60 * 1000))
+        if to_ms is None:
+            raise SubmitError(f"no rewind time: {detail.get('reason')}")
+    moves = rewind.rewind_group(args.kafka_bootstrap, args.kafka_group_id, args.topic, to_ms, args.dry_run)
+    for move in moves:
+        print(move.line(), flush=True)
+    return dict(detail, rewind_to=rewind.iso(to_ms), group=args.kafka_group_id, topic=args.topic,
+                dry_run=args.dry_run,
+                moved={str(m.partition): [m.old, m.new] for m in moves})
+
+
 def _print_json(payload: typing.Mapping[str, typing.Any]) -> None:
     print(json.dumps(payload, sort_keys=True), flush=True)
 
@@ -496,13 +537,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_list = commands.add_parser("list", help="List the cluster's jobs.")
     _add_master(p_list)
+
+    p_rewind = commands.add_parser(
+        "rewind", help="Move a stopped job's consumer group back to a time (runners.rewind).")
+    p_rewind.add_argument("--job", required=True, choices=sorted(rewind.JOBS),
+                          help="Whose tables tell the open windows (with --to_open_windows).")
+    p_rewind.add_argument("--kafka_group_id", required=True, help="The job's --kafka_group_id.")
+    p_rewind.add_argument("--topic", required=True, help="The topic the job reads.")
+    p_rewind.add_argument("--kafka_bootstrap", default=settings.value(None, "KAFKA_BOOTSTRAP"),
+                          help="Kafka servers (default $KAFKA_BOOTSTRAP; security from KAFKA_*).")
+    to = p_rewind.add_mutually_exclusive_group(required=True)
+    to.add_argument("--to", help="Event time to go back to, ISO 8601 (no zone: UTC).")
+    to.add_argument("--to_open_windows", action="store_true",
+                    help="The start of the oldest window still open, read from the job's tables.")
+    p_rewind.add_argument("--postgres_dsn", default=settings.postgres_dsn(),
+                          help="The job's PostgreSQL (default from POSTGRES_*).")
+    p_rewind.add_argument("--lookback_hours", type=float, default=48.0,
+                          help="How far before the newest event open windows are looked for.")
+    p_rewind.add_argument("--slack_minutes", type=float, default=0.0,
+                          help="With --to_open_windows: go this much further back (then to whole windows), "
+                          "for records whose Kafka timestamp is earlier than their event time.")
+    p_rewind.add_argument("--job_name", help="Refuse while Flink (--flink_master) runs a job of this name.")
+    p_rewind.add_argument("--flink_master", default=settings.flink_master(),
+                          help="Flink REST address for --job_name (default: $FLINK_MASTER).")
+    p_rewind.add_argument("--dry_run", action="store_true", help="Print the moves, commit nothing.")
     return parser
 
 
 def parse_args(argv: typing.Sequence[str]) -> typing.Tuple[argparse.Namespace, typing.List[str]]:
     own, pipeline_args = split_argv(argv)
     args = build_parser().parse_args(own)
-    if not args.flink_master:
+    if not args.flink_master and args.command != "rewind":
         raise SubmitError("--flink_master (or $FLINK_MASTER) is required")
     if pipeline_args and args.command not in ("submit", "upgrade"):
         raise SubmitError(f"`{args.command}` takes no pipeline arguments")
@@ -521,7 +586,7 @@ def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         args, pipeline_args = parse_args(sys.argv[1:] if argv is None else argv)
-        client = FlinkRestClient(args.flink_master)
+        client = FlinkRestClient(args.flink_master) if args.flink_master else None
         if args.command == "submit":
             _print_json(submit(args, pipeline_args))
         elif args.command == "upgrade":
@@ -565,10 +630,12 @@ def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:
                     "root_exception": root_exception(client.exceptions(args.job_id)),
                 }
             )
+        elif args.command == "rewind":
+            _print_json(run_rewind(args, client if args.flink_master else None))
         elif args.command == "list":
             for job in client.jobs_overview().get("jobs", []):
                 _print_json({"job_id": job["jid"], "name": job.get("name"), "state": job.get("state")})
-    except (SubmitError, ValueError) as exc:
+    except (SubmitError, ValueError, rewind.RewindError) as exc:
         print(f"runners.submit: {exc}", file=sys.stderr, flush=True)
         return 1
     return 0

@@ -135,6 +135,14 @@ SERVICES_SH = os.path.join(REPO_ROOT, "services", "services.sh")
 CLUSTER_SH = os.path.join(REPO_ROOT, "flink", "cluster.sh")
 
 
+def _head_and_tail(text: str, head: int = 3000, tail: int = 4000) -> str:
+    """A script's own messages come first, the daemons' log tails it prints
+    on failure last: keep both ends of a long stderr."""
+    if len(text) <= head + tail:
+        return text
+    return f"{text[:head]}\n[... {len(text) - head - tail} characters ...]\n{text[-tail:]}"
+
+
 class PrivateInstance:
     """A named instance of services.sh (and optionally flink/cluster.sh) for one test.
 
@@ -158,7 +166,7 @@ class PrivateInstance:
                               timeout=timeout_s, env=env, stdin=subprocess.DEVNULL)
         if check and done.returncode != 0:
             raise RuntimeError(f"{os.path.basename(script)} {' '.join(args)} --instance={self.name} failed "
-                               f"({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+                               f"({done.returncode}):\n{done.stdout[-2000:]}\n{_head_and_tail(done.stderr)}")
         return done
 
     def services_sh(self, *args: str, **kw) -> subprocess.CompletedProcess:
