@@ -341,8 +341,8 @@ def redis_client(env):
     return redis.Redis.from_url(settings.redis_url(env), decode_responses=True, socket_timeout=10)
 
 
-def archived_ids(env, prefix: str) -> typing.Counter:
-    """event_id -> times it is in the Avro files under ``prefix``."""
+def archived_records(env, prefix: str, key_of: typing.Callable[[dict], str]) -> typing.Counter:
+    """``key_of(record)`` -> times it is in the Avro files under ``prefix``."""
     import boto3
     import fastavro
 
@@ -354,8 +354,13 @@ def archived_ids(env, prefix: str) -> typing.Counter:
             if obj["Key"].endswith(".avro"):
                 body = s3.get_object(Bucket=env["ARCHIVE_BUCKET"], Key=obj["Key"])["Body"].read()
                 for rec in fastavro.reader(io.BytesIO(body)):
-                    out[rec["event_id"]] += 1
+                    out[key_of(rec)] += 1
     return out
+
+
+def archived_ids(env, prefix: str) -> typing.Counter:
+    """event_id -> times it is in the Avro files under ``prefix``."""
+    return archived_records(env, prefix, lambda rec: rec["event_id"])
 
 
 def snapshot_archive(env) -> typing.Dict[str, bytes]:
@@ -628,19 +633,7 @@ def check_billing(env, producer: TurnProducer) -> dict:
 
 def archived_turns(env, prefix: str) -> typing.Counter:
     """turn key -> times it is in the Avro files under ``prefix``."""
-    import boto3
-    import fastavro
-
-    s3 = boto3.client("s3", endpoint_url=env["SPACES_ENDPOINT"], aws_access_key_id=env["SPACES_ACCESS_KEY"],
-                      aws_secret_access_key=env["SPACES_SECRET_KEY"], region_name=env.get("SPACES_REGION", "us-east-1"))
-    out: typing.Counter = collections.Counter()
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=env["ARCHIVE_BUCKET"], Prefix=prefix + "/"):
-        for obj in page.get("Contents", []):
-            if obj["Key"].endswith(".avro"):
-                body = s3.get_object(Bucket=env["ARCHIVE_BUCKET"], Key=obj["Key"])["Body"].read()
-                for rec in fastavro.reader(io.BytesIO(body)):
-                    out[turn_id_of(rec["session_id"], rec["turn_id"])] += 1
-    return out
+    return archived_records(env, prefix, lambda rec: turn_id_of(rec["session_id"], rec["turn_id"]))
 
 
 def check_turn_archive(env, producer: TurnProducer, prefix: str) -> dict:
